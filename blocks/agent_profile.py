@@ -1,0 +1,129 @@
+"""Agent profiles (B4): which CLI runs a role, with which model, tools and flags.
+
+A profile turns (role, task file, system prompt file) into an argument list. No
+value from a work item ever reaches the argument list: the agent learns about the
+work item by reading the task file, whose *name* is all the command line carries.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import ClassVar
+
+from prefect.blocks.core import Block
+from pydantic import Field, model_validator
+
+from sdlc.models import AgentKind
+
+STRONG_ROLES = ("architect", "reviewer")
+
+DEFAULT_MODELS: dict[str, tuple[str, str]] = {
+    # kind: (strong model for architect and reviewer, model for the other roles)
+    "claude": ("opus", "sonnet"),
+    "codex": ("gpt-5-codex", "gpt-5-codex"),
+    "gemini": ("gemini-2.5-pro", "gemini-2.5-flash"),
+    "aider": ("sonnet", "sonnet"),
+}
+
+DEFAULT_TOOLS: dict[str, list[str]] = {
+    "analyst": ["Read", "Write", "Edit", "Glob", "Grep"],
+    "architect": ["Read", "Write", "Edit", "Glob", "Grep"],
+    "developer": ["Read", "Write", "Edit", "Glob", "Grep", "Bash"],
+    "reviewer": ["Read", "Write", "Glob", "Grep", "Bash(git diff:*)", "Bash(git log:*)"],
+    "tester": ["Read", "Write", "Edit", "Glob", "Grep", "Bash"],
+    "deployer": ["Read", "Write", "Glob", "Grep", "Bash"],
+}
+
+
+def agent_prompt(role: str, task_file: str) -> str:
+    """The one-line instruction on the command line; everything else is in the task file."""
+    return (
+        f"You are the {role} of this repository's delivery pipeline. "
+        f"Read the task file {task_file} in the current directory and do what it asks. "
+        "Write the files it names; do not commit, push or merge."
+    )
+
+
+class AgentProfile(Block):
+    """How to run one kind of coding agent CLI for every role of the pipeline."""
+
+    _block_type_name: ClassVar[str] = "SDLC Agent Profile"
+    _block_type_slug: ClassVar[str] = "sdlc-agent-profile"
+    _description: ClassVar[str] = "Agent CLI, models, tools and timeouts per role for sdlc-flows."
+
+    kind: AgentKind = Field(default="scripted", description="scripted, claude, codex, gemini, aider or custom.")
+    binary: str | None = Field(default=None, description="Executable; defaults to the kind's own name on PATH.")
+    command: list[str] | None = Field(default=None, description="Full argument list of a custom agent.")
+    models: dict[str, str] = Field(default_factory=dict, description="Model per role; unset roles use the kind's default.")
+    allowed_tools: dict[str, list[str]] = Field(default_factory=dict, description="Allowed tools per role (claude).")
+    extra_args: list[str] = Field(default_factory=list, description="Arguments appended to every run.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the agent (no secrets).")
+    timeouts: dict[str, float] = Field(default_factory=dict, description="Timeout in seconds per role.")
+    default_timeout_seconds: float = Field(default=1800, gt=0, description="Timeout for roles not in `timeouts`.")
+
+    @model_validator(mode="after")
+    def _custom_needs_command(self) -> "AgentProfile":
+        if self.kind == "custom" and not self.command:
+            raise ValueError("a custom agent profile needs `command`")
+        return self
+
+    def model_for(self, role: str) -> str:
+        if role in self.models:
+            return self.models[role]
+        strong, normal = DEFAULT_MODELS.get(self.kind, ("", ""))
+        return strong if role in STRONG_ROLES else normal
+
+    def timeout_for(self, role: str) -> float:
+        return self.timeouts.get(role, self.default_timeout_seconds)
+
+    def build_command(self, *, role: str, task_file: str, system_prompt_file: str) -> list[str]:
+        """The argument list for one run; never a shell string."""
+        model = self.model_for(role)
+        prompt = agent_prompt(role, task_file)
+        kind = self.kind
+        if kind == "scripted":
+            argv = [sys.executable, "-m", "sdlc.scripted_agent"]
+        elif kind == "custom":
+            assert self.command is not None
+            argv = list(self.command)
+        elif kind == "claude":
+            tools = self.allowed_tools.get(role, DEFAULT_TOOLS.get(role, ["Read", "Write", "Edit"]))
+            argv = [
+                self.binary or "claude", "-p", prompt,
+                "--output-format", "json",
+                "--model", model,
+                "--append-system-prompt-file", system_prompt_file,
+                "--allowedTools", ",".join(tools),
+                "--permission-mode", "acceptEdits",
+            ]
+        elif kind == "codex":
+            argv = [
+                self.binary or "codex", "exec",
+                "--model", model,
+                "--sandbox", "workspace-write",
+                "--skip-git-repo-check",
+                "--json",
+                prompt,
+            ]
+        elif kind == "gemini":
+            argv = [self.binary or "gemini", "--model", model, "--yolo", "--output-format", "json", "--prompt", prompt]
+        elif kind == "aider":
+            argv = [
+                self.binary or "aider",
+                "--model", model,
+                "--message-file", task_file,
+                "--read", system_prompt_file,
+                "--yes-always", "--no-auto-commits", "--no-check-update",
+                "--analytics-disable", "--no-pretty",
+            ]
+        else:  # pragma: no cover - guarded by the Literal type
+            raise ValueError(f"unknown agent kind {kind!r}")
+        return [*argv, *self.extra_args]
+
+
+def profile_for(kind: AgentKind, command: list[str] | None = None, timeout_seconds: float | None = None) -> AgentProfile:
+    """A profile with the kind's defaults, for runs that name no saved block."""
+    profile = AgentProfile(kind=kind, command=command)
+    if timeout_seconds is not None:
+        profile.default_timeout_seconds = timeout_seconds
+    return profile

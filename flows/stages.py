@@ -1,0 +1,82 @@
+"""One stage of the pipeline as a Prefect flow: worktree, task file, agent, commit, PR, gate.
+
+The body holds task calls and decisions only; the graph says what the stage's
+role, gate, commit paths and PR duty are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from sdlc.config import current_graph
+from sdlc.models import AgentResult, PullRequestRef, StageInput, StageResult
+from tasks.agent import AgentRunFailed, run_agent
+from tasks.forge import ensure_pull_request
+from tasks.gates import archive_stale_artifacts, run_gate
+from tasks.git import commit_and_push
+from tasks.taskfile import prepare_agent_invocation, write_task_file
+from tasks.tracking import record_pull_request
+from tasks.worktree import prepare_worktree
+
+AGENT_RETRY_DELAY_SECONDS = 1
+
+
+def _stage_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    stage_input: Any = flow_run.parameters.get("stage_input", {})
+    if isinstance(stage_input, StageInput):
+        stage_input = stage_input.model_dump()
+    request = stage_input.get("request", {})
+    return f"{request.get('work_item', '?')}-{stage_input.get('stage', '?')}-{stage_input.get('visit', '?')}"
+
+
+@flow(name="sdlc-stage", flow_run_name=_stage_run_name, log_prints=True)
+def stage_flow(stage_input: StageInput) -> StageResult:
+    spec = current_graph().stage(stage_input.stage)
+    request = stage_input.request
+    worktree = prepare_worktree(request.repo, request.feature_branch)
+    moved = archive_stale_artifacts(worktree, request.work_item, spec)
+    task_file = write_task_file(worktree, stage_input, spec, moved)
+    invocation = prepare_agent_invocation(worktree, stage_input, spec, task_file)
+
+    attempts = request.agent.max_attempts if spec.retry_agent else 1
+    agent: AgentResult
+    try:
+        agent = run_agent.with_options(retries=attempts - 1, retry_delay_seconds=AGENT_RETRY_DELAY_SECONDS)(invocation)
+    except AgentRunFailed as failure:
+        agent = failure.result
+
+    commit = None
+    pull_request: PullRequestRef | None = None
+    if agent.succeeded:
+        commit = commit_and_push(
+            worktree,
+            role=spec.role,
+            work_item=request.work_item,
+            summary=f"{spec.name} for {request.title}",
+            allowed=spec.commit_paths,
+            branch=request.feature_branch,
+        )
+        if spec.opens_pull_request:
+            pull_request = ensure_pull_request(
+                request.repo,
+                request.feature_branch,
+                f"{request.work_item}: {request.title}",
+                request.description,
+                request.work_item,
+            )
+            record_pull_request(request.work_item, pull_request.number, pull_request.url)
+
+    gate = run_gate(worktree, request.work_item, stage_input.visit, spec, agent)
+    return StageResult(
+        stage=spec.name,
+        role=spec.role,
+        visit=stage_input.visit,
+        agent=agent,
+        gate=gate,
+        commit=commit,
+        pull_request=pull_request,
+    )

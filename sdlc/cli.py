@@ -1,0 +1,471 @@
+"""The `sdlc` command (B62): run a work item, demo, approve / reject / answer, status, server.
+
+Input is validated before anything is created: a bad ID, branch, repository or
+agent gets one line on stderr and exit 2. Prefect is imported only after the
+Prefect API is settled (embedded server or PREFECT_API_URL), because it reads its
+settings at import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, NoReturn, Sequence
+
+from pydantic import ValidationError
+
+from sdlc.models import AGENT_KINDS, AgentSpec, WorkItemRequest, WorkItemState, validate_work_item_id
+from sdlc.settings import SdlcSettings, get_settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+RESUME_WAIT_SECONDS = 30.0
+
+
+class UsageError(Exception):
+    """Bad input from the command line: one line on stderr, exit 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"sdlc: error: {message}\n")
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error.get("loc", ()) if part != "__root__")
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    return f"{where}: {message}" if where and where not in message else message
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog="sdlc", description="Run AI coding agents through a software-delivery pipeline.")
+    parser.add_argument("--data-dir", help="State directory (default .sdlc, or SDLC_DATA_DIR).")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    run = commands.add_parser("run", help="Take one work item to its end.")
+    run.add_argument("--repo", required=True, help="Origin: a path (bare repository) or a git URL.")
+    run.add_argument("--work-item", required=True, help="Work item ID, e.g. ET-12.")
+    run.add_argument("--title", required=True)
+    run.add_argument("--description", default="")
+    run.add_argument("--branch", help="Default feature/<ID>-<slug of title>.")
+    run.add_argument("--agent", choices=AGENT_KINDS, default=None, help="Agent kind (default scripted).")
+    run.add_argument("--agent-command", help="Any command under the B5 protocol (quoted like a shell would).")
+    run.add_argument("--agent-profile", help="Name of a saved AgentProfile block.")
+    run.add_argument("--agent-timeout", type=float, help="Seconds per agent run (default 1800).")
+    run.add_argument("--scenario", help="Scenario file of the scripted agent (JSON or YAML).")
+    run.add_argument("--auto-approve", action="store_true", help="Do not pause for approval of the analysis.")
+    run.add_argument("--verbose", action="store_true", help="Show Prefect's own log lines too.")
+
+    demo = commands.add_parser("demo", help="Run a sample work item through every stage.")
+    demo.add_argument("--wait-approval", action="store_true", help="Wait for a person to approve.")
+    demo.add_argument("--approve-after", type=float, default=3.0, help="Seconds before the demo approves itself.")
+    demo.add_argument("--verbose", action="store_true")
+
+    approve = commands.add_parser("approve", help="Approve a work item's analysis.")
+    approve.add_argument("work_item")
+    approve.add_argument("--by", default=os.environ.get("USER", "cli"))
+    approve.add_argument("--comment", default="")
+
+    reject = commands.add_parser("reject", help="Send the analysis back to the analyst.")
+    reject.add_argument("work_item")
+    reject.add_argument("--by", default=os.environ.get("USER", "cli"))
+    reject.add_argument("--comment", required=True)
+
+    answer = commands.add_parser("answer", help="Answer the analyst's questions.")
+    answer.add_argument("work_item")
+    answer.add_argument("--file", required=True, help="File with the answers ('-' for stdin).")
+    answer.add_argument("--by", default=os.environ.get("USER", "cli"))
+
+    status = commands.add_parser("status", help="Work items, stages, PRs and agent runs.")
+    status.add_argument("work_item", nargs="?")
+    status.add_argument("--json", action="store_true")
+
+    server = commands.add_parser("server", help="The embedded Prefect server.")
+    server.add_argument("action", choices=("start", "stop", "status"))
+    return parser
+
+
+# --- run -------------------------------------------------------------------
+
+
+def request_from_args(args: argparse.Namespace) -> WorkItemRequest:
+    """Validate everything the user gave; raises UsageError before anything is created."""
+    if args.agent_command and args.agent not in (None, "custom"):
+        raise UsageError("give either --agent or --agent-command, not both")
+    agent_fields: dict[str, Any] = {"kind": args.agent or "scripted"}
+    if args.agent_command:
+        import shlex
+
+        try:
+            agent_fields.update(kind="custom", command=shlex.split(args.agent_command))
+        except ValueError as exc:
+            raise UsageError(f"--agent-command: {exc}") from None
+    elif args.agent == "custom":
+        raise UsageError("--agent custom needs --agent-command")
+    if args.agent_timeout is not None:
+        agent_fields["timeout_seconds"] = args.agent_timeout
+    if args.agent_profile:
+        agent_fields["profile_block"] = args.agent_profile
+    if args.scenario:
+        scenario = Path(args.scenario).expanduser()
+        if not scenario.is_file():
+            raise UsageError(f"scenario file {args.scenario} does not exist")
+        agent_fields["scenario_file"] = str(scenario.resolve())
+    try:
+        return WorkItemRequest(
+            work_item=args.work_item,
+            title=args.title,
+            description=args.description,
+            repo=args.repo,
+            branch=args.branch,
+            agent=AgentSpec(**agent_fields),
+            auto_approve=args.auto_approve,
+        )
+    except ValidationError as exc:
+        raise UsageError(_first_error(exc)) from None
+
+
+def _quiet_prefect_console() -> None:
+    """Leave the terminal to sdlc's progress lines; the run logs still reach the server."""
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for logger in [logging.getLogger(), *[logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]]:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.setLevel(logging.WARNING)
+
+
+class ProgressPrinter(threading.Thread):
+    """Prints one line whenever the work item's stage, state or agent run changes."""
+
+    def __init__(self, work_item: str) -> None:
+        super().__init__(daemon=True, name="progress")
+        self.work_item = work_item
+        self.started = time.monotonic()
+        self.stopping = threading.Event()
+        self.link_shown = False
+        self.last: tuple[Any, ...] | None = None
+
+    def say(self, text: str) -> None:
+        elapsed = int(time.monotonic() - self.started)
+        print(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {text}", flush=True)
+
+    def run(self) -> None:
+        from tasks.ledger import Ledger
+        from tasks.notify import flow_run_url
+
+        ledger = Ledger.from_settings()
+        while not self.stopping.wait(0.3):
+            row = ledger.get_work_item(self.work_item)
+            if row is None:
+                continue
+            if not self.link_shown and row.flow_run_id:
+                self.say(f"{self.work_item}: watch the run at {flow_run_url(row.flow_run_id)}")
+                self.link_shown = True
+            runs = ledger.agent_runs(self.work_item)
+            latest = runs[-1] if runs else None
+            snapshot = (
+                row.stage,
+                row.state,
+                latest.id if latest else None,
+                latest.exit_code if latest else None,
+                latest.ended_at is not None if latest else None,
+            )
+            if snapshot == self.last:
+                continue
+            self.last = snapshot
+            self.say(self._describe(row, latest))
+
+    def _describe(self, row: Any, latest: Any) -> str:
+        text = f"{self.work_item} stage {row.stage} ({row.state})"
+        if row.state == WorkItemState.waiting_approval.value:
+            return f"{text}: waiting for approval; approve in the UI or run `sdlc approve {self.work_item}`"
+        if row.state == WorkItemState.needs_input.value:
+            return f"{text}: the analyst asked questions; run `sdlc answer {self.work_item} --file ANSWERS.md`"
+        if latest is not None:
+            if latest.ended_at is None:
+                text += f" · {latest.role} attempt {latest.attempt} running"
+            else:
+                text += f" · {latest.role} attempt {latest.attempt} exited {latest.exit_code} after {latest.duration_seconds:.1f} s"
+        return text
+
+
+def execute(request: WorkItemRequest, settings: SdlcSettings, *, verbose: bool) -> int:
+    from sdlc.server import ensure_prefect_api
+
+    ensure_prefect_api(settings)
+    from flows.pipeline import sdlc_pipeline
+    from tasks.ledger import Ledger
+
+    if not verbose:
+        _quiet_prefect_console()
+    progress = ProgressPrinter(request.work_item)
+    progress.start()
+    try:
+        sdlc_pipeline(request=request, return_state=True)
+    finally:
+        progress.stopping.set()
+        progress.join(timeout=2)
+    row = Ledger.from_settings().get_work_item(request.work_item)
+    if row is not None and row.state == WorkItemState.done.value:
+        pr = f" PR #{row.pr_number} merged ({row.pr_url})." if row.pr_number else ""
+        progress.say(f"{request.work_item} done.{pr}")
+        return EXIT_OK
+    reason = row.reason if row is not None else "the pipeline did not start"
+    state = row.state if row is not None else "failed"
+    print(f"sdlc: {request.work_item} {state}: {reason}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def command_run(args: argparse.Namespace) -> int:
+    request = request_from_args(args)
+    return execute(request, get_settings(), verbose=args.verbose)
+
+
+# --- people in the loop ------------------------------------------------------
+
+
+def _known_work_item(work_item: str) -> Any:
+    from tasks.ledger import Ledger
+
+    try:
+        validate_work_item_id(work_item)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not _ledger_exists(get_settings()):
+        raise UsageError(f"unknown work item {work_item}")
+    row = Ledger.from_settings().get_work_item(work_item)
+    if row is None:
+        raise UsageError(f"unknown work item {work_item}")
+    return row
+
+
+def resume_waiting_run(work_item: str, expected_state: WorkItemState, run_input: dict[str, Any]) -> None:
+    """Give typed input to the paused pipeline of a work item, from any process."""
+    from uuid import UUID
+
+    from sdlc.server import ensure_prefect_api
+
+    ensure_prefect_api(get_settings(), start=False)
+    from prefect.client.orchestration import get_client
+    from prefect.flow_runs import resume_flow_run
+
+    from tasks.ledger import Ledger
+    deadline = time.monotonic() + RESUME_WAIT_SECONDS
+    ledger = Ledger.from_settings()
+    while True:
+        row = ledger.get_work_item(work_item)
+        if row.state != expected_state.value:
+            raise RuntimeError(f"{work_item} is not {expected_state.value.replace('_', ' ')} (it is {row.state})")
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(UUID(row.flow_run_id)).state
+        if state is not None and state.is_paused():
+            resume_flow_run(UUID(row.flow_run_id), run_input=run_input)
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the run of {work_item} did not pause within {RESUME_WAIT_SECONDS:.0f} s")
+        time.sleep(0.3)
+
+
+def command_approve(args: argparse.Namespace, approve: bool) -> int:
+    _known_work_item(args.work_item)
+    resume_waiting_run(
+        args.work_item,
+        WorkItemState.waiting_approval,
+        {"approve": approve, "approver": args.by, "comment": args.comment},
+    )
+    print(f"{args.work_item} {'approved' if approve else 'rejected'} by {args.by}")
+    return EXIT_OK
+
+
+def command_answer(args: argparse.Namespace) -> int:
+    _known_work_item(args.work_item)
+    if args.file == "-":
+        answers = sys.stdin.read()
+    else:
+        path = Path(args.file)
+        if not path.is_file():
+            raise UsageError(f"answers file {args.file} does not exist")
+        answers = path.read_text(encoding="utf-8")
+    if not answers.strip():
+        raise UsageError("the answers are empty")
+    resume_waiting_run(args.work_item, WorkItemState.needs_input, {"answers": answers, "answered_by": args.by})
+    print(f"{args.work_item} answered by {args.by}")
+    return EXIT_OK
+
+
+# --- status ------------------------------------------------------------------
+
+
+def _ledger_exists(settings: SdlcSettings) -> bool:
+    url = settings.resolved_ledger_url
+    return not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).exists()
+
+
+def status_report(work_item: str | None) -> list[dict[str, Any]]:
+    from tasks.ledger import Ledger
+
+    if not _ledger_exists(get_settings()):
+        return []
+    ledger = Ledger.from_settings()
+    rows = [ledger.get_work_item(work_item)] if work_item else ledger.list_work_items()
+    report = []
+    for row in rows:
+        if row is None:
+            continue
+        report.append(
+            {
+                "work_item": row.id,
+                "title": row.title,
+                "repo": row.repo,
+                "branch": row.branch,
+                "stage": row.stage,
+                "state": row.state,
+                "reason": row.reason,
+                "flow_run_id": row.flow_run_id,
+                "pull_request": {"number": row.pr_number, "url": row.pr_url} if row.pr_number else None,
+                "transitions": [
+                    {"from": t.from_stage, "to": t.to_stage, "reason": t.reason, "at": t.at.isoformat()}
+                    for t in ledger.transitions(row.id)
+                ],
+                "agent_runs": [
+                    {
+                        "stage": r.stage,
+                        "role": r.role,
+                        "attempt": r.attempt,
+                        "exit_code": r.exit_code,
+                        "duration_seconds": r.duration_seconds,
+                        "timed_out": r.timed_out,
+                        "error": r.error,
+                        "log_path": r.log_path,
+                    }
+                    for r in ledger.agent_runs(row.id)
+                ],
+            }
+        )
+    return report
+
+
+def command_status(args: argparse.Namespace) -> int:
+    if args.work_item:
+        _known_work_item(args.work_item)
+    report = status_report(args.work_item)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    if not report:
+        print("no work items yet")
+    for item in report:
+        pr = f"PR #{item['pull_request']['number']}" if item["pull_request"] else "no PR"
+        print(f"{item['work_item']}  {item['state']:<16} stage {item['stage']:<13} {pr}  {item['title']}")
+        if item["reason"]:
+            print(f"    {item['reason']}")
+        for run in item["agent_runs"]:
+            duration = "-" if run["duration_seconds"] is None else f"{run['duration_seconds']:.1f} s"
+            print(f"    {run['role']:<10} attempt {run['attempt']}  exit {run['exit_code']}  {duration}")
+    return EXIT_OK
+
+
+# --- server and demo ---------------------------------------------------------
+
+
+def command_server(args: argparse.Namespace) -> int:
+    from sdlc import server
+
+    settings = get_settings()
+    if args.action == "start":
+        print(f"Prefect API at {server.ensure_prefect_api(settings)}")
+    elif args.action == "stop":
+        print("stopped" if server.stop_server(settings) else "no embedded server was running")
+    else:
+        url = os.environ.get("PREFECT_API_URL") or server.api_url_for(settings.prefect_port)
+        healthy = server.is_healthy(url)
+        print(f"{url}: {'up' if healthy else 'down'}")
+        return EXIT_OK if healthy else EXIT_FAILED
+    return EXIT_OK
+
+
+def _next_demo_id() -> str:
+    ids = [item["work_item"] for item in status_report(None)]
+    number = 1
+    while f"DEMO-{number}" in ids:
+        number += 1
+    return f"DEMO-{number}"
+
+
+def _approve_when_waiting(work_item: str, delay: float, say: Any) -> None:
+    from tasks.ledger import Ledger
+
+    ledger = Ledger.from_settings()
+    while True:
+        row = ledger.get_work_item(work_item)
+        if row is not None and row.state == WorkItemState.waiting_approval.value:
+            break
+        if row is not None and row.state in (WorkItemState.done.value, WorkItemState.blocked.value, WorkItemState.failed.value):
+            return
+        time.sleep(0.3)
+    say(f"demo: approving {work_item} in {delay:g} s (run `sdlc demo --wait-approval` to do it yourself)")
+    time.sleep(delay)
+    resume_waiting_run(work_item, WorkItemState.waiting_approval, {"approve": True, "approver": "demo", "comment": "looks good"})
+
+
+def command_demo(args: argparse.Namespace) -> int:
+    from sdlc.sample import create_sample_repo
+    from sdlc.server import ensure_prefect_api
+
+    settings = get_settings()
+    ensure_prefect_api(settings)
+    origin = create_sample_repo(settings.root / "demo")
+    scenario = settings.root / "demo" / "scenario.json"
+    scenario.write_text(json.dumps({"reviewer": {"request_changes": 1}}))
+    work_item = _next_demo_id()
+    request = WorkItemRequest(
+        work_item=work_item,
+        title="Greet people by name",
+        description="The greeter should greet a person by the name it is given, and say hello to the world without one.",
+        repo=str(origin),
+        agent=AgentSpec(kind="scripted", scenario_file=str(scenario)),
+    )
+    print(f"demo: sample repository {origin}, work item {work_item}; the reviewer will ask for changes once")
+    if not args.wait_approval:
+        threading.Thread(
+            target=_approve_when_waiting, args=(work_item, args.approve_after, print), daemon=True
+        ).start()
+    return execute(request, settings, verbose=args.verbose)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.data_dir:
+        os.environ["SDLC_DATA_DIR"] = args.data_dir
+    handlers = {
+        "run": command_run,
+        "demo": command_demo,
+        "approve": lambda a: command_approve(a, True),
+        "reject": lambda a: command_approve(a, False),
+        "answer": command_answer,
+        "status": command_status,
+        "server": command_server,
+    }
+    try:
+        return handlers[args.command](args)
+    except UsageError as exc:
+        print(f"sdlc: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("sdlc: interrupted", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        print(f"sdlc: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Typed values that cross a boundary: CLI, flow parameters, task inputs and results.
+
+Everything a work item carries (ID, title, description, branch, repository) is
+validated here once, so that later code can treat it as plain data: it is never
+handed to a shell, and git sees it only as an argument after the checks below.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+WORK_ITEM_ID_PATTERN = re.compile(r"^[A-Z][A-Z0-9]{0,15}-[0-9]{1,9}$")
+BRANCH_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+URL_PATTERN = re.compile(r"^(https?|ssh|git|file)://[^\s]+$")
+SCP_PATTERN = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._/~-]+$")
+AGENT_KINDS = ("scripted", "claude", "codex", "gemini", "aider", "custom")
+AgentKind = Literal["scripted", "claude", "codex", "gemini", "aider", "custom"]
+
+
+def _no_control_chars(value: str, what: str, allow_newlines: bool = False) -> str:
+    allowed = {"\n", "\t", "\r"} if allow_newlines else {"\t"}
+    for ch in value:
+        if unicodedata.category(ch) == "Cc" and ch not in allowed:
+            raise ValueError(f"{what} must not contain control characters (found {ch!r})")
+    return value
+
+
+def validate_work_item_id(value: str) -> str:
+    if not WORK_ITEM_ID_PATTERN.match(value):
+        raise ValueError(
+            f"work item ID {value[:40]!r} is not of the form PROJECT-NUMBER, e.g. ET-12"
+        )
+    return value
+
+
+def validate_branch(value: str) -> str:
+    """An allowlist stricter than `git check-ref-format`: no option-like or odd names."""
+    if (
+        not BRANCH_PATTERN.match(value)
+        or ".." in value
+        or "//" in value
+        or value.endswith(("/", ".", ".lock"))
+        or "/." in value
+    ):
+        raise ValueError(
+            f"branch name {value[:60]!r} is not allowed "
+            "(letters, digits, '.', '_', '-', '/'; no '..', no leading '-')"
+        )
+    return value
+
+
+def validate_repo(value: str) -> str:
+    """A local path that exists, or a git URL; nothing option-like."""
+    if not value or value.startswith("-"):
+        raise ValueError(f"repository {value[:60]!r} is not a path or a git URL")
+    _no_control_chars(value, "repository")
+    if URL_PATTERN.match(value) or SCP_PATTERN.match(value):
+        return value
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise ValueError(f"repository {value[:200]} does not exist")
+    if not ((path / "HEAD").is_file() or (path / ".git").exists()):
+        raise ValueError(f"repository {value[:200]} is not a git repository")
+    return str(path.resolve())
+
+
+def slugify(text: str, max_length: int = 40) -> str:
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    return slug[:max_length].rstrip("-") or "work-item"
+
+
+def default_branch_name(work_item: str, title: str) -> str:
+    return f"feature/{work_item}-{slugify(title)}"
+
+
+class AgentSpec(BaseModel):
+    """Which agent does the work: a CLI kind, or any command under the B5 protocol."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: AgentKind = Field(default="scripted", description="scripted, claude, codex, gemini, aider or custom.")
+    command: list[str] | None = Field(
+        default=None, description="Argument list of a custom agent (kind=custom)."
+    )
+    timeout_seconds: float = Field(
+        default=1800, gt=0, le=7 * 24 * 3600, description="Per-run timeout; the whole process group is ended."
+    )
+    scenario_file: str | None = Field(
+        default=None, description="Scenario of the built-in scripted agent (JSON or YAML)."
+    )
+    profile_block: str | None = Field(
+        default=None, description="Name of an AgentProfile block to load instead of the defaults."
+    )
+    max_attempts: int = Field(
+        default=2, ge=1, le=10, description="Runs of one agent per stage visit before the stage fails."
+    )
+
+    @model_validator(mode="after")
+    def _custom_needs_command(self) -> "AgentSpec":
+        if self.kind == "custom" and not self.command:
+            raise ValueError("a custom agent needs a command")
+        if self.command is not None:
+            if not self.command or not self.command[0]:
+                raise ValueError("agent command must not be empty")
+            for arg in self.command:
+                _no_control_chars(arg, "agent command")
+        return self
+
+
+class WorkItemRequest(BaseModel):
+    """One work item to take through the pipeline: the pipeline flow's parameter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    work_item: str = Field(description="Work item ID, e.g. ET-12.")
+    title: str = Field(min_length=1, max_length=200, description="One-line title.")
+    description: str = Field(default="", max_length=65536, description="What is asked for.")
+    repo: str = Field(description="Origin: a local path (bare repository) or a git URL.")
+    branch: str | None = Field(default=None, description="Default feature/<ID>-<slug of title>.")
+    agent: AgentSpec = Field(default_factory=AgentSpec)
+    auto_approve: bool = Field(default=False, description="Skip the human approval of the analysis.")
+    approval_timeout_seconds: int = Field(default=7 * 24 * 3600, gt=0)
+
+    @field_validator("work_item")
+    @classmethod
+    def _check_id(cls, value: str) -> str:
+        return validate_work_item_id(value)
+
+    @field_validator("title")
+    @classmethod
+    def _check_title(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("title must not be blank")
+        return _no_control_chars(value, "title")
+
+    @field_validator("description")
+    @classmethod
+    def _check_description(cls, value: str) -> str:
+        return _no_control_chars(value, "description", allow_newlines=True)
+
+    @field_validator("repo")
+    @classmethod
+    def _check_repo(cls, value: str) -> str:
+        return validate_repo(value)
+
+    @field_validator("branch")
+    @classmethod
+    def _check_branch(cls, value: str | None) -> str | None:
+        return None if value is None else validate_branch(value)
+
+    @model_validator(mode="after")
+    def _default_branch(self) -> "WorkItemRequest":
+        if self.branch is None:
+            self.branch = default_branch_name(self.work_item, self.title)
+        return self
+
+    @property
+    def feature_branch(self) -> str:
+        assert self.branch is not None
+        return self.branch
+
+
+class WorkItemState(str, Enum):
+    running = "running"
+    waiting_approval = "waiting_approval"
+    needs_input = "needs_input"
+    blocked = "blocked"
+    done = "done"
+    failed = "failed"
+
+
+class Feedback(BaseModel):
+    """What the previous gate or person said, carried into the next agent's task file."""
+
+    source: str = Field(description="answers, conflict, review, test_report, rejection, deploy, tests, agent")
+    summary: str = ""
+    file: str | None = Field(default=None, description="Path relative to the worktree.")
+
+
+class StageInput(BaseModel):
+    """The one input of a stage flow."""
+
+    request: WorkItemRequest
+    stage: str
+    visit: int = Field(ge=1, description="How many times this stage has been entered, this one included.")
+    feedback: list[Feedback] = Field(default_factory=list)
+
+
+class AgentResult(BaseModel):
+    role: str
+    attempt: int
+    exit_code: int | None
+    duration_seconds: float
+    log_path: str
+    output_tail: str = ""
+    timed_out: bool = False
+    started_at: datetime
+    ended_at: datetime
+    error: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and self.error is None
+
+
+class GateResult(BaseModel):
+    outcome: str = Field(description="Key into the stage's routes: pass, questions, conflict, ...")
+    passed: bool
+    reason: str
+    details: str = Field(default="", description="Text for the next task: questions, findings, report.")
+    artifact: str | None = Field(default=None, description="Artifact the gate read, relative to the worktree.")
+
+
+class CommitResult(BaseModel):
+    sha: str | None = None
+    committed: list[str] = Field(default_factory=list)
+    left_out: list[str] = Field(default_factory=list)
+    pushed: bool = False
+
+
+class PullRequestRef(BaseModel):
+    number: int
+    url: str
+    branch: str
+    base: str
+    title: str
+    state: Literal["open", "merged", "closed"]
+    merge_commit: str | None = None
+
+
+class StageResult(BaseModel):
+    stage: str
+    role: str
+    visit: int
+    agent: AgentResult | None = None
+    gate: GateResult
+    commit: CommitResult | None = None
+    pull_request: PullRequestRef | None = None
+
+
+class PipelineResult(BaseModel):
+    work_item: str
+    state: WorkItemState
+    stage: str
+    reason: str
+    pull_request: PullRequestRef | None = None

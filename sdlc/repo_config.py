@@ -1,0 +1,41 @@
+"""The repository's own settings for sdlc-flows: `.sdlc/config.yaml` on its branch."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+CONFIG_PATH = Path(".sdlc") / "config.yaml"
+
+
+class RepoConfig(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    test_command: list[str] | None = Field(
+        default=None, description="Local test command of the development gate, as a list or a string (split, never run by a shell)."
+    )
+    test_timeout_seconds: float = Field(default=600, gt=0)
+
+    @field_validator("test_command", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return shlex.split(value)
+        return value
+
+
+def load_repo_config(worktree: Path) -> RepoConfig:
+    """The config on the branch's worktree; defaults when the file is absent."""
+    path = worktree / CONFIG_PATH
+    if not path.is_file():
+        return RepoConfig()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{CONFIG_PATH} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{CONFIG_PATH} must be a mapping")
+    return RepoConfig.model_validate(data)

@@ -1,0 +1,131 @@
+"""The embedded default (B63): a local Prefect server on SQLite, started when none runs.
+
+With ``PREFECT_API_URL`` set, sdlc uses that server and starts nothing. Otherwise
+it looks for a healthy server on 127.0.0.1:<SDLC_PREFECT_PORT> (default 4200) and,
+if there is none, starts one in the background with its state under
+``<data_dir>/prefect``. The server outlives the command so that ``sdlc approve``
+in a second terminal and the UI reach the waiting run; ``sdlc server stop`` ends it.
+
+This module must not import prefect: it sets the environment prefect reads at import.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from sdlc.settings import SdlcSettings
+
+START_TIMEOUT_SECONDS = 90.0
+QUIET_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+}
+
+
+class ServerError(RuntimeError):
+    """The embedded Prefect server could not be reached or started."""
+
+
+def api_url_for(port: int) -> str:
+    return f"http://127.0.0.1:{port}/api"
+
+
+def is_healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as response:  # noqa: S310 - loopback
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _pid_file(settings: SdlcSettings) -> Path:
+    return settings.root / "prefect" / "server.pid"
+
+
+def _prefect_executable() -> str:
+    candidate = Path(sys.executable).with_name("prefect")
+    return str(candidate) if candidate.exists() else "prefect"
+
+
+def configure_client_environment(settings: SdlcSettings) -> None:
+    """Quiet, isolated Prefect client settings for this process (before prefect is imported)."""
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    os.environ.setdefault("PREFECT_HOME", str(settings.root / "prefect"))
+
+
+def start_server(settings: SdlcSettings) -> str:
+    """Start a Prefect server in the background and wait until it answers."""
+    api_url = api_url_for(settings.prefect_port)
+    home = settings.root / "prefect"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **QUIET_ENV, "PREFECT_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    log = open(home / "server.log", "ab")  # noqa: SIM115 - handed to the child
+    process = subprocess.Popen(
+        [_prefect_executable(), "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect_port)],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=home,
+        start_new_session=True,
+    )
+    log.close()
+    _pid_file(settings).write_text(str(process.pid))
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if is_healthy(api_url):
+            return api_url
+        if process.poll() is not None:
+            tail = (home / "server.log").read_text(errors="replace")[-2000:]
+            raise ServerError(f"the Prefect server exited with {process.returncode}; see {home / 'server.log'}:\n{tail}")
+        time.sleep(0.3)
+    raise ServerError(f"the Prefect server did not answer within {START_TIMEOUT_SECONDS:.0f} s; see {home / 'server.log'}")
+
+
+def ensure_prefect_api(settings: SdlcSettings, *, start: bool = True) -> str:
+    """The API URL to use, starting the embedded server if needed; exported to PREFECT_API_URL."""
+    configure_client_environment(settings)
+    existing = os.environ.get("PREFECT_API_URL")
+    if existing:
+        return existing
+    api_url = api_url_for(settings.prefect_port)
+    if not is_healthy(api_url):
+        if not start:
+            raise ServerError(f"no Prefect server answers at {api_url}; run `sdlc server start`")
+        start_server(settings)
+    os.environ["PREFECT_API_URL"] = api_url
+    return api_url
+
+
+def stop_server(settings: SdlcSettings) -> bool:
+    """End the embedded server this data directory started; False when none was running."""
+    pid_file = _pid_file(settings)
+    if not pid_file.is_file():
+        return False
+    pid = int(pid_file.read_text().strip() or 0)
+    pid_file.unlink()
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return False
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return True

@@ -1,0 +1,57 @@
+"""Process-wide settings, read from the environment (prefix ``SDLC_``).
+
+Settings are read anew on each call to :func:`get_settings`, so a test or a CLI
+flag that sets ``SDLC_DATA_DIR`` takes effect without re-importing anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SdlcSettings(BaseSettings):
+    """Where sdlc-flows keeps its state on this machine."""
+
+    model_config = SettingsConfigDict(env_prefix="SDLC_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path(".sdlc"),
+        description="Root of clones, worktrees, agent logs, the ledger and the embedded Prefect server.",
+    )
+    ledger_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the ledger; default sqlite:///<data_dir>/ledger.db.",
+    )
+    prefect_port: int = Field(default=4200, description="Port of the embedded Prefect server.")
+    approval_poll_seconds: int = Field(
+        default=1, description="How often a paused pipeline checks for its approval input."
+    )
+
+    @property
+    def root(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def repos_dir(self) -> Path:
+        """Main clones, one per repository."""
+        return self.root / "repos"
+
+    @property
+    def worktrees_dir(self) -> Path:
+        """Worktrees root: one worktree per (repository, branch)."""
+        return self.root / "worktrees"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def resolved_ledger_url(self) -> str:
+        return self.ledger_url or f"sqlite:///{self.root / 'ledger.db'}"
+
+
+def get_settings() -> SdlcSettings:
+    return SdlcSettings()

@@ -1,0 +1,310 @@
+"""Run one agent CLI in one worktree (B4-B7). Knows nothing about stages or gates.
+
+The agent is started through prefect-shell's ``ShellOperation.trigger()`` inside
+``with`` so that leaving the block ends its whole process group. The script the
+shell runs holds only quoted arguments and variable *names*: the agent gets an
+environment built from an allowlist with ``env -i``, so neither the worker's
+environment (Prefect credentials, forge tokens) nor any value from a work item
+is interpreted by the shell. Output, stderr included, goes to a log file that a
+follower thread streams into the Prefect run logs while the agent runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.logging import get_run_logger
+from prefect_shell import ShellOperation
+from pydantic import BaseModel, Field
+
+from sdlc.models import AgentResult
+from sdlc.settings import get_settings
+from tasks.failures import PermanentError
+from tasks.ledger import Ledger
+
+LOG_TAIL_BYTES = 16 * 1024
+TERMINATE_GRACE_SECONDS = 3.0
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Passed through from the worker: what a CLI needs to find itself and its own model API.
+PASSTHROUGH_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME", "TERM")
+PASSTHROUGH_PREFIXES = ("ANTHROPIC_", "CLAUDE_", "OPENAI_", "CODEX_", "GEMINI_", "GOOGLE_", "AIDER_", "DISABLE_")
+
+
+class AgentInvocation(BaseModel):
+    """Everything needed to start one agent run; one model so fields can be added safely."""
+
+    work_item: str
+    stage: str
+    role: str
+    worktree: str
+    argv: list[str] = Field(min_length=1)
+    timeout_seconds: float = Field(gt=0)
+    protocol_env: dict[str, str] = Field(description="The B5 SDLC_* variables.")
+    profile_env: dict[str, str] = Field(default_factory=dict)
+
+
+class AgentRunFailed(PermanentError):
+    """The agent exited non-zero, timed out or could not start; carries the run's result."""
+
+    def __init__(self, result: AgentResult) -> None:
+        self.result = result
+        super().__init__(describe_failure(result))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.result,))
+
+
+def describe_failure(result: AgentResult) -> str:
+    if result.timed_out:
+        what = f"timeout after {result.duration_seconds:.0f} s"
+    elif result.error:
+        what = result.error
+    else:
+        what = f"exit code {result.exit_code}"
+    return f"{result.role} attempt {result.attempt} failed: {what} (log: {result.log_path})"
+
+
+def agent_environment(
+    worker_env: Mapping[str, str], protocol_env: Mapping[str, str], profile_env: Mapping[str, str]
+) -> dict[str, str]:
+    """The agent's whole environment: an allowlist of the worker's, then B5, then the profile."""
+    env = {
+        name: value
+        for name, value in worker_env.items()
+        if name in PASSTHROUGH_NAMES or name.startswith(PASSTHROUGH_PREFIXES)
+    }
+    env.update(profile_env)
+    env.update(protocol_env)
+    bad = [name for name in env if not ENV_NAME.match(name)]
+    if bad:
+        raise ValueError(f"invalid environment variable names: {bad}")
+    return env
+
+
+def agent_script(argv: list[str], env_names: list[str], log_path: Path) -> str:
+    """One shell line: quoted arguments, variables by name only, output to the log."""
+    assignments = " ".join(f'"{name}=${{{name}}}"' for name in env_names)
+    return (
+        f"exec env -i {assignments} {shlex.join(argv)} "
+        f">> {shlex.quote(str(log_path))} 2>&1 < /dev/null"
+    )
+
+
+def read_log_tail(path: Path | str, max_bytes: int = LOG_TAIL_BYTES) -> str:
+    """The last `max_bytes` of a log, read from the end: cost independent of the log's size."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read(max_bytes)
+    except FileNotFoundError:
+        return ""
+    return data.decode("utf-8", errors="replace")
+
+
+class _LogFollower(threading.Thread):
+    """Streams new lines of the log file to the Prefect run logger until stopped."""
+
+    def __init__(self, path: Path, logger: logging.LoggerAdapter[Any] | logging.Logger, label: str) -> None:
+        super().__init__(daemon=True, name=f"follow-{label}")
+        self._path = path
+        self._logger = logger
+        self._label = label
+        self._stopping = threading.Event()
+        self._offset = path.stat().st_size if path.exists() else 0
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(timeout=5)
+
+    def run(self) -> None:
+        pending = b""
+        while True:
+            stopping = self._stopping.is_set()
+            pending = self._drain(pending)
+            if stopping:
+                if pending:
+                    self._emit(pending)
+                return
+            self._stopping.wait(0.25)
+
+    def _drain(self, pending: bytes) -> bytes:
+        try:
+            with open(self._path, "rb") as handle:
+                handle.seek(self._offset)
+                chunk = handle.read(1024 * 1024)
+                self._offset += len(chunk)
+        except FileNotFoundError:
+            return pending
+        data = pending + chunk
+        *lines, rest = data.split(b"\n")
+        for line in lines:
+            self._emit(line)
+        return rest
+
+    def _emit(self, line: bytes) -> None:
+        text = line.decode("utf-8", errors="replace").rstrip()
+        if text:
+            self._logger.info("%s | %s", self._label, text[:2000])
+
+
+def _end_process_group(pid: int, waiter: threading.Thread) -> None:
+    """SIGTERM the agent's whole process group, then SIGKILL whatever is left after a grace."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        waiter.join(TERMINATE_GRACE_SECONDS)
+
+
+def _run_logger() -> logging.LoggerAdapter[Any] | logging.Logger:
+    try:
+        return get_run_logger()
+    except Exception:  # outside a flow or task run, e.g. in unit tests
+        return logging.getLogger("sdlc.agent")
+
+
+def execute_agent(invocation: AgentInvocation, *, attempt: int, log_path: Path) -> AgentResult:
+    """Start the agent, wait at most its timeout, end its process group, describe the run."""
+    logger = _run_logger()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = agent_environment(os.environ, invocation.protocol_env, invocation.profile_env)
+    env["SDLC_ATTEMPT"] = str(attempt)
+    script = agent_script(invocation.argv, sorted(env), log_path)
+    started = datetime.now(timezone.utc)
+    clock = time.monotonic()
+    with open(log_path, "ab") as log:
+        log.write(
+            f"--- {invocation.role} attempt {attempt} started {started.isoformat()} "
+            f"in {invocation.worktree}: {shlex.join(invocation.argv)[:2000]}\n".encode()
+        )
+    follower = _LogFollower(log_path, logger, invocation.role)
+    follower.start()
+    exit_code: int | None = None
+    timed_out = False
+    error: str | None = None
+    try:
+        with ShellOperation(
+            commands=[script], env=env, working_dir=Path(invocation.worktree), stream_output=False
+        ) as operation:
+            process = operation.trigger()
+            waiter = threading.Thread(target=_wait_quietly, args=(process,), daemon=True)
+            waiter.start()
+            waiter.join(invocation.timeout_seconds)
+            if waiter.is_alive():
+                timed_out = True
+                logger.warning(
+                    "%s: timeout after %s s, ending its process group", invocation.role, invocation.timeout_seconds
+                )
+                _end_process_group(process.pid, waiter)
+            exit_code = process.return_code
+    except OSError as exc:
+        error = f"could not start the agent: {exc}"
+    finally:
+        follower.stop()
+    ended = datetime.now(timezone.utc)
+    duration = time.monotonic() - clock
+    if timed_out:
+        error = f"timeout after {invocation.timeout_seconds:g} s"
+    elif exit_code == 127:
+        error = f"agent command not found: {invocation.argv[0]}"
+    with open(log_path, "ab") as log:
+        log.write(f"--- {invocation.role} attempt {attempt} ended: exit {exit_code}, {duration:.1f} s\n".encode())
+    return AgentResult(
+        role=invocation.role,
+        attempt=attempt,
+        exit_code=exit_code,
+        duration_seconds=round(duration, 3),
+        log_path=str(log_path),
+        output_tail=read_log_tail(log_path, 4096),
+        timed_out=timed_out,
+        started_at=started,
+        ended_at=ended,
+        error=error,
+    )
+
+
+def _wait_quietly(process: Any) -> None:
+    try:
+        process.wait_for_completion()
+    except RuntimeError:
+        pass  # non-zero exit: the caller reads the return code
+
+
+def _retry_agent_failures(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only failed agent runs; bugs in the orchestrator fail at once."""
+    try:
+        state.result()
+    except AgentRunFailed:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(name="run-agent", retry_condition_fn=_retry_agent_failures)
+def run_agent(invocation: AgentInvocation) -> AgentResult:
+    """One run of the agent, recorded in the ledger and shown as a Prefect artifact."""
+    ledger = Ledger.from_settings()
+    attempt = ledger.count_agent_runs(invocation.work_item, invocation.role) + 1
+    log_path = get_settings().logs_dir / invocation.work_item / f"{invocation.role}-{attempt}.log"
+    flow_run_id = _current_flow_run_id()
+    run_id, attempt = ledger.start_agent_run(
+        invocation.work_item,
+        stage=invocation.stage,
+        role=invocation.role,
+        log_path=str(log_path),
+        flow_run_id=flow_run_id,
+    )
+    logger = _run_logger()
+    logger.info("%s attempt %s starting: %s (log %s)", invocation.role, attempt, invocation.argv[0], log_path)
+    result = execute_agent(invocation, attempt=attempt, log_path=log_path)
+    ledger.finish_agent_run(run_id, result)
+    _publish_run_artifact(invocation, result)
+    if not result.succeeded:
+        logger.warning(describe_failure(result))
+        raise AgentRunFailed(result)
+    logger.info("%s attempt %s finished in %.1f s", invocation.role, attempt, result.duration_seconds)
+    return result
+
+
+def _current_flow_run_id() -> str | None:
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.id
+    return str(run_id) if run_id else None
+
+
+def _publish_run_artifact(invocation: AgentInvocation, result: AgentResult) -> None:
+    key = f"agent-{invocation.work_item.lower()}-{invocation.role}"
+    create_table_artifact(
+        key=key,
+        table=[
+            {
+                "work item": invocation.work_item,
+                "stage": invocation.stage,
+                "role": result.role,
+                "attempt": result.attempt,
+                "started": result.started_at.isoformat(timespec="seconds"),
+                "ended": result.ended_at.isoformat(timespec="seconds"),
+                "exit code": result.exit_code,
+                "duration s": result.duration_seconds,
+                "outcome": "ok" if result.succeeded else (result.error or "failed"),
+                "log": result.log_path,
+            }
+        ],
+        description=f"{invocation.work_item} {invocation.role} attempt {result.attempt}",
+    )

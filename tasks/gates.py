@@ -1,0 +1,200 @@
+"""Quality gates (B10): read what this run of the agent wrote and name an outcome.
+
+Each gate kind is one function from a :class:`GateContext` to a
+:class:`GateResult`; the stage graph names the kind and maps outcomes to routes.
+Before an agent runs, :func:`archive_stale_artifacts` moves the files its gate
+reads into ``history/`` with a round number, so a verdict or a question from an
+earlier run can never decide the gate again, while the history stays readable.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Callable
+
+from prefect import task
+from pydantic import BaseModel, ConfigDict
+
+from sdlc.graph import StageSpec
+from sdlc.models import AgentResult, GateResult
+from sdlc.repo_config import load_repo_config
+from sdlc.settings import get_settings
+from tasks.agent import describe_failure, read_log_tail
+from tasks.taskfile import artifacts_dir
+
+MAX_DETAILS = 8000
+
+
+class GateContext(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    worktree: Path
+    work_item: str
+    visit: int
+    spec: StageSpec
+    agent: AgentResult | None
+
+
+def _relative(ctx: GateContext, name: str) -> str:
+    return f"{artifacts_dir(ctx.work_item)}/{name}"
+
+
+def _read(ctx: GateContext, name: str) -> str | None:
+    path = ctx.worktree / _relative(ctx, name)
+    return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
+
+
+def artifacts_gate(ctx: GateContext) -> GateResult:
+    """Pass when every artifact is there; an alternate file (questions, conflict) decides first."""
+    for outcome, name in ctx.spec.alternate_artifacts.items():
+        text = _read(ctx, name)
+        if text is not None:
+            return GateResult(
+                outcome=outcome,
+                passed=False,
+                reason=f"{ctx.spec.role} wrote {name}",
+                details=text[:MAX_DETAILS],
+                artifact=_relative(ctx, name),
+            )
+    missing = [name for name in ctx.spec.artifacts if _read(ctx, name) is None]
+    if missing:
+        return GateResult(
+            outcome="missing",
+            passed=False,
+            reason=f"warning: {ctx.spec.role} did not write {', '.join(missing)}",
+        )
+    return GateResult(outcome="pass", passed=True, reason=f"{ctx.spec.role} wrote {', '.join(ctx.spec.artifacts)}")
+
+
+def verdict_gate(ctx: GateContext) -> GateResult:
+    """Find the verdict line (review, test report) in the stage's first artifact."""
+    name = ctx.spec.artifacts[0]
+    text = _read(ctx, name)
+    if text is None:
+        return GateResult(outcome="missing", passed=False, reason=f"warning: {ctx.spec.role} did not write {name}")
+    for outcome, pattern in ctx.spec.verdicts.items():
+        if re.search(pattern, text):
+            return GateResult(
+                outcome=outcome,
+                passed=outcome == "pass",
+                reason=f"{name}: {outcome}",
+                details=text[:MAX_DETAILS],
+                artifact=_relative(ctx, name),
+            )
+    return GateResult(
+        outcome="missing", passed=False, reason=f"{name} has no verdict line", artifact=_relative(ctx, name)
+    )
+
+
+def exit_code_gate(ctx: GateContext) -> GateResult:
+    """The agent's own check decides (deploy: its smoke or health check)."""
+    agent = ctx.agent
+    if agent is not None and agent.succeeded:
+        return GateResult(outcome="pass", passed=True, reason=f"{ctx.spec.role} exited 0")
+    reason = "did not run" if agent is None else (agent.error or f"exited {agent.exit_code}")
+    return GateResult(
+        outcome="fail",
+        passed=False,
+        reason=f"{ctx.spec.role} {reason}",
+        details=(agent.output_tail if agent else "")[-MAX_DETAILS:],
+        artifact=agent.log_path if agent else None,
+    )
+
+
+def tests_gate(ctx: GateContext) -> GateResult:
+    """The repository's local test command (`.sdlc/config.yaml`) passes on the worktree."""
+    config = load_repo_config(ctx.worktree)
+    if not config.test_command:
+        return GateResult(outcome="pass", passed=True, reason="no test command configured (.sdlc/config.yaml)")
+    log_path = get_settings().logs_dir / ctx.work_item / f"tests-{ctx.spec.name}-{ctx.visit}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        try:
+            completed = subprocess.run(
+                config.test_command,
+                cwd=ctx.worktree,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=config.test_timeout_seconds,
+                start_new_session=True,
+            )
+            code: int | None = completed.returncode
+        except subprocess.TimeoutExpired:
+            code = None
+        except OSError as exc:
+            log.write(f"could not start the test command: {exc}\n".encode())
+            code = 127
+    command = " ".join(config.test_command)
+    if code == 0:
+        return GateResult(outcome="pass", passed=True, reason=f"tests passed: {command}", artifact=str(log_path))
+    what = f"timed out after {config.test_timeout_seconds:g} s" if code is None else f"exit {code}"
+    return GateResult(
+        outcome="fail",
+        passed=False,
+        reason=f"tests failed ({what}): {command}",
+        details=read_log_tail(log_path, MAX_DETAILS),
+        artifact=str(log_path),
+    )
+
+
+GATES: dict[str, Callable[[GateContext], GateResult]] = {
+    "artifacts": artifacts_gate,
+    "verdict": verdict_gate,
+    "exit_code": exit_code_gate,
+    "tests": tests_gate,
+}
+
+
+# Gate kinds that judge the agent's exit themselves; the others see a failed run as "agent_failed".
+JUDGES_EXIT_CODE = frozenset({"exit_code"})
+
+
+def evaluate_gate(ctx: GateContext) -> GateResult:
+    if ctx.agent is not None and not ctx.agent.succeeded and ctx.spec.gate not in JUDGES_EXIT_CODE:
+        return GateResult(
+            outcome="agent_failed",
+            passed=False,
+            reason=describe_failure(ctx.agent),
+            details=ctx.agent.output_tail[-MAX_DETAILS:],
+            artifact=ctx.agent.log_path,
+        )
+    try:
+        gate = GATES[ctx.spec.gate]
+    except KeyError:
+        raise ValueError(f"stage {ctx.spec.name!r} names unknown gate {ctx.spec.gate!r}") from None
+    return gate(ctx)
+
+
+def archive_stale_artifacts_in(worktree: Path, work_item: str, spec: StageSpec) -> dict[str, str]:
+    """Move the gate's files left by earlier runs to history/<stem>.<round>.md; returns old -> new."""
+    base = worktree / artifacts_dir(work_item)
+    moved: dict[str, str] = {}
+    for name in spec.stale_artifacts:
+        path = base / name
+        if not path.is_file():
+            continue
+        history = base / "history"
+        history.mkdir(parents=True, exist_ok=True)
+        stem, suffix = Path(name).stem, Path(name).suffix
+        round_number = 1
+        while (history / f"{stem}.{round_number}{suffix}").exists():
+            round_number += 1
+        target = history / f"{stem}.{round_number}{suffix}"
+        path.rename(target)
+        moved[str(path.relative_to(worktree))] = str(target.relative_to(worktree))
+    return moved
+
+
+@task(name="archive-stale-artifacts")
+def archive_stale_artifacts(worktree: str, work_item: str, spec: StageSpec) -> dict[str, str]:
+    return archive_stale_artifacts_in(Path(worktree), work_item, spec)
+
+
+@task(name="run-gate")
+def run_gate(worktree: str, work_item: str, visit: int, spec: StageSpec, agent: AgentResult | None) -> GateResult:
+    return evaluate_gate(
+        GateContext(worktree=Path(worktree), work_item=work_item, visit=visit, spec=spec, agent=agent)
+    )

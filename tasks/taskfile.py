@@ -1,0 +1,123 @@
+"""The agent's task file (B3) and system prompt file (B4).
+
+The task file is how work-item text reaches an agent: as the content of a file in
+its worktree, never on a command line. It is excluded from commits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from blocks.agent_profile import AgentProfile, profile_for
+from sdlc.graph import StageSpec
+from sdlc.models import Feedback, StageInput
+from tasks.agent import AgentInvocation
+from tasks.ledger import Ledger
+
+BUILTIN_PROMPTS = Path(__file__).resolve().parent.parent / "sdlc" / "prompts"
+
+
+def artifacts_dir(work_item: str) -> str:
+    """Where agents write their artifacts, relative to the worktree (B10)."""
+    return f"docs/work-items/{work_item}"
+
+
+def task_file_name(role: str) -> str:
+    return f".task-{role}.md"
+
+
+def system_prompt_path(worktree: Path, role: str) -> Path:
+    """The repository's `.sdlc/agents/<role>.md`, else the built-in prompt."""
+    own = worktree / ".sdlc" / "agents" / f"{role}.md"
+    return own if own.is_file() else BUILTIN_PROMPTS / f"{role}.md"
+
+
+def render_task(stage_input: StageInput, spec: StageSpec, *, attempt: int) -> str:
+    request = stage_input.request
+    out_dir = artifacts_dir(request.work_item)
+    lines = [
+        f"# Task for the {spec.role}: {request.work_item}",
+        "",
+        f"- Work item: {request.work_item}",
+        f"- Title: {request.title}",
+        f"- Stage: {spec.name} (visit {stage_input.visit})",
+        f"- Attempt: {attempt}",
+        f"- Branch: {request.feature_branch}",
+        f"- Artifacts directory: {out_dir}/",
+        f"- You may change: {', '.join(spec.commit_paths)} (anything else is not committed)",
+        "",
+        "## Description",
+        "",
+        request.description.strip() or "(no description)",
+        "",
+        "## What to write",
+        "",
+    ]
+    if spec.artifacts:
+        lines += [f"- `{out_dir}/{name}`" for name in spec.artifacts]
+    for outcome, name in spec.alternate_artifacts.items():
+        lines.append(f"- or only `{out_dir}/{name}` ({outcome})")
+    for outcome, pattern in spec.verdicts.items():
+        lines.append(f"- verdict `{outcome}` must match the pattern `{pattern}` in the first file")
+    if not spec.artifacts and not spec.alternate_artifacts:
+        lines.append("- the changes your role makes; exit 0 when done, non-zero when it failed")
+    if stage_input.feedback:
+        lines += ["", "## What the previous step said", ""]
+        for item in stage_input.feedback:
+            where = f" (see `{item.file}`)" if item.file else ""
+            lines += [f"### From {item.source}{where}", "", item.summary.strip() or "(no text)", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def relocate_feedback(feedback: list[Feedback], moved: dict[str, str]) -> list[Feedback]:
+    """Point feedback at the archived copy of a file that was moved to history/."""
+    return [item.model_copy(update={"file": moved.get(item.file, item.file)}) if item.file else item for item in feedback]
+
+
+@task(name="write-task-file")
+def write_task_file(worktree: str, stage_input: StageInput, spec: StageSpec, moved: dict[str, str]) -> str:
+    """Write `.task-<role>.md` into the worktree; returns its name relative to the worktree."""
+    attempt = Ledger.from_settings().count_agent_runs(stage_input.request.work_item, spec.role) + 1
+    stage_input = stage_input.model_copy(update={"feedback": relocate_feedback(stage_input.feedback, moved)})
+    name = task_file_name(spec.role)
+    (Path(worktree) / name).write_text(render_task(stage_input, spec, attempt=attempt), encoding="utf-8")
+    return name
+
+
+def load_profile(stage_input: StageInput) -> AgentProfile:
+    agent = stage_input.request.agent
+    if agent.profile_block:
+        return AgentProfile.load(agent.profile_block)
+    return profile_for(agent.kind, agent.command, agent.timeout_seconds)
+
+
+@task(name="prepare-agent-invocation")
+def prepare_agent_invocation(worktree: str, stage_input: StageInput, spec: StageSpec, task_file: str) -> AgentInvocation:
+    """The command line and the B5 environment for this stage's agent."""
+    request = stage_input.request
+    profile = load_profile(stage_input)
+    prompt_file = str(system_prompt_path(Path(worktree), spec.role))
+    model = profile.model_for(spec.role)
+    protocol_env = {
+        "SDLC_ROLE": spec.role,
+        "SDLC_STAGE": spec.name,
+        "SDLC_WORK_ITEM": request.work_item,
+        "SDLC_TASK_FILE": task_file,
+        "SDLC_SYSTEM_PROMPT_FILE": prompt_file,
+        "SDLC_MODEL": model,
+        "SDLC_ARTIFACTS_DIR": artifacts_dir(request.work_item),
+    }
+    if request.agent.scenario_file:
+        protocol_env["SDLC_SCENARIO_FILE"] = request.agent.scenario_file
+    return AgentInvocation(
+        work_item=request.work_item,
+        stage=spec.name,
+        role=spec.role,
+        worktree=worktree,
+        argv=profile.build_command(role=spec.role, task_file=task_file, system_prompt_file=prompt_file),
+        timeout_seconds=profile.timeout_for(spec.role),
+        protocol_env=protocol_env,
+        profile_env=profile.env,
+    )

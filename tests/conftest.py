@@ -1,0 +1,67 @@
+"""Shared fixtures: one real local Prefect server (SQLite) per session, a data dir per test.
+
+Prefect reads its settings at import, so its home is isolated here before any test
+module imports it; the server is started by sdlc's own embedded-server code.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+_PREFECT_HOME = tempfile.mkdtemp(prefix="sdlc-tests-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("SDLC_DATA_DIR", None)
+
+import pytest  # noqa: E402
+
+from sdlc.settings import SdlcSettings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """A real Prefect server on 127.0.0.1 for the whole session."""
+    from sdlc.server import start_server, stop_server
+
+    root = Path(tempfile.mkdtemp(prefix="sdlc-tests-server-"))
+    settings = SdlcSettings(data_dir=root, prefect_port=free_port())
+    url = start_server(settings)
+    os.environ["PREFECT_API_URL"] = url
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: url}):
+        yield url
+    stop_server(settings)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own state: clones, worktrees, logs, ledger."""
+    path = tmp_path / "data"
+    monkeypatch.setenv("SDLC_DATA_DIR", str(path))
+    return path
+
+
+@pytest.fixture
+def cli_env(prefect_api: str, data_dir: Path) -> dict[str, str]:
+    """Environment for running `sdlc` as a separate process against the session's server."""
+    env = dict(os.environ)
+    env.update(PREFECT_API_URL=prefect_api, SDLC_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
+    return env
+
+
+SDLC = [sys.executable, "-m", "sdlc.cli"]

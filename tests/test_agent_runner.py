@@ -1,0 +1,115 @@
+"""The agent runner on real processes: B5 environment, log file, exit codes, timeout (B7)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.agent import AgentInvocation, agent_environment, execute_agent, read_log_tail
+
+
+def invocation(worktree: Path, argv: list[str], timeout: float = 30) -> AgentInvocation:
+    return AgentInvocation(
+        work_item="ET-12",
+        stage="development",
+        role="developer",
+        worktree=str(worktree),
+        argv=argv,
+        timeout_seconds=timeout,
+        protocol_env={"SDLC_ROLE": "developer", "SDLC_WORK_ITEM": "ET-12", "SDLC_TASK_FILE": ".task-developer.md"},
+    )
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def test_agent_sees_protocol_env_and_not_the_workers_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GITEA_TOKEN", "secret-gitea-token")
+    monkeypatch.setenv("PREFECT_API_KEY", "secret-prefect-key")
+    code = "import json, os; json.dump(dict(os.environ), open('env.json', 'w'))"
+    result = execute_agent(invocation(tmp_path, python(code)), attempt=2, log_path=tmp_path / "logs" / "a.log")
+    assert result.succeeded
+    env = json.loads((tmp_path / "env.json").read_text())
+    assert env["SDLC_ROLE"] == "developer" and env["SDLC_ATTEMPT"] == "2"
+    assert "GITEA_TOKEN" not in env and "PREFECT_API_KEY" not in env
+    assert "secret" not in json.dumps(env)
+
+
+def test_output_and_stderr_go_to_the_log_and_exit_code_is_kept(tmp_path: Path) -> None:
+    code = "import sys; print('to stdout'); print('to stderr', file=sys.stderr); sys.exit(3)"
+    log = tmp_path / "run.log"
+    result = execute_agent(invocation(tmp_path, python(code)), attempt=1, log_path=log)
+    assert result.exit_code == 3 and not result.succeeded and not result.timed_out
+    text = log.read_text()
+    assert "to stdout" in text and "to stderr" in text
+    assert "to stderr" in result.output_tail
+
+
+def test_arguments_are_not_interpreted_by_a_shell(tmp_path: Path) -> None:
+    canary = tmp_path / "pwned"
+    hostile = f"$(touch {canary}); `touch {canary}` && touch {canary}"
+    code = "import sys; open('argv.txt', 'w').write(sys.argv[1])"
+    result = execute_agent(invocation(tmp_path, [*python(code), hostile]), attempt=1, log_path=tmp_path / "a.log")
+    assert result.succeeded
+    assert (tmp_path / "argv.txt").read_text() == hostile
+    assert not canary.exists()
+
+
+def test_missing_binary_is_a_clear_failure(tmp_path: Path) -> None:
+    result = execute_agent(invocation(tmp_path, ["no-such-agent-binary"]), attempt=1, log_path=tmp_path / "a.log")
+    assert result.exit_code == 127
+    assert result.error == "agent command not found: no-such-agent-binary"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "State:\tZ" not in status.read_text()
+
+
+def test_timeout_ends_the_agent_and_its_background_children(tmp_path: Path) -> None:
+    code = (
+        "import subprocess, time\n"
+        "children = [subprocess.Popen(['sleep', '600']) for _ in range(2)]\n"
+        "open('pids.txt', 'w').write(' '.join(str(c.pid) for c in children))\n"
+        "time.sleep(600)\n"
+    )
+    started = time.monotonic()
+    result = execute_agent(invocation(tmp_path, python(code), timeout=2), attempt=1, log_path=tmp_path / "a.log")
+    elapsed = time.monotonic() - started
+    assert result.timed_out and not result.succeeded
+    assert result.error == "timeout after 2 s"
+    assert elapsed < 15
+    pids = [int(p) for p in (tmp_path / "pids.txt").read_text().split()]
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids)
+    assert (tmp_path / "a.log").exists()
+
+
+def test_log_tail_reads_only_the_end(tmp_path: Path) -> None:
+    log = tmp_path / "big.log"
+    log.write_bytes(b"x" * 1_000_000 + b"\nAPI Error: Request rejected (429)\n")
+    tail = read_log_tail(log, 100)
+    assert len(tail) == 100 and tail.endswith("(429)\n")
+    assert read_log_tail(tmp_path / "missing.log") == ""
+
+
+def test_environment_allowlist() -> None:
+    env = agent_environment(
+        {"PATH": "/bin", "HOME": "/root", "AWS_SECRET_ACCESS_KEY": "x", "ANTHROPIC_BASE_URL": "http://127.0.0.1:1"},
+        {"SDLC_ROLE": "tester"},
+        {"EXTRA": "1"},
+    )
+    assert env == {"PATH": "/bin", "HOME": "/root", "ANTHROPIC_BASE_URL": "http://127.0.0.1:1", "SDLC_ROLE": "tester", "EXTRA": "1"}
