@@ -61,7 +61,9 @@ def _mark_failed(flow: Any, run: Any, state: Any) -> None:
 
 
 def _feedback_from(result: StageResult) -> Feedback:
-    return Feedback(source=result.stage, summary=result.gate.details or result.gate.reason, file=result.gate.artifact)
+    gate = result.gate
+    summary = f"{gate.reason}\n\n{gate.details}" if gate.details else gate.reason
+    return Feedback(source=result.stage, summary=summary, file=gate.artifact)
 
 
 def _wait_for_approval(request: WorkItemRequest, stage: str, visit: int, run_id: str | None) -> ApprovalDecision:

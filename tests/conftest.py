@@ -8,15 +8,25 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# Settled before anything imports prefect: a test that reaches the API without the
+# `prefect_api` fixture fails to connect instead of starting an ephemeral server.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="sdlc-tests-prefect-")
+_PORT = free_port()
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ.pop("PREFECT_API_URL", None)
+os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_PORT}/api"
 os.environ.pop("SDLC_DATA_DIR", None)
 
 import pytest  # noqa: E402
@@ -26,26 +36,30 @@ from sdlc.settings import SdlcSettings  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[str]:
     """A real Prefect server on 127.0.0.1 for the whole session."""
     from sdlc.server import start_server, stop_server
 
     root = Path(tempfile.mkdtemp(prefix="sdlc-tests-server-"))
-    settings = SdlcSettings(data_dir=root, prefect_port=free_port())
+    settings = SdlcSettings(data_dir=root, prefect_port=_PORT)
     url = start_server(settings)
-    os.environ["PREFECT_API_URL"] = url
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: url}):
-        yield url
+    assert url == os.environ["PREFECT_API_URL"]
+    yield url
+    _drain_prefect_workers()
     stop_server(settings)
+
+
+def _drain_prefect_workers() -> None:
+    """Send what the log and event workers hold before the server goes (as prefect_test_harness does)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    try:
+        APILogWorker.instance().drain()
+    except RuntimeError:
+        pass
+    EventsWorker.drain_all()
 
 
 @pytest.fixture
@@ -63,5 +77,3 @@ def cli_env(prefect_api: str, data_dir: Path) -> dict[str, str]:
     env.update(PREFECT_API_URL=prefect_api, SDLC_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
     return env
 
-
-SDLC = [sys.executable, "-m", "sdlc.cli"]

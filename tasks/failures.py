@@ -1,0 +1,45 @@
+"""The error tree of sdlc-flows: callers decide by class, not by message.
+
+::
+
+    SdlcError(Exception)                  anything sdlc-flows raises on purpose
+    +-- TransientError                    retry later (rate limit, network, busy)
+    +-- PermanentError                    stop and notify a person
+        +-- PushRejected                  origin refused the push (non-fast-forward, hook)
+        +-- GitOperationError             a git command failed (merge conflict, bad ref)
+
+Wrap lower-level exceptions with ``raise ... from exc`` so the cause stays visible.
+"""
+
+from __future__ import annotations
+
+
+class SdlcError(Exception):
+    """Base of every error raised on purpose by sdlc-flows."""
+
+
+class TransientError(SdlcError):
+    """The same step may succeed if retried later."""
+
+
+class PermanentError(SdlcError):
+    """Retrying will not help: stop the work item and notify."""
+
+
+class PushRejected(PermanentError):
+    """Origin refused a push; carries git's stderr in the message. We never force."""
+
+
+class GitOperationError(PermanentError):
+    """A git command failed in a way that needs a person (conflict, missing ref, ...)."""
+
+
+def retry_on_transient(task: object, task_run: object, state: object) -> bool:
+    """A Prefect ``retry_condition_fn``: retry a task only when it failed with a :class:`TransientError`."""
+    try:
+        state.result()  # type: ignore[attr-defined]
+    except TransientError:
+        return True
+    except Exception:
+        return False
+    return False

@@ -1,0 +1,169 @@
+"""Pull requests (B42) behind a small forge interface (B43).
+
+The pipeline only needs two things from a forge: make sure one open PR exists
+for a branch, and merge it. :class:`Forge` says exactly that, so Gitea and
+GitHub (REST) can be added beside :class:`LocalForge` without touching flows.
+
+:class:`LocalForge` is the embedded default for a bare-repository origin: PRs are
+ledger records, and a merge is a real ``git merge --no-ff`` pushed to origin,
+done in a throw-away worktree of the main clone so no work item's checkout is
+disturbed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from git.exc import GitCommandError
+from prefect import task
+from sqlalchemy.exc import IntegrityError
+
+from sdlc.models import PullRequestRef, validate_branch, validate_repo, validate_work_item_id
+from tasks.failures import GitOperationError, PermanentError, TransientError, retry_on_transient
+from tasks.git import bot_env, describe, git_env, has_ref, push_branch, repo_at
+from tasks.ledger import Ledger, PullRequestRecord
+from tasks.worktree import clone_lock, default_branch, ensure_main_clone
+
+CREATE_ATTEMPTS = 5
+
+
+class Forge(Protocol):
+    """What the pipeline asks of a forge; implementations must be idempotent."""
+
+    def ensure_pull_request(self, *, branch: str, base: str, title: str, body: str, work_item: str) -> PullRequestRef:
+        """The open PR of ``branch`` into ``base``, created only if there is none."""
+        ...
+
+    def merge_pull_request(self, *, number: int) -> PullRequestRef:
+        """Merge PR ``number``; a PR already merged is returned unchanged."""
+        ...
+
+
+def _ref(record: PullRequestRecord) -> PullRequestRef:
+    return PullRequestRef(
+        number=record.number,
+        url=record.url,
+        branch=record.branch,
+        base=record.base,
+        title=record.title,
+        state=record.state,  # type: ignore[arg-type]  # the ledger only stores open|merged|closed
+        merge_commit=record.merge_commit,
+    )
+
+
+class LocalForge:
+    """PRs kept in the ledger, merged with git into a bare-repository (or any pushable) origin."""
+
+    def __init__(self, *, repo: str, clone: Path, ledger: Ledger) -> None:
+        self.repo = repo
+        self.clone = Path(clone)
+        self.ledger = ledger
+        self.url_prefix = f"local://{repo}"
+
+    def ensure_pull_request(self, *, branch: str, base: str, title: str, body: str, work_item: str) -> PullRequestRef:
+        validate_branch(branch)
+        validate_branch(base)
+        for _ in range(CREATE_ATTEMPTS):
+            existing = self.ledger.find_open_pull_request(self.repo, branch)
+            if existing is not None:
+                return _ref(existing)
+            try:
+                record = self.ledger.create_pull_request(
+                    repo=self.repo,
+                    branch=branch,
+                    base=base,
+                    title=title,
+                    body=body,
+                    work_item=work_item,
+                    url_prefix=self.url_prefix,
+                )
+            except IntegrityError:
+                continue  # a concurrent caller took the number: read again
+            return _ref(record)
+        raise TransientError(f"could not open a pull request for {branch}: the PR number kept colliding")
+
+    def merge_pull_request(self, *, number: int) -> PullRequestRef:
+        record = self.ledger.get_pull_request(self.repo, number)
+        if record is None:
+            raise PermanentError(f"pull request #{number} of {self.repo} does not exist")
+        if record.state == "merged":
+            return _ref(record)
+        if record.state != "open":
+            raise PermanentError(f"pull request #{number} is {record.state}; only an open PR can be merged")
+        # The clone lock covers fetch, the temporary worktree and the push, so two
+        # merges into one base never race each other or a worktree being added.
+        with clone_lock(self.clone):
+            merge_commit = self._merge(record)
+        return _ref(self.ledger.mark_pull_request_merged(self.repo, number, merge_commit))
+
+    def _merge(self, record: PullRequestRecord) -> str:
+        branch, base = validate_branch(record.branch), validate_branch(record.base)
+        clone_repo = repo_at(self.clone)
+        try:
+            clone_repo.git.fetch("--prune", "--", "origin", env=git_env())
+        except GitCommandError as exc:
+            raise TransientError(f"cannot fetch origin before merging #{record.number}: {describe(exc)}") from exc
+        for name in (base, branch):
+            if not has_ref(clone_repo, f"refs/remotes/origin/{name}"):
+                raise PermanentError(f"cannot merge #{record.number}: branch {name!r} is not on origin")
+
+        holder = Path(tempfile.mkdtemp(prefix=f".merge-{record.number}-", dir=self.clone.parent))
+        scratch = holder / "worktree"
+        try:
+            try:
+                clone_repo.git.worktree("add", "--detach", "--", str(scratch), f"origin/{base}", env=git_env())
+            except GitCommandError as exc:
+                raise GitOperationError(f"cannot prepare the merge of #{record.number}: {describe(exc)}") from exc
+            scratch_repo = repo_at(scratch)
+            before = scratch_repo.git.rev_parse("HEAD", env=git_env()).strip()
+            message = f"Merge pull request #{record.number} from {branch}"
+            try:
+                scratch_repo.git.merge("--no-ff", "-m", message, "--", f"origin/{branch}", env=bot_env())
+            except GitCommandError as exc:
+                conflicts = scratch_repo.git.diff("--name-only", "--diff-filter=U", env=git_env()).split()
+                detail = f"conflicts in {', '.join(conflicts)}" if conflicts else describe(exc)
+                raise PermanentError(
+                    f"pull request #{record.number} ({branch} into {base}) does not merge cleanly: {detail}"
+                ) from exc
+            merge_commit = scratch_repo.git.rev_parse("HEAD", env=git_env()).strip()
+            if merge_commit != before:
+                push_branch(scratch, base)  # PushRejected (a PermanentError) if base moved meanwhile
+            return merge_commit
+        finally:
+            try:
+                clone_repo.git.worktree("remove", "--force", "--", str(scratch), env=git_env())
+            except GitCommandError:
+                pass
+            shutil.rmtree(holder, ignore_errors=True)
+            try:
+                clone_repo.git.worktree("prune", env=git_env())
+            except GitCommandError:
+                pass
+
+
+def forge_for(repo: str, clone: Path, ledger: Ledger) -> Forge:
+    """The forge of ``repo``: the local forge until Gitea and GitHub are configured (B43)."""
+    return LocalForge(repo=repo, clone=clone, ledger=ledger)
+
+
+@task(name="ensure-pull-request", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_transient)
+def ensure_pull_request(repo: str, branch: str, title: str, body: str, work_item: str) -> PullRequestRef:
+    """One open PR for the branch into origin's default branch (B42)."""
+    repo = validate_repo(repo)
+    validate_work_item_id(work_item)
+    clone = ensure_main_clone(repo)
+    forge = forge_for(repo, clone, Ledger.from_settings())
+    return forge.ensure_pull_request(
+        branch=branch, base=default_branch(clone), title=title, body=body, work_item=work_item
+    )
+
+
+@task(name="merge-pull-request", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_transient)
+def merge_pull_request(repo: str, number: int) -> PullRequestRef:
+    """Merge the PR into its base on origin (B42); merging a merged PR changes nothing."""
+    repo = validate_repo(repo)
+    clone = ensure_main_clone(repo)
+    return forge_for(repo, clone, Ledger.from_settings()).merge_pull_request(number=number)

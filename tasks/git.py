@@ -1,0 +1,223 @@
+"""Commit what a role may change and push the branch (B40, B41).
+
+Git runs through GitPython with argument lists (never a shell), ``--`` before
+paths, and the bot identity passed in the environment of each command, so the
+machine's global git config is neither read for identity nor changed. A push is
+never forced: a rejected push is a :class:`PushRejected`, not something to retry
+around.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import git
+from git.exc import GitCommandError
+from prefect import task
+
+from sdlc.models import CommitResult, validate_branch, validate_work_item_id
+from tasks.failures import GitOperationError, PushRejected, TransientError
+
+logger = logging.getLogger("sdlc.git")
+
+DEFAULT_BOT_NAME = "sdlc-flows bot"
+DEFAULT_BOT_EMAIL = "sdlc-bot@localhost"
+TASK_FILE_PATTERN = ".task-*.md"
+SUMMARY_MAX = 72
+ADD_BATCH = 200
+# Only these failures of a fetch or push are worth retrying later; every other one is permanent.
+TRANSIENT_REMOTE_PATTERNS = re.compile(
+    r"could not resolve host|connection (refused|reset|timed out)|operation timed out|"
+    r"the remote end hung up unexpectedly|early eof|http 5\d\d|error: 5\d\d|temporary failure",
+    re.IGNORECASE,
+)
+
+
+def bot_identity() -> tuple[str, str]:
+    """(name, email) of the bot, from ``SDLC_BOT_NAME`` / ``SDLC_BOT_EMAIL``."""
+    name = os.environ.get("SDLC_BOT_NAME") or DEFAULT_BOT_NAME
+    email = os.environ.get("SDLC_BOT_EMAIL") or DEFAULT_BOT_EMAIL
+    return name, email
+
+
+def bot_env() -> dict[str, str]:
+    """Environment for commands that create commits: bot as author and committer, no signing prompt."""
+    name, email = bot_identity()
+    return {
+        **git_env(),
+        "GIT_AUTHOR_NAME": name,
+        "GIT_AUTHOR_EMAIL": email,
+        "GIT_COMMITTER_NAME": name,
+        "GIT_COMMITTER_EMAIL": email,
+        # One-off config through the environment (git >= 2.31): a global
+        # commit.gpgsign would otherwise make the bot wait for a passphrase.
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "commit.gpgsign",
+        "GIT_CONFIG_VALUE_0": "false",
+    }
+
+
+def git_env() -> dict[str, str]:
+    """Environment for every git command: never prompt, treat pathspecs literally."""
+    return {"GIT_TERMINAL_PROMPT": "0", "GIT_LITERAL_PATHSPECS": "1"}
+
+
+def repo_at(path: Path | str) -> git.Repo:
+    try:
+        return git.Repo(str(path))
+    except (git.exc.InvalidGitRepositoryError, git.exc.NoSuchPathError) as exc:
+        raise GitOperationError(f"{path} is not a git checkout") from exc
+
+
+def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    try:
+        from prefect.logging import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # MissingContextError outside a flow or task run
+        return logger
+
+
+def has_ref(repo: git.Repo, ref: str) -> bool:
+    try:
+        repo.git.rev_parse("--verify", "--quiet", f"{ref}^{{commit}}", env=git_env())
+        return True
+    except GitCommandError:
+        return False
+
+
+def _allowed(path: str, allowed: list[str]) -> bool:
+    for prefix in allowed:
+        prefix = prefix.strip()
+        if prefix in ("", ".", "./", "*"):
+            return True
+        prefix = prefix.removeprefix("./")
+        if prefix.endswith("/"):
+            if path.startswith(prefix):
+                return True
+        elif path == prefix or path.startswith(prefix + "/"):
+            return True
+    return False
+
+
+def _is_task_file(path: str) -> bool:
+    return fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], TASK_FILE_PATTERN)
+
+
+def changed_paths(repo: git.Repo) -> list[str]:
+    """Every path with a change in the worktree or index, both sides of a rename, untracked files included."""
+    out: str = repo.git.status("--porcelain", "-z", "--untracked-files=all", env=git_env())
+    entries = out.split("\0")
+    paths: list[str] = []
+    index = 0
+    while index < len(entries):
+        entry = entries[index]
+        index += 1
+        if len(entry) < 4:
+            continue
+        status, path = entry[:2], entry[3:]
+        paths.append(path)
+        if "R" in status or "C" in status:
+            # -z puts the original path of a rename or copy in the next field.
+            if index < len(entries) and entries[index]:
+                paths.append(entries[index])
+            index += 1
+    return list(dict.fromkeys(paths))
+
+
+def commit_role_changes(worktree: Path, *, allowed: list[str], message: str) -> CommitResult:
+    """Commit the changes under ``allowed`` as the bot; report the other changed paths in ``left_out``.
+
+    The index is first reset to HEAD so nothing an agent staged itself slips into
+    the commit; what is left out stays in the worktree, uncommitted.
+    """
+    repo = repo_at(worktree)
+    env = git_env()
+    try:
+        if has_ref(repo, "HEAD"):
+            repo.git.reset("-q", env=env)
+        changed = [p for p in changed_paths(repo) if not _is_task_file(p)]
+        to_stage = [p for p in changed if _allowed(p, allowed)]
+        left_out = [p for p in changed if not _allowed(p, allowed)]
+        for start in range(0, len(to_stage), ADD_BATCH):
+            repo.git.add("-A", "--", *to_stage[start : start + ADD_BATCH], env=env)
+        staged_out: str = repo.git.diff("--cached", "--name-only", "--no-renames", "-z", env=env)
+        committed = [p for p in staged_out.split("\0") if p]
+        if not committed:
+            return CommitResult(sha=None, committed=[], left_out=left_out)
+        repo.git.commit("-q", "-m", message, env=bot_env())
+        sha: str = repo.git.rev_parse("HEAD", env=env)
+    except GitCommandError as exc:
+        raise GitOperationError(f"commit in {worktree} failed: {exc.stderr.strip() or exc}") from exc
+    return CommitResult(sha=sha.strip(), committed=committed, left_out=left_out)
+
+
+def push_branch(worktree: Path, branch: str) -> None:
+    """Push HEAD to ``origin/<branch>``; never forced. Rejection raises :class:`PushRejected`."""
+    validate_branch(branch)
+    repo = repo_at(worktree)
+    try:
+        repo.git.push("--", "origin", f"HEAD:refs/heads/{branch}", env=git_env())
+    except GitCommandError as exc:
+        stderr = str(exc.stderr or "").strip()
+        if TRANSIENT_REMOTE_PATTERNS.search(stderr):
+            raise TransientError(f"push of {branch} to origin failed, retry later: {stderr}") from exc
+        raise PushRejected(f"push of {branch} to origin was rejected: {stderr or exc}") from exc
+
+
+def unpushed_commits(worktree: Path) -> int:
+    """How many commits of HEAD no origin ref has (as last fetched or pushed)."""
+    repo = repo_at(worktree)
+    if not has_ref(repo, "HEAD"):
+        return 0
+    out: str = repo.git.rev_list("--count", "HEAD", "--not", "--remotes=origin", "--", env=git_env())
+    return int(out.strip() or 0)
+
+
+def commit_message(role: str, work_item: str, summary: str) -> str:
+    """``<role>(<ID>): <summary>`` with the summary on one line, at most 72 characters."""
+    line = " ".join(summary.split()) or "changes"
+    if len(line) > SUMMARY_MAX:
+        line = line[:SUMMARY_MAX].rstrip()
+    return f"{role}({work_item}): {line}"
+
+
+@task(name="commit-and-push")
+def commit_and_push(
+    worktree: str, *, role: str, work_item: str, summary: str, allowed: list[str], branch: str
+) -> CommitResult:
+    """Commit the role's changes and push the branch (also pushing earlier unpushed commits)."""
+    validate_work_item_id(work_item)
+    validate_branch(branch)
+    log = _run_logger()
+    path = Path(worktree)
+    result = commit_role_changes(path, allowed=allowed, message=commit_message(role, work_item, summary))
+    if result.left_out:
+        log.warning(
+            "%s left %d changed path(s) uncommitted (outside %s): %s",
+            role,
+            len(result.left_out),
+            ", ".join(allowed),
+            ", ".join(result.left_out[:50]),
+        )
+    if result.sha:
+        log.info("committed %s: %d path(s)", result.sha[:12], len(result.committed))
+    else:
+        log.info("%s changed nothing under %s; no commit", role, ", ".join(allowed))
+    if result.sha or unpushed_commits(path) > 0:
+        push_branch(path, branch)
+        result.pushed = True
+        log.info("pushed %s to origin", branch)
+    return result
+
+
+def describe(exc: Any) -> str:
+    """Git's own words for a failed command, for error messages."""
+    if isinstance(exc, GitCommandError):
+        return str(exc.stderr or exc.stdout or exc).strip()
+    return str(exc)

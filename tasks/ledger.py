@@ -1,0 +1,444 @@
+"""The ledger: what sdlc-flows knows about work items, outside Prefect's own database.
+
+Prefect keeps flow and task runs; the ledger keeps the product's view of them
+(a work item's stage and state, every stage transition, every agent run with its
+attempt number, and the pull requests of the local forge), so that ``sdlc
+status``, retry budgets and the forge survive restarts and can be read by any
+process. SQLite by default (WAL, long busy timeout, every transaction ``BEGIN
+IMMEDIATE`` so concurrent writers queue instead of failing); any SQLAlchemy URL
+works.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, UniqueConstraint, event, func
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.types import DateTime, TypeDecorator
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+from sdlc.models import AgentResult, WorkItemRequest, WorkItemState
+from sdlc.settings import get_settings
+
+SQLITE_BUSY_TIMEOUT_MS = 30000
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores UTC and always returns timezone-aware UTC (SQLite drops tzinfo on its own)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class UnknownWorkItem(LookupError):
+    """The ledger has no row for this work item ID."""
+
+
+class UnknownPullRequest(LookupError):
+    """The ledger has no pull request with this repo and number."""
+
+
+class WorkItemRecord(SQLModel, table=True):
+    __tablename__ = "work_item"
+
+    id: str = Field(primary_key=True, description="Work item ID, e.g. ET-12.")
+    title: str
+    description: str = ""
+    repo: str
+    branch: str
+    stage: str | None = None
+    state: str = Field(default=WorkItemState.running.value, index=True)
+    reason: str | None = None
+    flow_run_id: str | None = None
+    pr_number: int | None = None
+    pr_url: str | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class StageTransitionRecord(SQLModel, table=True):
+    __tablename__ = "stage_transition"
+
+    id: int | None = Field(default=None, primary_key=True)
+    work_item_id: str = Field(index=True)
+    from_stage: str | None = None
+    to_stage: str
+    reason: str = ""
+    at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class AgentRunRecord(SQLModel, table=True):
+    __tablename__ = "agent_run"
+
+    id: int | None = Field(default=None, primary_key=True)
+    work_item_id: str = Field(index=True)
+    stage: str
+    role: str
+    attempt: int
+    exit_code: int | None = None
+    duration_seconds: float | None = None
+    log_path: str = ""
+    timed_out: bool = False
+    error: str | None = None
+    flow_run_id: str | None = None
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class PullRequestRecord(SQLModel, table=True):
+    __tablename__ = "pull_request"
+    __table_args__ = (UniqueConstraint("repo", "number", name="uq_pull_request_repo_number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    repo: str = Field(index=True)
+    number: int
+    branch: str
+    base: str
+    title: str
+    body: str = ""
+    state: str = Field(default="open", description="open, merged or closed")
+    url: str
+    merge_commit: str | None = None
+    work_item_id: str = Field(index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    merged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+_ENGINES: dict[str, Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def _sqlite_file(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).expanduser()
+
+
+def _build_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        engine = create_engine(url, pool_pre_ping=True)
+        SQLModel.metadata.create_all(engine)
+        return engine
+
+    sqlite_file = _sqlite_file(url)
+    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}}
+    if sqlite_file is None:
+        # An in-memory database exists once per connection: share one across threads.
+        kwargs["poolclass"] = StaticPool
+    else:
+        sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            if sqlite_file is not None:
+                cursor.execute("PRAGMA journal_mode = WAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # Take the write lock up front: a deferred transaction that reads and then
+        # writes fails at once with "database is locked" under concurrent writers.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    SQLModel.metadata.create_all(engine)
+    return engine
+
+
+def engine_for(url: str) -> Engine:
+    """One engine (and one ``create_all``) per URL per process; cheap after the first call."""
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(url)
+        sqlite_file = _sqlite_file(url)
+        if engine is not None and sqlite_file is not None and not sqlite_file.exists():
+            # The database file was removed (e.g. a reset data dir): start again.
+            engine.dispose()
+            engine = None
+        if engine is None:
+            engine = _build_engine(url)
+            _ENGINES[url] = engine
+        return engine
+
+
+class Ledger:
+    """Read and write the ledger; every method is one short transaction."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = engine_for(url)
+
+    @classmethod
+    def from_settings(cls) -> Ledger:
+        return cls(get_settings().resolved_ledger_url)
+
+    def _session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    # Work items -----------------------------------------------------------------
+
+    def upsert_work_item(self, request: WorkItemRequest, *, flow_run_id: str | None) -> None:
+        """Register a work item, or refresh it when it is started again; state becomes running."""
+        now = utcnow()
+        with self._session() as session:
+            row = session.get(WorkItemRecord, request.work_item)
+            if row is None:
+                row = WorkItemRecord(
+                    id=request.work_item,
+                    title=request.title,
+                    description=request.description,
+                    repo=request.repo,
+                    branch=request.feature_branch,
+                    state=WorkItemState.running.value,
+                    flow_run_id=flow_run_id,
+                    created_at=now,
+                    updated_at=now,
+                )
+            else:
+                row.title = request.title
+                row.description = request.description
+                row.repo = request.repo
+                row.branch = request.feature_branch
+                row.flow_run_id = flow_run_id
+                row.state = WorkItemState.running.value
+                row.reason = None
+                row.updated_at = now
+            session.add(row)
+            session.commit()
+
+    def _require(self, session: Session, work_item: str) -> WorkItemRecord:
+        row = session.get(WorkItemRecord, work_item)
+        if row is None:
+            raise UnknownWorkItem(f"work item {work_item} is not in the ledger")
+        return row
+
+    def set_state(
+        self, work_item: str, state: WorkItemState, *, stage: str | None = None, reason: str | None = None
+    ) -> None:
+        with self._session() as session:
+            row = self._require(session, work_item)
+            row.state = WorkItemState(state).value
+            if stage is not None:
+                row.stage = stage
+            if reason is not None:
+                row.reason = reason
+            row.updated_at = utcnow()
+            session.add(row)
+            session.commit()
+
+    def record_transition(self, work_item: str, *, from_stage: str | None, to_stage: str, reason: str) -> None:
+        """Append a transition and move the work item to ``to_stage`` in one transaction."""
+        now = utcnow()
+        with self._session() as session:
+            row = self._require(session, work_item)
+            session.add(
+                StageTransitionRecord(
+                    work_item_id=work_item, from_stage=from_stage, to_stage=to_stage, reason=reason, at=now
+                )
+            )
+            row.stage = to_stage
+            row.reason = reason
+            row.updated_at = now
+            session.add(row)
+            session.commit()
+
+    def set_pull_request(self, work_item: str, number: int, url: str) -> None:
+        with self._session() as session:
+            row = self._require(session, work_item)
+            row.pr_number = number
+            row.pr_url = url
+            row.updated_at = utcnow()
+            session.add(row)
+            session.commit()
+
+    def get_work_item(self, work_item: str) -> WorkItemRecord | None:
+        with self._session() as session:
+            return session.get(WorkItemRecord, work_item)
+
+    def list_work_items(self) -> list[WorkItemRecord]:
+        """All work items, oldest first."""
+        with self._session() as session:
+            return list(session.exec(select(WorkItemRecord).order_by(WorkItemRecord.created_at, WorkItemRecord.id)))
+
+    def transitions(self, work_item: str) -> list[StageTransitionRecord]:
+        with self._session() as session:
+            query = (
+                select(StageTransitionRecord)
+                .where(StageTransitionRecord.work_item_id == work_item)
+                .order_by(StageTransitionRecord.id)
+            )
+            return list(session.exec(query))
+
+    # Agent runs -----------------------------------------------------------------
+
+    def count_agent_runs(self, work_item: str, role: str) -> int:
+        with self._session() as session:
+            return self._count_runs(session, work_item, role)
+
+    @staticmethod
+    def _count_runs(session: Session, work_item: str, role: str) -> int:
+        query = (
+            select(func.count())
+            .select_from(AgentRunRecord)
+            .where(AgentRunRecord.work_item_id == work_item, AgentRunRecord.role == role)
+        )
+        return int(session.exec(query).one())
+
+    def start_agent_run(
+        self, work_item: str, *, stage: str, role: str, log_path: str, flow_run_id: str | None
+    ) -> tuple[int, int]:
+        """Record the start of a run; returns (run id, attempt), attempt counted per role and work item."""
+        with self._session() as session:
+            attempt = self._count_runs(session, work_item, role) + 1
+            record = AgentRunRecord(
+                work_item_id=work_item,
+                stage=stage,
+                role=role,
+                attempt=attempt,
+                log_path=log_path,
+                flow_run_id=flow_run_id,
+                started_at=utcnow(),
+            )
+            session.add(record)
+            session.commit()
+            assert record.id is not None
+            return record.id, attempt
+
+    def finish_agent_run(self, run_id: int, result: AgentResult) -> None:
+        with self._session() as session:
+            record = session.get(AgentRunRecord, run_id)
+            if record is None:
+                raise LookupError(f"agent run {run_id} is not in the ledger")
+            record.exit_code = result.exit_code
+            record.duration_seconds = result.duration_seconds
+            record.timed_out = result.timed_out
+            record.error = result.error
+            record.ended_at = result.ended_at
+            if result.log_path:
+                record.log_path = result.log_path
+            session.add(record)
+            session.commit()
+
+    def agent_runs(self, work_item: str) -> list[AgentRunRecord]:
+        with self._session() as session:
+            query = select(AgentRunRecord).where(AgentRunRecord.work_item_id == work_item).order_by(AgentRunRecord.id)
+            return list(session.exec(query))
+
+    # Pull requests of the local forge ------------------------------------------------
+
+    def find_open_pull_request(self, repo: str, branch: str) -> PullRequestRecord | None:
+        with self._session() as session:
+            return self._open_pull_request(session, repo, branch)
+
+    @staticmethod
+    def _open_pull_request(session: Session, repo: str, branch: str) -> PullRequestRecord | None:
+        query = (
+            select(PullRequestRecord)
+            .where(PullRequestRecord.repo == repo, PullRequestRecord.branch == branch, PullRequestRecord.state == "open")
+            .order_by(PullRequestRecord.number)
+        )
+        return session.exec(query).first()
+
+    def create_pull_request(
+        self,
+        *,
+        repo: str,
+        branch: str,
+        base: str,
+        title: str,
+        body: str,
+        work_item: str,
+        url_prefix: str,
+    ) -> PullRequestRecord:
+        """Open a PR numbered after the repo's highest; an already open PR for the branch is returned instead.
+
+        The check and the insert share one transaction; where the database lets two
+        run at once, the (repo, number) unique constraint makes one of them fail
+        with ``IntegrityError`` and the caller re-reads.
+        """
+        with self._session() as session:
+            existing = self._open_pull_request(session, repo, branch)
+            if existing is not None:
+                return existing
+            highest = session.exec(
+                select(func.max(PullRequestRecord.number)).where(PullRequestRecord.repo == repo)
+            ).one()
+            number = int(highest or 0) + 1
+            record = PullRequestRecord(
+                repo=repo,
+                number=number,
+                branch=branch,
+                base=base,
+                title=title,
+                body=body,
+                state="open",
+                url=f"{url_prefix}/pulls/{number}",
+                work_item_id=work_item,
+                created_at=utcnow(),
+            )
+            session.add(record)
+            session.commit()
+            return record
+
+    def get_pull_request(self, repo: str, number: int) -> PullRequestRecord | None:
+        with self._session() as session:
+            query = select(PullRequestRecord).where(PullRequestRecord.repo == repo, PullRequestRecord.number == number)
+            return session.exec(query).first()
+
+    def mark_pull_request_merged(self, repo: str, number: int, merge_commit: str) -> PullRequestRecord:
+        """Record the merge; a PR already marked merged is returned unchanged."""
+        with self._session() as session:
+            query = select(PullRequestRecord).where(PullRequestRecord.repo == repo, PullRequestRecord.number == number)
+            record = session.exec(query).first()
+            if record is None:
+                raise UnknownPullRequest(f"pull request #{number} of {repo} is not in the ledger")
+            if record.state == "merged":
+                return record
+            record.state = "merged"
+            record.merge_commit = merge_commit
+            record.merged_at = utcnow()
+            session.add(record)
+            session.commit()
+            return record
+
+    def pull_requests(self, work_item: str) -> list[PullRequestRecord]:
+        with self._session() as session:
+            query = (
+                select(PullRequestRecord)
+                .where(PullRequestRecord.work_item_id == work_item)
+                .order_by(PullRequestRecord.id)
+            )
+            return list(session.exec(query))

@@ -1,0 +1,187 @@
+"""The `sdlc` command as a user runs it (B5, B11, B20, B62): separate processes, one server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sdlc.sample import create_sample_repo
+
+SDLC = [sys.executable, "-m", "sdlc.cli"]
+
+
+def sdlc(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SDLC, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def start_run(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*SDLC, "run", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_for_state(data_dir: Path, work_item: str, state: str, process: subprocess.Popen[str], timeout: float = 90) -> None:
+    from tasks.ledger import Ledger
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (data_dir / "ledger.db").exists():
+            row = Ledger.from_settings().get_work_item(work_item)
+            if row is not None and row.state == state:
+                return
+        if process.poll() is not None:
+            out, err = process.communicate()
+            raise AssertionError(f"sdlc run ended early ({process.returncode}):\n{out}\n{err}")
+        time.sleep(0.2)
+    raise AssertionError(f"{work_item} never reached {state}")
+
+
+def status(env: dict[str, str], work_item: str) -> dict[str, Any]:
+    result = sdlc(env, "status", work_item, "--json")
+    assert result.returncode == 0, result.stderr
+    (item,) = json.loads(result.stdout)
+    return item
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def test_questions_answers_and_approval_from_other_processes(tmp_path: Path, cli_env: dict[str, str], data_dir: Path) -> None:
+    origin = create_sample_repo(tmp_path / "repos")
+    scenario = tmp_path / "scenario.json"
+    scenario.write_text(json.dumps({"analyst": {"questions": 1}}))
+    run = start_run(
+        cli_env, "--repo", str(origin), "--work-item", "ET-21", "--title", "Export to CSV", "--scenario", str(scenario)
+    )
+    # B11: the analyst asks; the pipeline waits for typed answers.
+    wait_for_state(data_dir, "ET-21", "needs_input", run)
+    answers = tmp_path / "answers.md"
+    answers.write_text("Use semicolons as separators.\n")
+    answered = sdlc(cli_env, "answer", "ET-21", "--file", str(answers), "--by", "bob")
+    assert answered.returncode == 0, answered.stderr
+    # B20: after a passing analysis gate it waits for approval.
+    wait_for_state(data_dir, "ET-21", "waiting_approval", run)
+    approved = sdlc(cli_env, "approve", "ET-21", "--by", "alice", "--comment", "ship it")
+    assert approved.returncode == 0, approved.stderr
+    assert "ET-21 approved by alice" in approved.stdout
+    code, out, err = finish(run)
+    assert code == 0, out + err
+    assert "waiting for approval" in out and "sdlc approve ET-21" in out
+    assert "/runs/flow-run/" in out and "ET-21 done. PR #1 merged" in out
+
+    item = status(cli_env, "ET-21")
+    assert item["state"] == "done" and item["pull_request"]["number"] == 1
+    assert [r["role"] for r in item["agent_runs"]] == [
+        "analyst", "analyst", "architect", "developer", "reviewer", "tester", "deployer"
+    ]
+    assert all(r["exit_code"] == 0 and r["duration_seconds"] > 0 for r in item["agent_runs"])
+    assert any(t["reason"] == "approved by alice" for t in item["transitions"])
+    # The answers reached the analyst's second run.
+    brd = subprocess.run(
+        ["git", "-C", str(origin), "show", "main:docs/work-items/ET-21/02-brd.md"], capture_output=True, text=True
+    ).stdout
+    assert "Use semicolons as separators." in brd
+
+
+def test_reject_sends_the_comment_back_to_the_analyst(tmp_path: Path, cli_env: dict[str, str], data_dir: Path) -> None:
+    origin = create_sample_repo(tmp_path / "repos")
+    run = start_run(cli_env, "--repo", str(origin), "--work-item", "ET-22", "--title", "Dark mode")
+    wait_for_state(data_dir, "ET-22", "waiting_approval", run)
+    rejected = sdlc(cli_env, "reject", "ET-22", "--comment", "Also cover high-contrast themes", "--by", "carol")
+    assert rejected.returncode == 0, rejected.stderr
+    time.sleep(1)
+    wait_for_state(data_dir, "ET-22", "waiting_approval", run)
+    assert sdlc(cli_env, "approve", "ET-22").returncode == 0
+    code, out, err = finish(run)
+    assert code == 0, out + err
+    item = status(cli_env, "ET-22")
+    assert [r["role"] for r in item["agent_runs"]][:3] == ["analyst", "analyst", "architect"]
+    assert any("rejected by carol: Also cover high-contrast themes" == t["reason"] for t in item["transitions"])
+    brd = subprocess.run(
+        ["git", "-C", str(origin), "show", "main:docs/work-items/ET-22/02-brd.md"], capture_output=True, text=True
+    ).stdout
+    assert "Also cover high-contrast themes" in brd
+
+
+def test_blocked_run_exits_1_with_the_reason(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    origin = create_sample_repo(tmp_path / "repos")
+    scenario = tmp_path / "scenario.json"
+    scenario.write_text(json.dumps({"deployer": {"fail": 1}}))
+    result = sdlc(
+        cli_env, "run", "--repo", str(origin), "--work-item", "ET-23", "--title", "Deploy me",
+        "--scenario", str(scenario), "--auto-approve",
+    )
+    assert result.returncode == 1
+    assert "ET-23 blocked: deployer exited 1" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--work-item", "bad id"], "PROJECT-NUMBER"),
+        (["--branch", "--upload-pack=touch /tmp/x"], "branch"),
+        (["--branch", "feature/../../x"], "not allowed"),
+        (["--repo", "/no/such/repo"], "does not exist"),
+        (["--agent", "skynet"], "invalid choice"),
+        (["--title", "two\nlines"], "control characters"),
+        (["--agent-command", "'unterminated"], "--agent-command"),
+        (["--scenario", "/no/such/scenario.json"], "scenario file"),
+    ],
+)
+def test_invalid_input_exits_2_and_creates_nothing(
+    tmp_path: Path, args: list[str], message: str, data_dir: Path
+) -> None:
+    origin = create_sample_repo(tmp_path / "repos")
+    branches_before = subprocess.run(["git", "-C", str(origin), "branch"], capture_output=True, text=True).stdout
+    base = {"--repo": str(origin), "--work-item": "ET-24", "--title": "Fine title"}
+    overrides = dict(zip(args[::2], args[1::2]))
+    argv = [item for pair in {**base, **overrides}.items() for item in pair]
+    env = {**os.environ, "SDLC_DATA_DIR": str(data_dir), "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    result = subprocess.run([*SDLC, "run", *argv], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not data_dir.exists()
+    assert subprocess.run(["git", "-C", str(origin), "branch"], capture_output=True, text=True).stdout == branches_before
+
+
+def test_approve_unknown_work_item_is_a_usage_error(cli_env: dict[str, str]) -> None:
+    result = sdlc(cli_env, "approve", "NOPE-1")
+    assert result.returncode == 2 and "unknown work item NOPE-1" in result.stderr
+
+
+def test_custom_agent_command_follows_the_b5_protocol(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    origin = create_sample_repo(tmp_path / "repos")
+    record = tmp_path / "seen.jsonl"
+    agent = tmp_path / "my agent.py"
+    agent.write_text(
+        "import json, os, runpy, sys\n"
+        f"with open({str(record)!r}, 'a') as f:\n"
+        "    f.write(json.dumps({'cwd': os.getcwd(), 'argv': sys.argv[1:], 'env': dict(os.environ)}) + '\\n')\n"
+        "sys.argv = ['scripted']\n"
+        "runpy.run_module('sdlc.scripted_agent', run_name='__main__')\n"
+    )
+    result = sdlc(
+        cli_env, "run", "--repo", str(origin), "--work-item", "ET-25", "--title", "Custom agent",
+        "--agent-command", f"{sys.executable} '{agent}' --flag 'two words'", "--auto-approve",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    seen = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [s["env"]["SDLC_ROLE"] for s in seen] == ["analyst", "architect", "developer", "reviewer", "tester", "deployer"]
+    first = seen[0]
+    assert first["argv"] == ["--flag", "two words"]
+    assert first["cwd"].endswith("feature__ET-25-custom-agent")
+    env = first["env"]
+    assert env["SDLC_WORK_ITEM"] == "ET-25" and env["SDLC_STAGE"] == "analysis" and env["SDLC_ATTEMPT"] == "1"
+    assert env["SDLC_TASK_FILE"] == ".task-analyst.md" and env["SDLC_ARTIFACTS_DIR"] == "docs/work-items/ET-25"
+    assert Path(env["SDLC_SYSTEM_PROMPT_FILE"]).is_file() and "SDLC_MODEL" in env
+    assert not any(name.startswith("PREFECT_") for name in env)

@@ -1,0 +1,177 @@
+"""The pipeline flow end to end (B1, B10-B15, B40-B43) on a real Prefect server and real git.
+
+Each test makes a bare origin, runs the real `sdlc-pipeline` flow with the
+built-in scripted agent driven by a scenario file, and checks what a user would
+see: the merged (or unmerged) PR on origin, the ledger, the notifications.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sdlc.models import AgentSpec, WorkItemRequest
+from sdlc.sample import create_sample_repo
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
+
+
+def origin_has(origin: Path, ref: str, path: str) -> bool:
+    return subprocess.run(["git", "-C", str(origin), "cat-file", "-e", f"{ref}:{path}"], capture_output=True).returncode == 0
+
+
+def run_pipeline(tmp_path: Path, scenario: dict[str, Any] | None = None, **agent: Any) -> tuple[Any, Path]:
+    from flows.pipeline import sdlc_pipeline
+
+    origin = create_sample_repo(tmp_path / "repos")
+    scenario_file = tmp_path / "scenario.json"
+    scenario_file.write_text(json.dumps(scenario or {}))
+    request = WorkItemRequest(
+        work_item="ET-7",
+        title="Greet by name",
+        description="Greet a person by name.",
+        repo=str(origin),
+        auto_approve=True,
+        agent=AgentSpec(kind="scripted", scenario_file=str(scenario_file), **agent),
+    )
+    state = sdlc_pipeline(request=request, return_state=True)
+    return state, origin
+
+
+def ledger_view() -> tuple[Any, list[Any], list[Any]]:
+    from tasks.ledger import Ledger
+
+    ledger = Ledger.from_settings()
+    return ledger.get_work_item("ET-7"), ledger.agent_runs("ET-7"), ledger.transitions("ET-7")
+
+
+def roles(runs: list[Any]) -> list[str]:
+    return [run.role for run in runs]
+
+
+def notifications(data_dir: Path) -> list[dict[str, Any]]:
+    path = data_dir / "notifications.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def task_file(data_dir: Path, role: str) -> str:
+    (worktree,) = (data_dir / "worktrees").glob("*/feature__ET-7-greet-by-name")
+    return (worktree / f".task-{role}.md").read_text()
+
+
+def test_happy_path_ends_with_the_pr_merged(tmp_path: Path, data_dir: Path) -> None:
+    state, origin = run_pipeline(tmp_path)
+    assert state.is_completed(), state.message
+    row, runs, transitions = ledger_view()
+    assert (row.state, row.stage) == ("done", "done")
+    assert roles(runs) == ["analyst", "architect", "developer", "reviewer", "tester", "deployer"]
+    assert all(run.exit_code == 0 and run.duration_seconds > 0 and Path(run.log_path).exists() for run in runs)
+    assert [t.to_stage for t in transitions] == [
+        "analysis", "architecture", "development", "review", "testing", "deploy", "done"
+    ]
+    # The merge really happened on origin's default branch, with every role's artifacts.
+    assert row.pr_number == 1
+    assert "Merge pull request #1" in git(origin, "log", "-1", "--format=%s", "main")
+    for name in ("02-brd.md", "11-architecture.md", "12-review.md", "13-test-report.md"):
+        assert origin_has(origin, "main", f"docs/work-items/ET-7/{name}")
+    assert not origin_has(origin, "main", "docs/work-items/ET-7/.task-analyst.md")
+    # Commits carry the bot identity and the role(ID) message.
+    log = git(origin, "log", "--format=%an|%s", "feature/ET-7-greet-by-name")
+    assert "sdlc-flows bot|developer(ET-7): development for Greet by name" in log
+    assert notifications(data_dir)[-1]["event"] == "done"
+
+
+def test_review_request_changes_returns_to_development_with_the_findings(tmp_path: Path, data_dir: Path) -> None:
+    state, origin = run_pipeline(tmp_path, {"reviewer": {"request_changes": 1}})
+    assert state.is_completed(), state.message
+    _, runs, transitions = ledger_view()
+    assert roles(runs).count("developer") == 2 and roles(runs).count("reviewer") == 2
+    assert ("review", "development") in [(t.from_stage, t.to_stage) for t in transitions]
+    # B13: the developer's task names the review file and carries its findings.
+    developer_task = task_file(data_dir, "developer")
+    assert "12-review.md" in developer_task and "REQUEST_CHANGES" in developer_task
+    # The first verdict is kept as history; the fresh one decided.
+    assert origin_has(origin, "main", "docs/work-items/ET-7/history/12-review.1.md")
+
+
+def test_developer_budget_blocks_with_manual_intervention(tmp_path: Path, data_dir: Path) -> None:
+    state, origin = run_pipeline(tmp_path, {"reviewer": {"request_changes": 9}})
+    assert state.is_failed()
+    row, runs, _ = ledger_view()
+    assert row.state == "blocked"
+    assert "manual intervention needed" in row.reason
+    assert roles(runs).count("developer") == 3
+    assert "testing" not in [run.stage for run in runs]
+    assert any(n["event"] == "blocked" and "manual intervention" in n["message"] for n in notifications(data_dir))
+    assert "Merge pull request" not in git(origin, "log", "--format=%s", "main")
+
+
+def test_tester_fail_returns_to_development_with_the_report(tmp_path: Path, data_dir: Path) -> None:
+    state, _ = run_pipeline(tmp_path, {"tester": {"fail": 1}})
+    assert state.is_completed(), state.message
+    _, runs, _ = ledger_view()
+    assert roles(runs).count("developer") == 2 and roles(runs).count("tester") == 2
+    assert "13-test-report.md" in task_file(data_dir, "developer")
+
+
+def test_deploy_failure_blocks_at_development_and_alerts(tmp_path: Path, data_dir: Path) -> None:
+    state, origin = run_pipeline(tmp_path, {"deployer": {"fail": 1}})
+    assert state.is_failed()
+    row, runs, _ = ledger_view()
+    assert (row.state, row.stage) == ("blocked", "development")
+    assert roles(runs)[-1] == "deployer" and runs[-1].exit_code == 1
+    assert roles(runs).count("deployer") == 1  # the deploy gate judges the exit code: no silent retry
+    assert any(n["event"] == "blocked" for n in notifications(data_dir))
+    assert not origin_has(origin, "main", "docs/work-items/ET-7/13-test-report.md")
+
+
+def test_architect_conflict_goes_back_to_analysis_with_the_conflict(tmp_path: Path, data_dir: Path) -> None:
+    state, origin = run_pipeline(tmp_path, {"architect": {"conflicts": 1}})
+    assert state.is_completed(), state.message
+    _, runs, transitions = ledger_view()
+    assert roles(runs)[:4] == ["analyst", "architect", "analyst", "architect"]
+    assert ("architecture", "analysis") in [(t.from_stage, t.to_stage) for t in transitions]
+    assert "10-conflict.md" in task_file(data_dir, "analyst")
+    assert origin_has(origin, "main", "docs/work-items/ET-7/history/10-conflict.1.md")
+
+
+def test_failing_tests_keep_the_work_in_development(tmp_path: Path, data_dir: Path) -> None:
+    state, _ = run_pipeline(tmp_path, {"developer": {"break_tests": 1}})
+    assert state.is_completed(), state.message
+    _, runs, transitions = ledger_view()
+    assert roles(runs).count("developer") == 2
+    assert ("development", "development") in [(t.from_stage, t.to_stage) for t in transitions]
+    assert "tests failed" in task_file(data_dir, "developer")
+
+
+def test_a_failed_agent_is_retried_within_its_budget(tmp_path: Path, data_dir: Path) -> None:
+    state, _ = run_pipeline(tmp_path, {"developer": {"exit_code": 3, "exit_times": 1}})
+    assert state.is_completed(), state.message
+    _, runs, _ = ledger_view()
+    developer_runs = [(r.attempt, r.exit_code) for r in runs if r.role == "developer"]
+    assert developer_runs == [(1, 3), (2, 0)]
+
+
+def test_an_agent_that_keeps_failing_blocks_with_its_log(tmp_path: Path, data_dir: Path) -> None:
+    state, _ = run_pipeline(tmp_path, {"architect": {"exit_code": 3, "exit_times": 5}})
+    assert state.is_failed()
+    row, runs, _ = ledger_view()
+    assert row.state == "blocked"
+    assert "architect attempt 2 failed: exit code 3" in row.reason and "architect-2.log" in row.reason
+    assert [r.exit_code for r in runs if r.role == "architect"] == [3, 3]
+
+
+def test_agent_timeout_fails_the_run_and_keeps_its_log(tmp_path: Path, data_dir: Path) -> None:
+    state, _ = run_pipeline(tmp_path, {"analyst": {"sleep_seconds": 60}}, timeout_seconds=2, max_attempts=1)
+    assert state.is_failed()
+    row, runs, _ = ledger_view()
+    assert row.state == "blocked" and "timeout after 2 s" in row.reason
+    assert runs[0].timed_out and Path(runs[0].log_path).exists()

@@ -1,0 +1,236 @@
+"""Worktrees, commits and pushes against a real bare origin (B2, B40, B41)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from gitrepo import clone_of, commit_file, git, isolate, make_origin
+
+from sdlc.settings import get_settings
+from tasks.failures import PushRejected
+from tasks.git import commit_and_push, commit_role_changes
+from tasks.worktree import (
+    branch_lock,
+    default_branch,
+    ensure_main_clone,
+    ensure_worktree,
+    main_clone_path,
+    prepare_worktree,
+    worktree_path,
+)
+
+DEV_PATHS = ["docs/", "src/", "tests/"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    return isolate(monkeypatch, tmp_path)
+
+
+@pytest.fixture()
+def origin(tmp_path: Path) -> Path:
+    return make_origin(tmp_path)
+
+
+def test_paths_are_derived_and_contained(origin: Path) -> None:
+    settings = get_settings()
+    clone = main_clone_path(str(origin))
+    assert clone.parent == settings.repos_dir
+    assert clone.name.startswith("origin-") and len(clone.name) == len("origin-") + 8
+    path = worktree_path(str(origin), "feature/ET-1-x")
+    assert path == settings.worktrees_dir / clone.name / "feature__ET-1-x"
+    with pytest.raises(ValueError):
+        worktree_path(str(origin), "../../etc")
+    with pytest.raises(ValueError):
+        worktree_path(str(origin), "--upload-pack=evil")
+
+
+def test_main_clone_is_made_once_and_excludes_task_files(origin: Path) -> None:
+    clone = ensure_main_clone(str(origin))
+    assert (clone / "README.md").exists()
+    assert default_branch(clone) == "main"
+    exclude = (clone / ".git" / "info" / "exclude").read_text()
+    assert ".task-*.md" in exclude.splitlines()
+    assert ensure_main_clone(str(origin)) == clone
+    assert (clone / ".git" / "info" / "exclude").read_text().count(".task-*.md") == 1
+    assert clone.with_name(clone.name + ".lock").exists()
+
+
+def test_worktree_is_idempotent_and_branches_get_their_own(origin: Path) -> None:
+    first = ensure_worktree(str(origin), "feature/ET-1-one")
+    again = Path(prepare_worktree.fn(str(origin), "feature/ET-1-one"))
+    other = ensure_worktree(str(origin), "feature/ET-2-two")
+    assert first == again
+    assert first != other
+    assert git(first, "symbolic-ref", "--short", "HEAD") == "feature/ET-1-one"
+    assert git(other, "symbolic-ref", "--short", "HEAD") == "feature/ET-2-two"
+    assert (first / "src" / "app.py").exists() and (other / "src" / "app.py").exists()
+    root = get_settings().worktrees_dir
+    assert root in first.parents and root in other.parents
+    # Work in one checkout does not show in the other.
+    (first / "src" / "only_here.py").write_text("x = 1\n")
+    assert not (other / "src" / "only_here.py").exists()
+    assert ensure_worktree(str(origin), "feature/ET-1-one") == first
+    assert (first / "src" / "only_here.py").exists()
+
+
+def test_existing_remote_branch_is_resumed(origin: Path, tmp_path: Path) -> None:
+    person = clone_of(origin, tmp_path / "person")
+    git(person, "checkout", "-q", "-b", "feature/ET-3-resume")
+    sha = commit_file(person, "docs/analysis.md", "# analysis\n", "earlier work")
+    git(person, "push", "-q", "origin", "feature/ET-3-resume")
+
+    path = ensure_worktree(str(origin), "feature/ET-3-resume")
+    assert (path / "docs" / "analysis.md").read_text() == "# analysis\n"
+    assert git(path, "rev-parse", "HEAD") == sha
+
+    # The remote moves on; a clean reused worktree is fast-forwarded.
+    newer = commit_file(person, "docs/more.md", "more\n", "more work")
+    git(person, "push", "-q", "origin", "feature/ET-3-resume")
+    assert ensure_worktree(str(origin), "feature/ET-3-resume") == path
+    assert git(path, "rev-parse", "HEAD") == newer
+
+
+def test_removed_worktree_directory_is_recreated(origin: Path) -> None:
+    import shutil
+
+    path = ensure_worktree(str(origin), "feature/ET-4-gone")
+    shutil.rmtree(path)
+    assert ensure_worktree(str(origin), "feature/ET-4-gone") == path
+    assert (path / "README.md").exists()
+
+
+def test_commit_stages_only_allowed_paths(origin: Path, tmp_path: Path) -> None:
+    branch = "feature/ET-5-commit"
+    path = ensure_worktree(str(origin), branch)
+    (path / "docs").mkdir()
+    (path / "docs" / "plan.md").write_text("plan\n")
+    (path / "src" / "new_module.py").write_text("y = 2\n")
+    (path / "tests" / "test_app.py").unlink()
+    (path / "README.md").write_text("# changed outside the allowlist\n")
+    (path / "notes.txt").write_text("scratch\n")
+    (path / ".task-developer.md").write_text("the task\n")
+    git(path, "add", "--", "notes.txt")  # staged by the agent itself: still left out
+
+    summary = "implement the feature\nwith a second line " + "x" * 100
+    result = commit_and_push.fn(
+        str(path), role="developer", work_item="ET-5", summary=summary, allowed=DEV_PATHS, branch=branch
+    )
+    assert result.sha is not None
+    assert sorted(result.committed) == ["docs/plan.md", "src/new_module.py", "tests/test_app.py"]
+    assert sorted(result.left_out) == ["README.md", "notes.txt"]
+    assert result.pushed
+
+    # The push really landed on the bare origin, with the bot as author and committer.
+    assert git(origin, "rev-parse", f"refs/heads/{branch}") == result.sha
+    fmt = git(origin, "log", "-1", "--format=%an|%ae|%cn|%ce|%s", result.sha)
+    author, email, committer, committer_email, subject = fmt.split("|", 4)
+    assert (author, email, committer, committer_email) == (
+        "sdlc-flows bot", "sdlc-bot@localhost", "sdlc-flows bot", "sdlc-bot@localhost",
+    )
+    assert subject.startswith("developer(ET-5): implement the feature with a second line x")
+    assert len(subject) == len("developer(ET-5): ") + 72
+    files = git(origin, "show", "--name-only", "--format=", result.sha).split()
+    assert sorted(files) == ["docs/plan.md", "src/new_module.py", "tests/test_app.py"]
+    # What was left out stays in the worktree, uncommitted; the task file is never committed.
+    assert (path / "README.md").read_text() == "# changed outside the allowlist\n"
+    assert "README.md" in git(path, "status", "--porcelain")
+    assert ".task-developer.md" not in git(path, "status", "--porcelain")
+    # The machine's global git config was never written.
+    assert not (tmp_path / "global-gitconfig").exists()
+
+
+def test_no_commit_when_nothing_allowed_changed(origin: Path) -> None:
+    branch = "feature/ET-6-nothing"
+    path = ensure_worktree(str(origin), branch)
+    before = git(path, "rev-parse", "HEAD")
+    (path / "README.md").write_text("outside\n")
+    result = commit_and_push.fn(
+        str(path), role="architect", work_item="ET-6", summary="analysis", allowed=["docs/"], branch=branch
+    )
+    assert result.sha is None and result.committed == [] and not result.pushed
+    assert result.left_out == ["README.md"]
+    assert git(path, "rev-parse", "HEAD") == before
+    assert git(origin, "branch", "--list", branch) == ""  # nothing pushed
+
+
+def test_bot_identity_from_environment(origin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SDLC_BOT_NAME", "Pipeline Robot")
+    monkeypatch.setenv("SDLC_BOT_EMAIL", "robot@example.test")
+    path = ensure_worktree(str(origin), "feature/ET-7-bot")
+    (path / "docs").mkdir()
+    (path / "docs" / "a.md").write_text("a\n")
+    result = commit_role_changes(path, allowed=["docs/"], message="architect(ET-7): a")
+    assert result.sha is not None
+    assert git(path, "log", "-1", "--format=%an <%ae> / %cn <%ce>") == (
+        "Pipeline Robot <robot@example.test> / Pipeline Robot <robot@example.test>"
+    )
+
+
+def test_unpushed_commit_is_pushed_later(origin: Path) -> None:
+    branch = "feature/ET-8-later"
+    path = ensure_worktree(str(origin), branch)
+    (path / "docs").mkdir()
+    (path / "docs" / "a.md").write_text("a\n")
+    local = commit_role_changes(path, allowed=["docs/"], message="architect(ET-8): a")
+    assert local.sha is not None and not local.pushed
+    result = commit_and_push.fn(
+        str(path), role="architect", work_item="ET-8", summary="again", allowed=["docs/"], branch=branch
+    )
+    assert result.sha is None and result.pushed
+    assert git(origin, "rev-parse", f"refs/heads/{branch}") == local.sha
+
+
+def test_rejected_push_is_a_clear_failure(origin: Path, tmp_path: Path) -> None:
+    branch = "feature/ET-9-race"
+    path = ensure_worktree(str(origin), branch)
+    (path / "src" / "one.py").write_text("one = 1\n")
+    first = commit_and_push.fn(
+        str(path), role="developer", work_item="ET-9", summary="one", allowed=DEV_PATHS, branch=branch
+    )
+    assert first.pushed
+
+    person = clone_of(origin, tmp_path / "person")
+    git(person, "checkout", "-q", branch)
+    theirs = commit_file(person, "src/two.py", "two = 2\n", "someone else")
+    git(person, "push", "-q", "origin", branch)
+
+    (path / "src" / "three.py").write_text("three = 3\n")
+    with pytest.raises(PushRejected) as caught:
+        commit_and_push.fn(
+            str(path), role="developer", work_item="ET-9", summary="three", allowed=DEV_PATHS, branch=branch
+        )
+    message = str(caught.value)
+    assert "rejected" in message and branch in message
+    assert git(origin, "rev-parse", f"refs/heads/{branch}") == theirs  # never forced
+
+
+def test_branch_lock_serialises_runs(origin: Path) -> None:
+    path = ensure_worktree(str(origin), "feature/ET-10-lock")
+    events: list[str] = []
+    holding = threading.Event()
+
+    def first() -> None:
+        with branch_lock(path):
+            events.append("first in")
+            holding.set()
+            time.sleep(0.3)
+            events.append("first out")
+
+    def second() -> None:
+        holding.wait()
+        with branch_lock(path):
+            events.append("second in")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert events == ["first in", "first out", "second in"]
+    lock_file = path.with_name(path.name + ".lock")
+    assert lock_file.exists() and not (path / ".lock").exists()
+    assert git(path, "status", "--porcelain") == ""
