@@ -172,7 +172,7 @@ def sdlc_pipeline(request: WorkItemRequest) -> PipelineResult:
             at = route.to if route.to != BLOCKED else stage
             return block(at, result.gate.reason)
         if route.to == DONE:
-            reason = f"done: {stage} passed" + (f", PR #{pull_request.number} merged" if pull_request else "")
+            reason = f"{stage} passed" + (f", PR #{pull_request.number} merged" if pull_request else "")
             record_transition(work_item, stage, DONE, reason)
             set_work_item_state(work_item, WorkItemState.done, DONE, reason)
             notify("done", f"{work_item} {reason}", work_item=work_item, flow_run_id=run_id)

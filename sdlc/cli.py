@@ -139,62 +139,66 @@ def _quiet_prefect_console() -> None:
     for logger in [logging.getLogger(), *[logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]]:
         for handler in getattr(logger, "handlers", []):
             if isinstance(handler, PrefectConsoleHandler):
-                handler.setLevel(logging.WARNING)
+                handler.setLevel(logging.ERROR)
 
 
 class ProgressPrinter(threading.Thread):
-    """Prints one line whenever the work item's stage, state or agent run changes."""
+    """Prints one line per event: a stage transition, an agent starting or ending, a pause."""
 
     def __init__(self, work_item: str) -> None:
         super().__init__(daemon=True, name="progress")
         self.work_item = work_item
         self.started = time.monotonic()
         self.stopping = threading.Event()
-        self.link_shown = False
-        self.last: tuple[Any, ...] | None = None
+        self.seen: set[tuple[Any, ...]] = set()
 
     def say(self, text: str) -> None:
         elapsed = int(time.monotonic() - self.started)
         print(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {text}", flush=True)
 
+    def once(self, key: tuple[Any, ...], text: str) -> None:
+        if key not in self.seen:
+            self.seen.add(key)
+            self.say(text)
+
     def run(self) -> None:
         from tasks.ledger import Ledger
-        from tasks.notify import flow_run_url
 
         ledger = Ledger.from_settings()
         while not self.stopping.wait(0.3):
-            row = ledger.get_work_item(self.work_item)
-            if row is None:
-                continue
-            if not self.link_shown and row.flow_run_id:
-                self.say(f"{self.work_item}: watch the run at {flow_run_url(row.flow_run_id)}")
-                self.link_shown = True
-            runs = ledger.agent_runs(self.work_item)
-            latest = runs[-1] if runs else None
-            snapshot = (
-                row.stage,
-                row.state,
-                latest.id if latest else None,
-                latest.exit_code if latest else None,
-                latest.ended_at is not None if latest else None,
-            )
-            if snapshot == self.last:
-                continue
-            self.last = snapshot
-            self.say(self._describe(row, latest))
+            self.poll(ledger)
 
-    def _describe(self, row: Any, latest: Any) -> str:
-        text = f"{self.work_item} stage {row.stage} ({row.state})"
+    def poll(self, ledger: Any) -> None:
+        from tasks.notify import flow_run_url
+
+        wi = self.work_item
+        row = ledger.get_work_item(wi)
+        if row is None:
+            return
+        if row.flow_run_id:
+            self.once(("link", row.flow_run_id), f"{wi}: watch the run at {flow_run_url(row.flow_run_id)}")
+        transitions = ledger.transitions(wi)
+        runs = ledger.agent_runs(wi)
+        progress = (len(transitions), len(runs))
+        for t in transitions:
+            arrow = f"{t.from_stage} -> {t.to_stage}" if t.from_stage else f"starts at {t.to_stage}"
+            self.once(("transition", t.id), f"{wi} {arrow}: {t.reason}")
+        for run in runs:
+            self.once(("start", run.id), f"{wi} {run.stage}: {run.role} attempt {run.attempt} running")
+            if run.ended_at is not None:
+                outcome = run.error or f"exited {run.exit_code}"
+                self.once(("end", run.id), f"{wi} {run.stage}: {run.role} attempt {run.attempt} {outcome} after {run.duration_seconds:.1f} s")
         if row.state == WorkItemState.waiting_approval.value:
-            return f"{text}: waiting for approval; approve in the UI or run `sdlc approve {self.work_item}`"
-        if row.state == WorkItemState.needs_input.value:
-            return f"{text}: the analyst asked questions; run `sdlc answer {self.work_item} --file ANSWERS.md`"
-        if latest is not None:
-            if latest.ended_at is None:
-                text += f" · {latest.role} attempt {latest.attempt} running"
-            else:
-                text += f" · {latest.role} attempt {latest.attempt} exited {latest.exit_code} after {latest.duration_seconds:.1f} s"
-        return text
+            self.once(
+                ("approval", progress),
+                f"{wi} is waiting for approval of the analysis: approve in the UI or run `sdlc approve {wi}`"
+                f" (or `sdlc reject {wi} --comment TEXT`)",
+            )
+        elif row.state == WorkItemState.needs_input.value:
+            self.once(
+                ("answers", progress),
+                f"{wi} needs input: the analyst asked questions; answer in the UI or run `sdlc answer {wi} --file ANSWERS.md`",
+            )
 
 
 def execute(request: WorkItemRequest, settings: SdlcSettings, *, verbose: bool) -> int:
@@ -213,7 +217,9 @@ def execute(request: WorkItemRequest, settings: SdlcSettings, *, verbose: bool) 
     finally:
         progress.stopping.set()
         progress.join(timeout=2)
-    row = Ledger.from_settings().get_work_item(request.work_item)
+    ledger = Ledger.from_settings()
+    progress.poll(ledger)
+    row = ledger.get_work_item(request.work_item)
     if row is not None and row.state == WorkItemState.done.value:
         pr = f" PR #{row.pr_number} merged ({row.pr_url})." if row.pr_number else ""
         progress.say(f"{request.work_item} done.{pr}")

@@ -7,18 +7,11 @@ module imports it; the server is started by sdlc's own embedded-server code.
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
+from gitrepo import free_port
 
 # Settled before anything imports prefect: a test that reaches the API without the
 # `prefect_api` fixture fails to connect instead of starting an ephemeral server.
@@ -32,8 +25,6 @@ os.environ.pop("SDLC_DATA_DIR", None)
 import pytest  # noqa: E402
 
 from sdlc.settings import SdlcSettings  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")

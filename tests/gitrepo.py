@@ -80,3 +80,12 @@ def commit_file(clone: Path, relative: str, text: str, message: str) -> str:
     git(clone, "add", "--", relative)
     git(clone, "commit", "--quiet", "-m", message)
     return git(clone, "rev-parse", "HEAD")
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,97 @@
+"""Operating it as documented (B60, B63): the embedded default and a deployment run by a worker.
+
+The deployment test also guards the pinned dependencies: a prefect / fastapi pair
+whose server rejects its own client (seen with fastapi 0.154) fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sdlc.sample import create_sample_repo
+from gitrepo import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SDLC = [sys.executable, "-m", "sdlc.cli"]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+def test_demo_starts_its_own_server_and_ends_with_the_pr_merged(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SDLC_"))}
+    env.update(SDLC_PREFECT_PORT=str(free_port()), PYTHONUNBUFFERED="1")
+    data = tmp_path / "state"
+    try:
+        demo = subprocess.run(
+            [*SDLC, "--data-dir", str(data), "demo", "--approve-after", "0.5"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240,
+        )
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        port = env["SDLC_PREFECT_PORT"]
+        assert f"http://127.0.0.1:{port}/runs/flow-run/" in demo.stdout
+        assert "sdlc approve DEMO-1" in demo.stdout
+        assert "review -> development: 12-review.md: request_changes" in demo.stdout
+        assert "DEMO-1 done. PR #1 merged" in demo.stdout
+        # The server outlives the command, with its state in the data directory.
+        assert (data / "prefect" / "prefect.db").exists()
+        server = subprocess.run([*SDLC, "--data-dir", str(data), "server", "status"], env=env, capture_output=True, text=True)
+        assert server.returncode == 0 and "up" in server.stdout
+        status = subprocess.run(
+            [*SDLC, "--data-dir", str(data), "status", "--json"], env=env, capture_output=True, text=True
+        )
+        (item,) = json.loads(status.stdout)
+        assert item["state"] == "done" and len(item["agent_runs"]) == 8
+        merged = subprocess.run(
+            ["git", "-C", str(data / "demo" / "sample-origin.git"), "log", "-1", "--format=%s", "main"],
+            capture_output=True, text=True,
+        ).stdout
+        assert merged.startswith("Merge pull request #1")
+    finally:
+        subprocess.run([*SDLC, "--data-dir", str(data), "server", "stop"], env=env, capture_output=True)
+
+
+def test_deploy_all_then_deployment_run_through_a_process_worker(
+    tmp_path: Path, cli_env: dict[str, str], data_dir: Path
+) -> None:
+    origin = create_sample_repo(tmp_path / "repos")
+
+    def prefect(*args: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([PREFECT, "--no-prompt", *args], env=cli_env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    prefect("work-pool", "create", "sdlc-process", "--type", "process", "--overwrite")
+    prefect("deploy", "--all")
+    worker = subprocess.Popen(
+        [PREFECT, "worker", "start", "--pool", "sdlc-process"],
+        env={**cli_env, "PREFECT_WORKER_QUERY_SECONDS": "1"}, cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        params = {"request": {"work_item": "ET-40", "title": "Via deployment", "repo": str(origin), "auto_approve": True}}
+        prefect("deployment", "run", "sdlc-pipeline/sdlc-pipeline", "--params", json.dumps(params))
+        from tasks.ledger import Ledger
+
+        deadline = time.monotonic() + 180
+        row = None
+        while time.monotonic() < deadline:
+            if (data_dir / "ledger.db").exists():
+                row = Ledger.from_settings().get_work_item("ET-40")
+                if row is not None and row.state in ("done", "blocked", "failed"):
+                    break
+            time.sleep(0.5)
+        assert row is not None and row.state == "done", row and row.reason
+        assert row.pr_number == 1
+        merged = subprocess.run(
+            ["git", "-C", str(origin), "log", "-1", "--format=%s", "main"], capture_output=True, text=True
+        ).stdout
+        assert merged.startswith("Merge pull request #1")
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
