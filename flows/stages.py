@@ -6,6 +6,7 @@ role, gate, commit paths and PR duty are.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -18,7 +19,7 @@ from tasks.gates import archive_stale_artifacts, run_gate
 from tasks.git import commit_and_push
 from tasks.taskfile import prepare_agent_invocation, write_task_file
 from tasks.tracking import record_pull_request
-from tasks.worktree import prepare_worktree
+from tasks.worktree import branch_lock, prepare_worktree
 
 AGENT_RETRY_DELAY_SECONDS = 1
 
@@ -35,9 +36,14 @@ def _stage_run_name() -> str:
 
 @flow(name="sdlc-stage", flow_run_name=_stage_run_name, log_prints=True)
 def stage_flow(stage_input: StageInput) -> StageResult:
+    worktree = prepare_worktree(stage_input.request.repo, stage_input.request.feature_branch)
+    with branch_lock(Path(worktree)):  # B2: runs on one branch never interleave
+        return _run_stage(stage_input, worktree)
+
+
+def _run_stage(stage_input: StageInput, worktree: str) -> StageResult:
     spec = current_graph().stage(stage_input.stage)
     request = stage_input.request
-    worktree = prepare_worktree(request.repo, request.feature_branch)
     moved = archive_stale_artifacts(worktree, request.work_item, spec)
     task_file = write_task_file(worktree, stage_input, spec, moved)
     invocation = prepare_agent_invocation(worktree, stage_input, spec, task_file)

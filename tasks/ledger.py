@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, UniqueConstraint, event, func
 from sqlalchemy.engine import make_url
@@ -194,6 +194,9 @@ def engine_for(url: str) -> Engine:
         return engine
 
 
+_Row = TypeVar("_Row", StageTransitionRecord, AgentRunRecord, PullRequestRecord)
+
+
 class Ledger:
     """Read and write the ledger; every method is one short transaction."""
 
@@ -293,14 +296,14 @@ class Ledger:
         with self._session() as session:
             return list(session.exec(select(WorkItemRecord).order_by(WorkItemRecord.created_at, WorkItemRecord.id)))
 
-    def transitions(self, work_item: str) -> list[StageTransitionRecord]:
+    def _rows_of(self, model: type[_Row], work_item: str) -> list[_Row]:
+        """A work item's rows of one table, in the order they were written."""
         with self._session() as session:
-            query = (
-                select(StageTransitionRecord)
-                .where(StageTransitionRecord.work_item_id == work_item)
-                .order_by(StageTransitionRecord.id)
-            )
+            query = select(model).where(model.work_item_id == work_item).order_by(model.id)  # type: ignore[attr-defined]
             return list(session.exec(query))
+
+    def transitions(self, work_item: str) -> list[StageTransitionRecord]:
+        return self._rows_of(StageTransitionRecord, work_item)
 
     # Agent runs -----------------------------------------------------------------
 
@@ -353,9 +356,7 @@ class Ledger:
             session.commit()
 
     def agent_runs(self, work_item: str) -> list[AgentRunRecord]:
-        with self._session() as session:
-            query = select(AgentRunRecord).where(AgentRunRecord.work_item_id == work_item).order_by(AgentRunRecord.id)
-            return list(session.exec(query))
+        return self._rows_of(AgentRunRecord, work_item)
 
     # Pull requests of the local forge ------------------------------------------------
 
@@ -435,10 +436,4 @@ class Ledger:
             return record
 
     def pull_requests(self, work_item: str) -> list[PullRequestRecord]:
-        with self._session() as session:
-            query = (
-                select(PullRequestRecord)
-                .where(PullRequestRecord.work_item_id == work_item)
-                .order_by(PullRequestRecord.id)
-            )
-            return list(session.exec(query))
+        return self._rows_of(PullRequestRecord, work_item)

@@ -185,3 +185,24 @@ def test_custom_agent_command_follows_the_b5_protocol(tmp_path: Path, cli_env: d
     assert env["SDLC_TASK_FILE"] == ".task-analyst.md" and env["SDLC_ARTIFACTS_DIR"] == "docs/work-items/ET-25"
     assert Path(env["SDLC_SYSTEM_PROMPT_FILE"]).is_file() and "SDLC_MODEL" in env
     assert not any(name.startswith("PREFECT_") for name in env)
+
+
+def test_two_work_items_at_once_on_one_repository(tmp_path: Path, cli_env: dict[str, str], data_dir: Path) -> None:
+    origin = create_sample_repo(tmp_path / "repos")
+    runs = [
+        start_run(cli_env, "--repo", str(origin), "--work-item", f"ET-3{n}", "--title", f"Feature {n}", "--auto-approve")
+        for n in (1, 2)
+    ]
+    for run in runs:
+        code, out, err = finish(run, timeout=240)
+        assert code == 0, out + err
+    items = [status(cli_env, f"ET-3{n}") for n in (1, 2)]
+    assert sorted(item["pull_request"]["number"] for item in items) == [1, 2]
+    worktrees = sorted(p.name for p in (data_dir / "worktrees").glob("*/*") if p.is_dir())
+    assert worktrees == ["feature__ET-31-feature-1", "feature__ET-32-feature-2"]
+    log = subprocess.run(["git", "-C", str(origin), "log", "--format=%s", "main"], capture_output=True, text=True).stdout
+    assert "Merge pull request #1" in log and "Merge pull request #2" in log
+    for n in (1, 2):
+        assert subprocess.run(
+            ["git", "-C", str(origin), "cat-file", "-e", f"main:docs/work-items/ET-3{n}/13-test-report.md"]
+        ).returncode == 0
