@@ -50,6 +50,15 @@ class AgentProfile(Block):
     _block_type_name: ClassVar[str] = "SDLC Agent Profile"
     _block_type_slug: ClassVar[str] = "sdlc-agent-profile"
     _description: ClassVar[str] = "Agent CLI, models, tools and timeouts per role for sdlc-flows."
+    _documentation_url: ClassVar[str] = "https://docs.prefect.io/v3/concepts/blocks"
+    _code_example: ClassVar[str] = """
+```python
+from blocks.agent_profile import AgentProfile
+
+AgentProfile(kind="claude", models={"developer": "sonnet"}, timeouts={"developer": 3600}).save("claude-team")
+profile = AgentProfile.load("BLOCK_NAME")
+```
+"""
 
     kind: AgentKind = Field(default="scripted", description="scripted, claude, codex, gemini, aider or custom.")
     binary: str | None = Field(default=None, description="Executable; defaults to the kind's own name on PATH.")
@@ -106,7 +115,10 @@ class AgentProfile(Block):
                 prompt,
             ]
         elif kind == "gemini":
-            argv = [self.binary or "gemini", "--model", model, "--yolo", "--output-format", "json", "--prompt", prompt]
+            argv = [
+                self.binary or "gemini", "--model", model, "--yolo", "--skip-trust",
+                "--output-format", "json", "--prompt", prompt,
+            ]
         elif kind == "aider":
             argv = [
                 self.binary or "aider",

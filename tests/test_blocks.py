@@ -1,0 +1,67 @@
+"""Prefect's own standard checks over every sdlc block (STYLE 8), and the profiles' command lines."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from prefect.blocks.core import Block
+from prefect.testing.standard_test_suites import BlockStandardTestSuite
+
+from blocks.agent_profile import AgentProfile
+
+ALL_BLOCKS: list[type[Block]] = [AgentProfile]
+
+
+@pytest.mark.parametrize("block", ALL_BLOCKS)
+class TestAllBlocks(BlockStandardTestSuite):
+    @pytest.fixture
+    def block(self, block: type[Block]) -> type[Block]:  # type: ignore[override]
+        return block
+
+    def test_has_a_valid_image(self, block: type[Block]) -> None:  # type: ignore[override]
+        # Nothing may be fetched from the internet: our blocks ship no remote logo.
+        assert block._logo_url is None
+
+
+def test_claude_profile_builds_an_unattended_command_line() -> None:
+    argv = AgentProfile(kind="claude").build_command(
+        role="reviewer", task_file=".task-reviewer.md", system_prompt_file="/p/reviewer.md"
+    )
+    assert argv[:2] == ["claude", "-p"] and ".task-reviewer.md" in argv[2]
+    assert argv[argv.index("--output-format") + 1] == "json"
+    assert argv[argv.index("--model") + 1] == "opus"  # stronger model for the reviewer
+    assert argv[argv.index("--permission-mode") + 1] == "acceptEdits"  # works as root, unlike bypassPermissions
+    assert argv[argv.index("--append-system-prompt-file") + 1] == "/p/reviewer.md"
+    developer = AgentProfile(kind="claude").build_command(role="developer", task_file="t", system_prompt_file="p")
+    assert developer[developer.index("--model") + 1] == "sonnet"
+    assert "Bash" in developer[developer.index("--allowedTools") + 1].split(",")
+
+
+def test_profile_overrides_and_custom_commands() -> None:
+    profile = AgentProfile(kind="claude", models={"developer": "haiku"}, extra_args=["--max-turns", "30"], timeouts={"developer": 60})
+    argv = profile.build_command(role="developer", task_file="t", system_prompt_file="p")
+    assert argv[argv.index("--model") + 1] == "haiku" and argv[-2:] == ["--max-turns", "30"]
+    assert profile.timeout_for("developer") == 60 and profile.timeout_for("tester") == 1800
+    custom = AgentProfile(kind="custom", command=["my-agent", "--fast"])
+    assert custom.build_command(role="tester", task_file="t", system_prompt_file="p") == ["my-agent", "--fast"]
+    with pytest.raises(ValueError, match="needs `command`"):
+        AgentProfile(kind="custom")
+
+
+CLI_HELP = Path(__file__).parent / "contracts" / "cli-help"
+
+
+@pytest.mark.parametrize(
+    ("kind", "help_file"),
+    [("codex", "codex-exec-help.txt"), ("gemini", "gemini-help.txt"), ("aider", "aider-flags.txt")],
+)
+def test_profile_flags_exist_in_the_real_cli(kind: str, help_file: str) -> None:
+    documented = set(re.findall(r"--[a-z0-9][a-z0-9-]*", (CLI_HELP / help_file).read_text()))
+    argv = AgentProfile(kind=kind).build_command(role="developer", task_file=".task-developer.md", system_prompt_file="p.md")
+    used = {arg for arg in argv if arg.startswith("--")}
+    unknown = {flag for flag in used if flag not in documented and f"--{flag.removeprefix('--no-')}" not in documented}
+    assert used and not unknown, f"{kind} profile uses flags its CLI does not document: {sorted(unknown)}"
+    if kind == "codex":
+        assert argv[1] == "exec"  # the non-interactive subcommand
