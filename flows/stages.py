@@ -21,9 +21,6 @@ from tasks.taskfile import prepare_agent_invocation, write_task_file
 from tasks.tracking import record_pull_request
 from tasks.worktree import branch_lock, prepare_worktree
 
-AGENT_RETRY_DELAY_SECONDS = 1
-
-
 def _stage_run_name() -> str:
     from prefect.runtime import flow_run
 
@@ -48,10 +45,10 @@ def _run_stage(stage_input: StageInput, worktree: str) -> StageResult:
     task_file = write_task_file(worktree, stage_input, spec, moved)
     invocation = prepare_agent_invocation(worktree, stage_input, spec, task_file)
 
-    attempts = request.agent.max_attempts if spec.retry_agent else 1
     agent: AgentResult
     try:
-        agent = run_agent.with_options(retries=attempts - 1, retry_delay_seconds=AGENT_RETRY_DELAY_SECONDS)(invocation)
+        # Budgets are decided per failure by the run itself (transient vs permanent, B31).
+        agent = run_agent.with_options(retries=invocation.retry.task_retries, retry_delay_seconds=0)(invocation)
     except AgentRunFailed as failure:
         agent = failure.result
 

@@ -326,6 +326,7 @@ def status_report(work_item: str | None) -> list[dict[str, Any]]:
     for row in rows:
         if row is None:
             continue
+        runs = ledger.agent_runs(row.id)
         report.append(
             {
                 "work_item": row.id,
@@ -350,13 +351,42 @@ def status_report(work_item: str | None) -> list[dict[str, Any]]:
                         "duration_seconds": r.duration_seconds,
                         "timed_out": r.timed_out,
                         "error": r.error,
+                        "failure_kind": r.failure_kind,
+                        "failure_reason": r.failure_reason,
+                        "cost_usd": r.cost_usd,
+                        "input_tokens": r.input_tokens,
+                        "output_tokens": r.output_tokens,
+                        "num_turns": r.num_turns,
+                        "session_id": r.session_id,
                         "log_path": r.log_path,
                     }
-                    for r in ledger.agent_runs(row.id)
+                    for r in runs
                 ],
+                "usage": {
+                    "cost_usd": round(sum(r.cost_usd or 0 for r in runs), 6),
+                    "input_tokens": sum(r.input_tokens or 0 for r in runs),
+                    "output_tokens": sum(r.output_tokens or 0 for r in runs),
+                },
             }
         )
     return report
+
+
+def breaker_lines() -> list[str]:
+    """One line per provider breaker, when a Prefect server answers (B32)."""
+    from datetime import datetime, timezone
+
+    from sdlc.server import ServerError, ensure_prefect_api
+
+    settings = get_settings()
+    try:
+        ensure_prefect_api(settings, start=False)
+    except ServerError:
+        return []
+    from tasks.breaker import breaker_states
+
+    now = datetime.now(timezone.utc)
+    return [f"breaker {name}: {state.describe(now)}" for name, state in sorted(breaker_states(settings.breaker_scope).items())]
 
 
 def command_status(args: argparse.Namespace) -> int:
@@ -373,9 +403,15 @@ def command_status(args: argparse.Namespace) -> int:
         print(f"{item['work_item']}  {item['state']:<16} stage {item['stage']:<13} {pr}  {item['title']}")
         if item["reason"]:
             print(f"    {item['reason']}")
+        usage = item["usage"]
+        if usage["cost_usd"] or usage["input_tokens"]:
+            print(f"    spent ${usage['cost_usd']:.4f}, {usage['input_tokens']} input / {usage['output_tokens']} output tokens")
         for run in item["agent_runs"]:
             duration = "-" if run["duration_seconds"] is None else f"{run['duration_seconds']:.1f} s"
-            print(f"    {run['role']:<10} attempt {run['attempt']}  exit {run['exit_code']}  {duration}")
+            failure = f"  {run['failure_kind']}: {run['failure_reason']}" if run["failure_kind"] else ""
+            print(f"    {run['role']:<10} attempt {run['attempt']}  exit {run['exit_code']}  {duration}{failure}")
+    for line in breaker_lines():
+        print(line)
     return EXIT_OK
 
 

@@ -56,7 +56,8 @@ class StageSpec(BaseModel):
     commit_paths: list[str] = Field(default_factory=lambda: ["docs/"])
     opens_pull_request: bool = False
     retry_agent: bool = Field(
-        default=True, description="Re-run a failed agent within the visit; off where the exit code is the gate."
+        default=True,
+        description="Re-run an agent after a permanent failure; off where the exit code is the gate (transient failures are retried anyway).",
     )
     max_visits: int | None = Field(default=None, description="Entries into this stage per work item.")
     tracker_state: str = "In Progress"

@@ -100,8 +100,13 @@ class AgentSpec(BaseModel):
         default=None, description="Name of an AgentProfile block to load instead of the defaults."
     )
     max_attempts: int = Field(
-        default=2, ge=1, le=10, description="Runs of one agent per stage visit before the stage fails."
+        default=2, ge=1, le=10, description="Permanent budget: runs per stage visit while failures are permanent."
     )
+    transient_retries: int = Field(
+        default=5, ge=0, le=50, description="Transient budget: retries after rate limits, overloads, 5xx, network errors."
+    )
+    backoff_base_seconds: float = Field(default=5, gt=0, le=3600, description="Transient wait: min(2^n x base, cap).")
+    backoff_cap_seconds: float = Field(default=300, gt=0, le=24 * 3600)
 
     @model_validator(mode="after")
     def _custom_needs_command(self) -> "AgentSpec":
@@ -205,10 +210,19 @@ class AgentResult(BaseModel):
     started_at: datetime
     ended_at: datetime
     error: str | None = None
+    failure_kind: str | None = Field(default=None, description="transient, permanent or usage_limit (B30).")
+    failure_reason: str | None = None
+    retry_after_seconds: float | None = None
+    retry_not_before: datetime | None = Field(default=None, description="The next attempt starts no sooner.")
+    cost_usd: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    num_turns: int | None = None
+    session_id: str | None = None
 
     @property
     def succeeded(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out and self.error is None
+        return self.exit_code == 0 and not self.timed_out and self.error is None and self.failure_kind is None
 
 
 class GateResult(BaseModel):

@@ -26,6 +26,13 @@ class SdlcSettings(BaseSettings):
         description="SQLAlchemy URL of the ledger; default sqlite:///<data_dir>/ledger.db.",
     )
     prefect_port: int = Field(default=4200, description="Port of the embedded Prefect server.")
+    breaker_threshold: int = Field(
+        default=3, ge=1, description="Consecutive transient failures of a provider that open its circuit breaker."
+    )
+    breaker_scope: str = Field(
+        default="", pattern=r"^[a-z0-9_-]{0,40}$", description="Separates the breakers of installations sharing one Prefect server."
+    )
+    breaker_cooldown_seconds: float = Field(default=60, gt=0, description="How long an open breaker holds new runs.")
     approval_poll_seconds: int = Field(
         default=1, description="How often a paused pipeline checks for its approval input."
     )

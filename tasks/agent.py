@@ -30,10 +30,12 @@ from pydantic import BaseModel, Field
 
 from sdlc.models import AgentResult
 from sdlc.settings import get_settings
+from tasks.breaker import CircuitBreaker
+from tasks.classify import classify_output, parse_result_json, read_tail
 from tasks.failures import PermanentError
 from tasks.ledger import Ledger
+from tasks.retry_policy import RetryDecision, RetryPolicy, decide_retry, not_before
 
-LOG_TAIL_BYTES = 16 * 1024
 TERMINATE_GRACE_SECONDS = 3.0
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Passed through from the worker: what a CLI needs to find itself and its own model API.
@@ -52,17 +54,21 @@ class AgentInvocation(BaseModel):
     timeout_seconds: float = Field(gt=0)
     protocol_env: dict[str, str] = Field(description="The B5 SDLC_* variables.")
     profile_env: dict[str, str] = Field(default_factory=dict)
+    provider: str = Field(default="scripted", description="Whose circuit breaker this run answers to.")
+    visit: str | None = Field(default=None, description="Stage visit the retry budgets are counted in.")
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
 
 
 class AgentRunFailed(PermanentError):
-    """The agent exited non-zero, timed out or could not start; carries the run's result."""
+    """The agent's run failed; carries its result and whether, and when, to run it again."""
 
-    def __init__(self, result: AgentResult) -> None:
+    def __init__(self, result: AgentResult, decision: RetryDecision) -> None:
         self.result = result
+        self.decision = decision
         super().__init__(describe_failure(result))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.result,))
+        return (type(self), (self.result, self.decision))
 
 
 def describe_failure(result: AgentResult) -> str:
@@ -72,6 +78,8 @@ def describe_failure(result: AgentResult) -> str:
         what = result.error
     else:
         what = f"exit code {result.exit_code}"
+    if result.failure_kind and result.failure_reason and not result.timed_out:
+        what += f" ({result.failure_kind}: {result.failure_reason})"
     return f"{result.role} attempt {result.attempt} failed: {what} (log: {result.log_path})"
 
 
@@ -99,19 +107,6 @@ def agent_script(argv: list[str], env_names: list[str], log_path: Path) -> str:
         f"exec env -i {assignments} {shlex.join(argv)} "
         f">> {shlex.quote(str(log_path))} 2>&1 < /dev/null"
     )
-
-
-def read_log_tail(path: Path | str, max_bytes: int = LOG_TAIL_BYTES) -> str:
-    """The last `max_bytes` of a log, read from the end: cost independent of the log's size."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - max_bytes))
-            data = handle.read(max_bytes)
-    except FileNotFoundError:
-        return ""
-    return data.decode("utf-8", errors="replace")
 
 
 class _LogFollower(threading.Thread):
@@ -229,7 +224,7 @@ def execute_agent(invocation: AgentInvocation, *, attempt: int, log_path: Path) 
         exit_code=exit_code,
         duration_seconds=round(duration, 3),
         log_path=str(log_path),
-        output_tail=read_log_tail(log_path, 4096),
+        output_tail=read_tail(log_path, 4096),
         timed_out=timed_out,
         started_at=started,
         ended_at=ended,
@@ -245,38 +240,104 @@ def _wait_quietly(process: Any) -> None:
 
 
 def _retry_agent_failures(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only failed agent runs; bugs in the orchestrator fail at once."""
+    """Prefect's retry_condition_fn: retry what the run's own decision allows; bugs fail at once."""
+    from prefect.logging.loggers import task_run_logger
+
     try:
         state.result()
-    except AgentRunFailed:
-        return True
+    except AgentRunFailed as failure:
+        decision = failure.decision
+        logger = task_run_logger(task_run, task)
+        if decision.retry:
+            logger.warning("retrying %s: %s; next attempt in %.1f s", failure.result.role, decision.why, decision.wait_seconds)
+        else:
+            logger.warning("not retrying %s: %s", failure.result.role, decision.why)
+        return decision.retry
     except Exception:
         return False
     return False
 
 
+def assess_run(result: AgentResult, invocation: AgentInvocation, earlier: list[Any]) -> tuple[AgentResult, RetryDecision | None]:
+    """Classify the run from its log tail (B30) and decide on a retry (B31); None means success."""
+    tail = read_tail(result.log_path)
+    usage = parse_result_json(tail)
+    updates: dict[str, Any] = usage.model_dump(exclude={"is_error", "api_error_status"}) if usage else {}
+    failure = classify_output(tail, exit_code=result.exit_code, timed_out=result.timed_out, now=result.ended_at)
+    if failure is None and result.error is None:
+        return result.model_copy(update=updates), None
+    kind = failure.kind.value if failure else "permanent"
+    reason = failure.reason if failure else "exit_code"
+    kinds = [run.failure_kind for run in earlier] + [kind]
+    decision = decide_retry(
+        kind=kind,
+        reason=reason,
+        transient_failures=kinds.count("transient"),
+        permanent_failures=kinds.count("permanent"),
+        usage_limit_waits=kinds.count("usage_limit"),
+        policy=invocation.retry,
+        retry_after=failure.retry_after_seconds if failure else None,
+        resets_at=failure.resets_at if failure else None,
+        now=result.ended_at,
+    )
+    updates.update(
+        failure_kind=kind,
+        failure_reason=reason,
+        retry_after_seconds=failure.retry_after_seconds if failure else None,
+        retry_not_before=not_before(result.ended_at, decision.wait_seconds) if decision.retry else None,
+    )
+    return result.model_copy(update=updates), decision
+
+
+def _wait_for_retry_window(earlier: list[Any], logger: logging.LoggerAdapter[Any] | logging.Logger) -> None:
+    """Start no sooner than the previous failure allows (backoff, Retry-After, usage-limit reset)."""
+    if not earlier or earlier[-1].retry_not_before is None:
+        return
+    wait = (earlier[-1].retry_not_before - datetime.now(timezone.utc)).total_seconds()
+    if wait > 0:
+        logger.info("waiting %.1f s before the next attempt (%s)", wait, earlier[-1].failure_reason)
+        time.sleep(wait)
+
+
 @task(name="run-agent", retry_condition_fn=_retry_agent_failures)
 def run_agent(invocation: AgentInvocation) -> AgentResult:
     """One run of the agent, recorded in the ledger and shown as a Prefect artifact."""
+    settings = get_settings()
     ledger = Ledger.from_settings()
+    logger = _run_logger()
+    visit_runs = ledger.visit_runs(invocation.work_item, invocation.role, invocation.visit) if invocation.visit else []
+    _wait_for_retry_window(visit_runs, logger)
+    breaker = CircuitBreaker(
+        invocation.provider,
+        scope=settings.breaker_scope,
+        threshold=settings.breaker_threshold,
+        cooldown_seconds=settings.breaker_cooldown_seconds,
+    )
+    breaker.wait_until_closed(logger)
+
     attempt = ledger.count_agent_runs(invocation.work_item, invocation.role) + 1
-    log_path = get_settings().logs_dir / invocation.work_item / f"{invocation.role}-{attempt}.log"
-    flow_run_id = _current_flow_run_id()
+    log_path = settings.logs_dir / invocation.work_item / f"{invocation.role}-{attempt}.log"
     run_id, attempt = ledger.start_agent_run(
         invocation.work_item,
         stage=invocation.stage,
         role=invocation.role,
         log_path=str(log_path),
-        flow_run_id=flow_run_id,
+        flow_run_id=_current_flow_run_id(),
+        visit=invocation.visit,
     )
-    logger = _run_logger()
     logger.info("%s attempt %s starting: %s (log %s)", invocation.role, attempt, invocation.argv[0], log_path)
-    result = execute_agent(invocation, attempt=attempt, log_path=log_path)
+    result, decision = assess_run(execute_agent(invocation, attempt=attempt, log_path=log_path), invocation, visit_runs)
     ledger.finish_agent_run(run_id, result)
+    if result.failure_kind == "transient":
+        state = breaker.record_transient()
+        if state.open_until is not None:
+            logger.warning("circuit breaker for %s: %s", invocation.provider, state.describe(result.ended_at))
+    elif decision is None:
+        breaker.record_success()
     _publish_run_artifact(invocation, result)
-    if not result.succeeded:
+    if decision is not None:
         logger.warning(describe_failure(result))
-        raise AgentRunFailed(result)
+        raise AgentRunFailed(result, decision)
     logger.info("%s attempt %s finished in %.1f s", invocation.role, attempt, result.duration_seconds)
     return result
 
@@ -302,7 +363,12 @@ def _publish_run_artifact(invocation: AgentInvocation, result: AgentResult) -> N
                 "ended": result.ended_at.isoformat(timespec="seconds"),
                 "exit code": result.exit_code,
                 "duration s": result.duration_seconds,
-                "outcome": "ok" if result.succeeded else (result.error or "failed"),
+                "outcome": "ok" if result.succeeded else f"{result.failure_kind}: {result.failure_reason or result.error}",
+                "cost usd": result.cost_usd,
+                "input tokens": result.input_tokens,
+                "output tokens": result.output_tokens,
+                "turns": result.num_turns,
+                "session": result.session_id,
                 "log": result.log_path,
             }
         ],

@@ -21,7 +21,8 @@ from sdlc.graph import StageSpec
 from sdlc.models import AgentResult, GateResult
 from sdlc.repo_config import load_repo_config
 from sdlc.settings import get_settings
-from tasks.agent import describe_failure, read_log_tail
+from tasks.agent import describe_failure
+from tasks.classify import read_tail
 from tasks.taskfile import artifacts_dir
 
 MAX_DETAILS = 8000
@@ -135,7 +136,7 @@ def tests_gate(ctx: GateContext) -> GateResult:
         outcome="fail",
         passed=False,
         reason=f"tests failed ({what}): {command}",
-        details=read_log_tail(log_path, MAX_DETAILS),
+        details=read_tail(log_path, MAX_DETAILS),
         artifact=str(log_path),
     )
 

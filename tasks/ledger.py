@@ -104,8 +104,25 @@ class AgentRunRecord(SQLModel, table=True):
     timed_out: bool = False
     error: str | None = None
     flow_run_id: str | None = None
+    visit: str | None = Field(default=None, index=True)
     started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    failure_kind: str | None = None
+    failure_reason: str | None = None
+    retry_after_seconds: float | None = None
+    retry_not_before: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    cost_usd: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    num_turns: int | None = None
+    session_id: str | None = None
+
+
+# Fields an AgentResult brings to its record when the run ends.
+_RESULT_FIELDS = (
+    "exit_code", "duration_seconds", "timed_out", "error", "ended_at", "failure_kind", "failure_reason",
+    "retry_after_seconds", "retry_not_before", "cost_usd", "input_tokens", "output_tokens", "num_turns", "session_id",
+)
 
 
 class PullRequestRecord(SQLModel, table=True):
@@ -321,7 +338,7 @@ class Ledger:
         return int(session.exec(query).one())
 
     def start_agent_run(
-        self, work_item: str, *, stage: str, role: str, log_path: str, flow_run_id: str | None
+        self, work_item: str, *, stage: str, role: str, log_path: str, flow_run_id: str | None, visit: str | None = None
     ) -> tuple[int, int]:
         """Record the start of a run; returns (run id, attempt), attempt counted per role and work item."""
         with self._session() as session:
@@ -333,6 +350,7 @@ class Ledger:
                 attempt=attempt,
                 log_path=log_path,
                 flow_run_id=flow_run_id,
+                visit=visit,
                 started_at=utcnow(),
             )
             session.add(record)
@@ -345,11 +363,8 @@ class Ledger:
             record = session.get(AgentRunRecord, run_id)
             if record is None:
                 raise LookupError(f"agent run {run_id} is not in the ledger")
-            record.exit_code = result.exit_code
-            record.duration_seconds = result.duration_seconds
-            record.timed_out = result.timed_out
-            record.error = result.error
-            record.ended_at = result.ended_at
+            for name in _RESULT_FIELDS:
+                setattr(record, name, getattr(result, name))
             if result.log_path:
                 record.log_path = result.log_path
             session.add(record)
@@ -357,6 +372,16 @@ class Ledger:
 
     def agent_runs(self, work_item: str) -> list[AgentRunRecord]:
         return self._rows_of(AgentRunRecord, work_item)
+
+    def visit_runs(self, work_item: str, role: str, visit: str) -> list[AgentRunRecord]:
+        """The runs of one role within one stage visit, oldest first: what the retry budgets count."""
+        with self._session() as session:
+            query = (
+                select(AgentRunRecord)
+                .where(AgentRunRecord.work_item_id == work_item, AgentRunRecord.role == role, AgentRunRecord.visit == visit)
+                .order_by(AgentRunRecord.id)  # type: ignore[arg-type]
+            )
+            return list(session.exec(query))
 
     # Pull requests of the local forge ------------------------------------------------
 

@@ -15,6 +15,7 @@ from sdlc.graph import StageSpec
 from sdlc.models import Feedback, StageInput
 from tasks.agent import AgentInvocation
 from tasks.ledger import Ledger
+from tasks.retry_policy import RetryPolicy
 
 BUILTIN_PROMPTS = Path(__file__).resolve().parent.parent / "sdlc" / "prompts"
 
@@ -111,7 +112,16 @@ def prepare_agent_invocation(worktree: str, stage_input: StageInput, spec: Stage
     }
     if request.agent.scenario_file:
         protocol_env["SDLC_SCENARIO_FILE"] = request.agent.scenario_file
+    agent = request.agent
     return AgentInvocation(
+        provider=profile.kind,
+        visit=f"{spec.name}-{stage_input.visit}",
+        retry=RetryPolicy(
+            max_attempts=agent.max_attempts if spec.retry_agent else 1,
+            transient_retries=agent.transient_retries,
+            backoff_base_seconds=agent.backoff_base_seconds,
+            backoff_cap_seconds=agent.backoff_cap_seconds,
+        ),
         work_item=request.work_item,
         stage=spec.name,
         role=spec.role,

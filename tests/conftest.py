@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -58,6 +59,7 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """This test's own state: clones, worktrees, logs, ledger."""
     path = tmp_path / "data"
     monkeypatch.setenv("SDLC_DATA_DIR", str(path))
+    monkeypatch.setenv("SDLC_BREAKER_SCOPE", uuid.uuid4().hex[:12])
     return path
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.agent import AgentInvocation, agent_environment, execute_agent, read_log_tail
+from tasks.agent import AgentInvocation, agent_environment, execute_agent
 
 
 def invocation(worktree: Path, argv: list[str], timeout: float = 30) -> AgentInvocation:
@@ -96,14 +96,6 @@ def test_timeout_ends_the_agent_and_its_background_children(tmp_path: Path) -> N
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in pids)
     assert (tmp_path / "a.log").exists()
-
-
-def test_log_tail_reads_only_the_end(tmp_path: Path) -> None:
-    log = tmp_path / "big.log"
-    log.write_bytes(b"x" * 1_000_000 + b"\nAPI Error: Request rejected (429)\n")
-    tail = read_log_tail(log, 100)
-    assert len(tail) == 100 and tail.endswith("(429)\n")
-    assert read_log_tail(tmp_path / "missing.log") == ""
 
 
 def test_environment_allowlist() -> None:

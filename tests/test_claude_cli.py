@@ -1,0 +1,159 @@
+"""The real Claude Code CLI (tools/node_modules/.bin/claude) through the agent runner (B4-B7, B30).
+
+The CLI built by ``AgentProfile(kind="claude")`` runs under ``tasks.agent.execute_agent``
+in a temporary git repository against the fake Messages API of ``fake_anthropic.py``;
+its log is then read back with ``tasks.classify``. No network: the CLI's only peer is
+127.0.0.1. A missing CLI is a failure, not a skip: ``make install`` provides it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from fake_anthropic import OVERLOADED, RATE_LIMITED, SERVER_ERROR, UNAUTHORIZED, FakeAnthropic, Reply
+from gitrepo import git
+
+from blocks.agent_profile import AgentProfile
+from sdlc.models import AgentResult
+from tasks.agent import AgentInvocation, execute_agent
+from tasks.classify import FailureKind, classify_log_tail, parse_result_json, read_tail
+
+ROOT = Path(__file__).resolve().parents[1]
+CLAUDE = ROOT / "tools" / "node_modules" / ".bin" / "claude"
+SYSTEM_PROMPT = "You are running inside the sdlc-flows test suite; answer briefly."
+
+
+def claude_binary() -> str:
+    """The pinned CLI; a test without it fails (never skips) and says how to install it."""
+    if not (CLAUDE.exists() and os.access(CLAUDE, os.X_OK)):
+        pytest.fail(
+            f"the Claude Code CLI is missing at {CLAUDE}: run `make install` "
+            "(or `npm ci --prefix tools --no-audit --no-fund`) to install the pinned version",
+            pytrace=False,
+        )
+    return str(CLAUDE)
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAnthropic]:
+    # Nothing from this machine's own Claude setup may reach the CLI (the runner passes
+    # ANTHROPIC_*, CLAUDE_* and DISABLE_* through from the worker).
+    for name in list(os.environ):
+        if name.startswith(("ANTHROPIC_", "CLAUDE_", "DISABLE_")) or name == "IS_SANDBOX":
+            monkeypatch.delenv(name)
+    with FakeAnthropic() as fake:
+        yield fake
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    path = tmp_path / "repo"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    (path / ".task-developer.md").write_text("# Task\nCreate hello.txt containing `hello`.\n")
+    git(path, "add", ".")
+    git(path, "commit", "-q", "-m", "seed")
+    return path
+
+
+def run_claude(claude: str, api: FakeAnthropic, repo: Path, tmp_path: Path) -> tuple[AgentResult, Path]:
+    """The project's claude profile, run once by the project's runner; returns the result and its log."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    prompt_file = tmp_path / "system-prompt.md"
+    prompt_file.write_text(SYSTEM_PROMPT + "\n")
+    profile = AgentProfile(
+        kind="claude",
+        binary=claude,
+        env={
+            "HOME": str(home),
+            "ANTHROPIC_BASE_URL": api.url,
+            "ANTHROPIC_API_KEY": "sk-test-dummy",
+            "DISABLE_AUTOUPDATER": "1",
+            "DISABLE_TELEMETRY": "1",
+            "DISABLE_ERROR_REPORTING": "1",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "CLAUDE_CODE_MAX_RETRIES": "0",
+            "API_TIMEOUT_MS": "10000",
+        },
+    )
+    argv = profile.build_command(role="developer", task_file=".task-developer.md", system_prompt_file=str(prompt_file))
+    invocation = AgentInvocation(
+        work_item="ET-7",
+        stage="development",
+        role="developer",
+        worktree=str(repo),
+        argv=argv,
+        timeout_seconds=90,
+        protocol_env={"SDLC_ROLE": "developer", "SDLC_WORK_ITEM": "ET-7", "SDLC_TASK_FILE": ".task-developer.md"},
+        profile_env=profile.env,
+    )
+    log = tmp_path / "logs" / "developer-1.log"
+    result = execute_agent(invocation, attempt=1, log_path=log)
+    return result, log
+
+
+def test_success_reports_cost_tokens_and_session(api: FakeAnthropic, repo: Path, tmp_path: Path) -> None:
+    api.default = Reply.message("done", input_tokens=30, cache_creation_input_tokens=20,
+                                cache_read_input_tokens=100, output_tokens=7)
+    result, log = run_claude(claude_binary(), api, repo, tmp_path)
+    assert result.exit_code == 0 and not result.timed_out, read_tail(log)
+    usage = parse_result_json(read_tail(log))
+    assert usage is not None, read_tail(log)
+    assert usage.is_error is False and usage.api_error_status is None
+    assert usage.cost_usd is not None and usage.cost_usd > 0
+    assert (usage.input_tokens, usage.output_tokens, usage.num_turns) == (150, 7, 1)
+    assert usage.session_id and re.fullmatch(r"[0-9a-f-]{36}", usage.session_id)
+    assert classify_log_tail(log, exit_code=result.exit_code) is None
+    # Every flag of the profile was accepted and took effect in the model request.
+    [request] = api.message_requests()
+    body = request["body"]
+    assert body["stream"] is True and "sonnet" in body["model"]
+    assert request["headers"].get("x-api-key") == "sk-test-dummy"
+    assert SYSTEM_PROMPT in str(body["system"])  # --append-system-prompt-file
+    assert ".task-developer.md" in str(body["messages"])  # the prompt names the task file
+    assert {"Read", "Write", "Edit", "Bash"} <= {tool["name"] for tool in body["tools"]}
+
+
+def test_profile_edits_files_unattended_as_the_runner_user(api: FakeAnthropic, repo: Path, tmp_path: Path) -> None:
+    """--permission-mode acceptEdits with --allowedTools lets a Write tool call through (root too)."""
+    target = repo / "hello.txt"
+    api.script(Reply.tool_use("Write", {"file_path": str(target), "content": "hello\n"}), Reply.message("written"))
+    result, log = run_claude(claude_binary(), api, repo, tmp_path)
+    assert result.exit_code == 0, read_tail(log)
+    assert target.read_text() == "hello\n"
+    usage = parse_result_json(read_tail(log))
+    assert usage is not None and usage.num_turns == 2 and usage.is_error is False
+    assert len(api.message_requests()) == 2
+
+
+@pytest.mark.parametrize(
+    "reply, kind, reason",
+    [
+        (RATE_LIMITED, FailureKind.transient, "rate_limit"),
+        (OVERLOADED, FailureKind.transient, "overloaded"),
+        (SERVER_ERROR, FailureKind.transient, "server_error"),
+        (UNAUTHORIZED, FailureKind.permanent, "authentication"),
+    ],
+    ids=["429", "529", "500", "401"],
+)
+def test_api_errors_are_classified_from_the_log(
+    api: FakeAnthropic, repo: Path, tmp_path: Path, reply: Reply, kind: FailureKind, reason: str
+) -> None:
+    api.default = reply
+    result, log = run_claude(claude_binary(), api, repo, tmp_path)
+    assert result.exit_code == 1 and not result.timed_out, read_tail(log)
+    usage = parse_result_json(read_tail(log))
+    assert usage is not None and usage.is_error is True and usage.api_error_status == reply.status
+    failure = classify_log_tail(log, exit_code=result.exit_code)
+    assert failure is not None, read_tail(log)
+    assert (failure.kind, failure.reason) == (kind, reason), failure
+    # The server sent `retry-after: 7` with the 429; the CLI does not print it, so the
+    # log cannot show it and the orchestrator's own backoff applies.
+    assert failure.retry_after_seconds is None
+    assert "retry-after" not in read_tail(log).lower()
+    assert len(api.message_requests()) == 1  # CLAUDE_CODE_MAX_RETRIES=0: no own retries

@@ -1,0 +1,124 @@
+"""The whole pipeline with the real Claude Code CLI as every role (B4, B6, B30-B31).
+
+A fake Messages API plays the model: asked by a role, it answers with a Bash tool
+call that writes that role's artifacts (using the B5 variables the CLI inherits),
+then ends the turn. The CLI really runs the tool in the worktree, reports cost and
+tokens in its JSON result, and really fails on the 429 the fake sends first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from blocks.agent_profile import AgentProfile
+from fake_anthropic import FakeAnthropic, Reply
+from sdlc.models import AgentSpec, WorkItemRequest
+from sdlc.sample import create_sample_repo
+
+CLAUDE = Path(__file__).resolve().parents[1] / "tools" / "node_modules" / ".bin" / "claude"
+ROLE_IN_PROMPT = re.compile(r"You are the (\w+) of this repository's delivery pipeline")
+OUT = '"$SDLC_ARTIFACTS_DIR"'
+WRITES = {
+    "analyst": f"mkdir -p {OUT} && for f in 02-brd 03-requirements 04-acceptance-criteria 05-test-plan; "
+    f'do echo "# $f" > {OUT}/$f.md; done',
+    "architect": f'echo "# Architecture" > {OUT}/11-architecture.md',
+    "developer": f'echo "def feature():\n    return $SDLC_ATTEMPT" > src/feature.py && echo notes > {OUT}/dev-notes.md',
+    "tester": f"printf 'Result: PASS\\n' > {OUT}/13-test-report.md",
+    "deployer": f"echo deployed > {OUT}/14-deploy.md",
+}
+
+
+class FakeModel:
+    """Answers each role's first turn with a tool call, every later turn with 'done'."""
+
+    def __init__(self) -> None:
+        self.reviews = 0
+
+    def __call__(self, body: dict[str, Any]) -> Reply:
+        messages = body.get("messages") or []
+        content = messages[-1].get("content") if messages else None
+        if isinstance(content, list) and any(part.get("type") == "tool_result" for part in content):
+            return Reply.message("done", output_tokens=12)
+        match = ROLE_IN_PROMPT.search(json.dumps(messages))
+        if not match:
+            return Reply.message("ok")
+        role = match.group(1)
+        if role == "reviewer":
+            self.reviews += 1
+            verdict = "REQUEST_CHANGES\\n- add a docstring" if self.reviews == 1 else "APPROVE"
+            command = f"printf '# Review\\nVerdict: {verdict}\\n' > {OUT}/12-review.md"
+        else:
+            command = WRITES[role]
+        return Reply.tool_use("Bash", {"command": command, "description": f"write the {role}'s files"})
+
+
+@pytest.fixture
+def fake_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAnthropic]:
+    for name in list(os.environ):
+        if name.startswith(("ANTHROPIC_", "CLAUDE_", "DISABLE_")) or name == "IS_SANDBOX":
+            monkeypatch.delenv(name)
+    with FakeAnthropic(responder=FakeModel()) as api:
+        yield api
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_pipeline_with_the_real_claude_cli(tmp_path: Path, data_dir: Path, fake_api: FakeAnthropic) -> None:
+    from flows.pipeline import sdlc_pipeline
+    from sdlc.cli import status_report
+    from tasks.ledger import Ledger
+
+    assert CLAUDE.exists(), "the Claude Code CLI is missing: run `make install`"
+    home = tmp_path / "home"
+    home.mkdir()
+    block_name = f"claude-test-{uuid.uuid4().hex[:8]}"
+    AgentProfile(
+        kind="claude",
+        binary=str(CLAUDE),
+        allowed_tools={role: ["Bash", "Read", "Write", "Edit"] for role in [*WRITES, "reviewer"]},
+        env={
+            "HOME": str(home),
+            "ANTHROPIC_BASE_URL": fake_api.url,
+            "ANTHROPIC_API_KEY": "sk-test-dummy",
+            "DISABLE_AUTOUPDATER": "1",
+            "DISABLE_TELEMETRY": "1",
+            "DISABLE_ERROR_REPORTING": "1",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "CLAUDE_CODE_MAX_RETRIES": "0",
+            "API_TIMEOUT_MS": "20000",
+        },
+        default_timeout_seconds=120,
+    ).save(block_name)
+    # The first model call is rate limited: the CLI exits 1, the run is classified transient and retried.
+    fake_api.script(Reply.error(429, "rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit"))
+
+    origin = create_sample_repo(tmp_path / "repos")
+    request = WorkItemRequest(
+        work_item="ET-50", title="Claude does it", repo=str(origin), auto_approve=True,
+        agent=AgentSpec(kind="claude", profile_block=block_name, backoff_base_seconds=0.2),
+    )
+    state = sdlc_pipeline(request=request, return_state=True)
+    runs = Ledger.from_settings().agent_runs("ET-50")
+    assert state.is_completed(), f"{state.message}\n" + "\n".join(f"{r.role} {r.exit_code} {r.error} {r.log_path}" for r in runs)
+
+    assert [(r.role, r.failure_kind) for r in runs] == [
+        ("analyst", "transient"), ("analyst", None), ("architect", None), ("developer", None),
+        ("reviewer", None), ("developer", None), ("reviewer", None), ("tester", None), ("deployer", None),
+    ]
+    assert runs[0].failure_reason == "rate_limit"
+    ok = runs[1:]
+    assert all(r.exit_code == 0 and r.cost_usd and r.cost_usd > 0 and r.session_id for r in ok)
+    assert all(r.input_tokens and r.output_tokens and r.num_turns == 2 for r in ok)
+    (item,) = status_report("ET-50")
+    assert item["state"] == "done"
+    assert item["usage"]["cost_usd"] == pytest.approx(sum(r.cost_usd for r in ok), abs=1e-6)
+    assert item["usage"]["output_tokens"] == sum(r.output_tokens for r in ok)
+    # What the CLI's tools wrote was committed and merged.
+    merged = os.popen(f"git -C {origin} show main:src/feature.py").read()
+    assert "return 2" in merged  # the developer's second round, after the review
