@@ -10,8 +10,9 @@ from prefect.blocks.core import Block
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
 from blocks.agent_profile import AgentProfile
+from blocks.forge import GiteaCredentials, GitHubCredentials
 
-ALL_BLOCKS: list[type[Block]] = [AgentProfile]
+ALL_BLOCKS: list[type[Block]] = [AgentProfile, GiteaCredentials, GitHubCredentials]
 
 
 @pytest.mark.parametrize("block", ALL_BLOCKS)

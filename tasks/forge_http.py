@@ -1,0 +1,116 @@
+"""One HTTP call to a forge's REST API with the retry policy every forge shares (B42, B43).
+
+429, 5xx, timeouts and transport errors are retried with backoff, never sooner
+than a Retry-After (or GitHub's ``x-ratelimit-reset`` when the limit is spent);
+any other 4xx fails at once with the forge's own message. The statuses a caller
+handles itself (a 409 for a duplicate PR, a 404 for "none yet") are passed in
+``expected`` and returned, not raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Iterable
+
+import httpx
+from pydantic import BaseModel, Field
+
+from tasks.failures import PermanentError, TransientError
+from tasks.retry_policy import backoff_seconds
+
+logger = logging.getLogger("sdlc.forge")
+
+
+class HttpRetry(BaseModel):
+    max_attempts: int = Field(default=5, ge=1)
+    backoff_base_seconds: float = Field(default=0.5, gt=0)
+    backoff_cap_seconds: float = Field(default=30.0, gt=0)
+
+
+class ForgeHTTPError(PermanentError):
+    """A 4xx the forge meant: wrong token, missing repository, invalid request."""
+
+    def __init__(self, method: str, path: str, status: int, message: str) -> None:
+        self.method, self.path, self.status, self.forge_message = method, path, status, message
+        super().__init__(f"{method} {path} answered {status}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.method, self.path, self.status, self.forge_message))
+
+
+def forge_message(response: httpx.Response) -> str:
+    """The forge's own explanation: `message` (Gitea, GitHub) plus GitHub's `errors`."""
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text[:300] or response.reason_phrase
+    if isinstance(data, dict):
+        message = str(data.get("message") or data.get("error") or response.reason_phrase)
+        errors = data.get("errors")
+        if errors:
+            message += f" ({errors})"
+        return message[:500]
+    return str(data)[:300]
+
+
+def _retry_after(response: httpx.Response, now: float) -> float | None:
+    header = response.headers.get("retry-after")
+    if header:
+        try:
+            return max(0.0, float(header))
+        except ValueError:
+            return None
+    if response.headers.get("x-ratelimit-remaining") == "0" and response.headers.get("x-ratelimit-reset"):
+        try:
+            return max(0.0, float(response.headers["x-ratelimit-reset"]) - now)
+        except ValueError:
+            return None
+    return None
+
+
+def _is_transient(response: httpx.Response) -> bool:
+    if response.status_code == 429 or response.status_code >= 500:
+        return True
+    # GitHub signals a spent (secondary) rate limit with 403 and these headers.
+    return response.status_code == 403 and (
+        response.headers.get("x-ratelimit-remaining") == "0" or "retry-after" in response.headers
+    )
+
+
+def call(
+    client: httpx.Client,
+    method: str,
+    path: str,
+    *,
+    params: dict[str, Any] | None = None,
+    json: Any = None,
+    expected: Iterable[int] = (200,),
+    retry: HttpRetry | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> httpx.Response:
+    """Send one request, retrying transient failures; returns a response whose status is expected."""
+    retry = retry or HttpRetry()
+    wanted = set(expected)
+    last = ""
+    for attempt in range(retry.max_attempts):
+        retry_after: float | None = None
+        try:
+            response = client.request(method, path, params=params, json=json)
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        else:
+            if response.status_code in wanted:
+                return response
+            if not _is_transient(response):
+                raise ForgeHTTPError(method, path, response.status_code, forge_message(response))
+            last = f"{response.status_code}: {forge_message(response)}"
+            retry_after = _retry_after(response, time.time())
+        if attempt + 1 == retry.max_attempts:
+            break
+        wait = backoff_seconds(
+            attempt, base=retry.backoff_base_seconds, cap=retry.backoff_cap_seconds, retry_after=retry_after
+        )
+        logger.warning("%s %s failed (%s); retry %d of %d in %.1f s", method, path, last, attempt + 1, retry.max_attempts - 1, wait)
+        sleep(wait)
+    raise TransientError(f"{method} {path} kept failing after {retry.max_attempts} attempts: {last}")
