@@ -20,10 +20,10 @@ from typing import Any, NoReturn, Sequence
 from pydantic import ValidationError
 
 from sdlc.models import AGENT_KINDS, AgentSpec, WorkItemRequest, WorkItemState, validate_work_item_id
+from sdlc.approvals import resume_waiting_run
 from sdlc.settings import SdlcSettings, get_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-RESUME_WAIT_SECONDS = 30.0
 
 
 class UsageError(Exception):
@@ -84,6 +84,12 @@ def build_parser() -> OneLineParser:
     status = commands.add_parser("status", help="Work items, stages, PRs and agent runs.")
     status.add_argument("work_item", nargs="?")
     status.add_argument("--json", action="store_true")
+
+    webhooks = commands.add_parser("webhooks", help="The webhook receiver (Gitea, GitHub, Plane).")
+    webhooks.add_argument("action", choices=("serve",))
+    webhooks.add_argument("--host", default="127.0.0.1")
+    webhooks.add_argument("--port", type=int, default=8787)
+    webhooks.add_argument("--settings-block", default="sdlc-webhooks", help="Name of the WebhookSettings block.")
 
     server = commands.add_parser("server", help="The embedded Prefect server.")
     server.add_argument("action", choices=("start", "stop", "status"))
@@ -253,33 +259,6 @@ def _known_work_item(work_item: str) -> Any:
     return row
 
 
-def resume_waiting_run(work_item: str, expected_state: WorkItemState, run_input: dict[str, Any]) -> None:
-    """Give typed input to the paused pipeline of a work item, from any process."""
-    from uuid import UUID
-
-    from sdlc.server import ensure_prefect_api
-
-    ensure_prefect_api(get_settings(), start=False)
-    from prefect.client.orchestration import get_client
-    from prefect.flow_runs import resume_flow_run
-
-    from tasks.ledger import Ledger
-    deadline = time.monotonic() + RESUME_WAIT_SECONDS
-    ledger = Ledger.from_settings()
-    while True:
-        row = ledger.get_work_item(work_item)
-        if row.state != expected_state.value:
-            raise RuntimeError(f"{work_item} is not {expected_state.value.replace('_', ' ')} (it is {row.state})")
-        with get_client(sync_client=True) as client:
-            state = client.read_flow_run(UUID(row.flow_run_id)).state
-        if state is not None and state.is_paused():
-            resume_flow_run(UUID(row.flow_run_id), run_input=run_input)
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the run of {work_item} did not pause within {RESUME_WAIT_SECONDS:.0f} s")
-        time.sleep(0.3)
-
-
 def command_approve(args: argparse.Namespace, approve: bool) -> int:
     _known_work_item(args.work_item)
     resume_waiting_run(
@@ -434,6 +413,19 @@ def command_server(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def command_webhooks(args: argparse.Namespace) -> int:
+    from sdlc.server import ensure_prefect_api
+
+    ensure_prefect_api(get_settings())
+    from sdlc.webhooks import serve
+
+    try:
+        serve(host=args.host, port=args.port, settings_block=args.settings_block)
+    except ValueError as exc:  # the block does not exist
+        raise UsageError(f"webhook settings block {args.settings_block!r}: {exc}") from None
+    return EXIT_OK
+
+
 def _next_demo_id() -> str:
     ids = [item["work_item"] for item in status_report(None)]
     number = 1
@@ -495,6 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "answer": command_answer,
         "status": command_status,
         "server": command_server,
+        "webhooks": command_webhooks,
     }
     try:
         return handlers[args.command](args)

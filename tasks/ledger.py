@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, UniqueConstraint, event, func
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Field, Session, SQLModel, create_engine, select
@@ -123,6 +124,16 @@ _RESULT_FIELDS = (
     "exit_code", "duration_seconds", "timed_out", "error", "ended_at", "failure_kind", "failure_reason",
     "retry_after_seconds", "retry_not_before", "cost_usd", "input_tokens", "output_tokens", "num_turns", "session_id",
 )
+
+
+class WebhookDeliveryRecord(SQLModel, table=True):
+    """A webhook delivery already seen: the same delivery id never starts anything twice (B61)."""
+
+    __tablename__ = "webhook_delivery"
+
+    key: str = Field(primary_key=True, description="<source>:<delivery id>")
+    event: str = ""
+    received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
 class PullRequestRecord(SQLModel, table=True):
@@ -382,6 +393,19 @@ class Ledger:
                 .order_by(AgentRunRecord.id)  # type: ignore[arg-type]
             )
             return list(session.exec(query))
+
+    def remember_delivery(self, source: str, delivery_id: str, event: str) -> bool:
+        """Record a webhook delivery; False when it was seen before."""
+        with self._session() as session:
+            key = f"{source}:{delivery_id}"
+            if session.get(WebhookDeliveryRecord, key) is not None:
+                return False
+            session.add(WebhookDeliveryRecord(key=key, event=event))
+            try:
+                session.commit()
+            except IntegrityError:
+                return False
+            return True
 
     # Pull requests of the local forge ------------------------------------------------
 

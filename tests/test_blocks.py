@@ -11,8 +11,9 @@ from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
 from blocks.agent_profile import AgentProfile
 from blocks.forge import GiteaCredentials, GitHubCredentials
+from blocks.webhooks import WebhookSettings
 
-ALL_BLOCKS: list[type[Block]] = [AgentProfile, GiteaCredentials, GitHubCredentials]
+ALL_BLOCKS: list[type[Block]] = [AgentProfile, GiteaCredentials, GitHubCredentials, WebhookSettings]
 
 
 @pytest.mark.parametrize("block", ALL_BLOCKS)

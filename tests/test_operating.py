@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from sdlc.sample import create_sample_repo
 from gitrepo import free_port
@@ -56,6 +57,24 @@ def test_demo_starts_its_own_server_and_ends_with_the_pr_merged(tmp_path: Path) 
         subprocess.run([*SDLC, "--data-dir", str(data), "server", "stop"], env=env, capture_output=True)
 
 
+def wait_for_state(work_item: str, states: str | tuple[str, ...], data_dir: Path, timeout: float = 180) -> Any:
+    from tasks.ledger import Ledger
+
+    wanted = (states,) if isinstance(states, str) else states
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (data_dir / "ledger.db").exists():
+            row = Ledger.from_settings().get_work_item(work_item)
+            if row is not None and row.state in wanted:
+                return row
+        time.sleep(0.5)
+    raise AssertionError(f"{work_item} did not reach {wanted} within {timeout:.0f} s")
+
+
+def wait_for_end(work_item: str, data_dir: Path) -> Any:
+    return wait_for_state(work_item, ("done", "blocked", "failed"), data_dir)
+
+
 def test_deploy_all_then_deployment_run_through_a_process_worker(
     tmp_path: Path, cli_env: dict[str, str], data_dir: Path
 ) -> None:
@@ -76,22 +95,30 @@ def test_deploy_all_then_deployment_run_through_a_process_worker(
     try:
         params = {"request": {"work_item": "ET-40", "title": "Via deployment", "repo": str(origin), "auto_approve": True}}
         prefect("deployment", "run", "sdlc-pipeline/sdlc-pipeline", "--params", json.dumps(params))
-        from tasks.ledger import Ledger
-
-        deadline = time.monotonic() + 180
-        row = None
-        while time.monotonic() < deadline:
-            if (data_dir / "ledger.db").exists():
-                row = Ledger.from_settings().get_work_item("ET-40")
-                if row is not None and row.state in ("done", "blocked", "failed"):
-                    break
-            time.sleep(0.5)
-        assert row is not None and row.state == "done", row and row.reason
+        row = wait_for_end("ET-40", data_dir)
+        assert row.state == "done", row.reason
         assert row.pr_number == 1
         merged = subprocess.run(
             ["git", "-C", str(origin), "log", "-1", "--format=%s", "main"], capture_output=True, text=True
         ).stdout
         assert merged.startswith("Merge pull request #1")
+
+        # B61: a signed "issue labelled" delivery -> event -> the deployment trigger starts a run.
+        from blocks.webhooks import WebhookSettings
+        from test_webhooks import Receiver
+
+        settings = WebhookSettings(gitea_secret="s3cret", approvers=["alice"], project_keys={"team/app": "APP"})
+        repository = {"full_name": "team/app", "name": "app", "clone_url": str(origin)}
+        with Receiver(settings) as receiver:
+            issue = {"number": 41, "title": "From a webhook", "body": "", "labels": [{"name": "sdlc"}]}
+            answer = receiver.send("gitea", "issues", {"action": "label_updated", "issue": issue, "repository": repository}, secret="s3cret")
+            assert answer.status_code == 202, answer.text
+            # The triggered run pauses for approval like any other; an allowed user's comment resumes it.
+            assert wait_for_state("APP-41", "waiting_approval", data_dir)
+            comment = {"action": "created", "issue": issue, "comment": {"body": "/approve", "user": {"login": "alice"}}, "repository": repository}
+            answer = receiver.send("gitea", "issue_comment", comment, secret="s3cret")
+            assert answer.status_code == 202, answer.text
+            assert wait_for_end("APP-41", data_dir).state == "done"
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=30)

@@ -1,0 +1,274 @@
+"""The webhook receiver (B61): signed forge and tracker deliveries become Prefect events.
+
+Checks run in this order, and a delivery that fails one starts nothing:
+size (over 1 MiB: 413), signature (missing or wrong: 401), JSON and shape (422),
+delivery id seen before (200, marked duplicate). An issue given the trigger label
+becomes the event ``sdlc.work-item.requested`` (the deployment trigger in
+``prefect.yaml`` turns it into a pipeline run); an ``/approve`` or ``/reject``
+comment by an allowed user resumes that work item's paused pipeline.
+Everything in a delivery is data: it is validated like CLI input and never reaches a shell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from typing import Any, Literal, Mapping
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from blocks.webhooks import WebhookSettings
+from sdlc.models import WorkItemRequest, WorkItemState
+
+MAX_BODY_BYTES = 1024 * 1024
+Source = Literal["gitea", "github", "plane"]
+
+
+class SourceSpec(BaseModel):
+    signature_header: str
+    signature_prefix: str
+    event_header: str
+    delivery_header: str
+    secret_field: str
+
+
+SOURCES: dict[str, SourceSpec] = {
+    "gitea": SourceSpec(
+        signature_header="x-gitea-signature", signature_prefix="", event_header="x-gitea-event",
+        delivery_header="x-gitea-delivery", secret_field="gitea_secret",
+    ),
+    "github": SourceSpec(
+        signature_header="x-hub-signature-256", signature_prefix="sha256=", event_header="x-github-event",
+        delivery_header="x-github-delivery", secret_field="github_secret",
+    ),
+    "plane": SourceSpec(
+        signature_header="x-plane-signature", signature_prefix="", event_header="x-plane-event",
+        delivery_header="x-plane-delivery", secret_field="plane_secret",
+    ),
+}
+
+
+def signature_for(secret: str, body: bytes) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def signature_valid(spec: SourceSpec, secret: str | None, body: bytes, headers: Mapping[str, str]) -> bool:
+    """HMAC-SHA256 of the raw body, compared in constant time; no secret configured means no."""
+    if not secret:
+        return False
+    sent = headers.get(spec.signature_header, "")
+    expected = spec.signature_prefix + signature_for(secret, body)
+    return hmac.compare_digest(sent.encode(), expected.encode())
+
+
+# --- payloads (the fields sdlc reads; everything else is ignored) ----------------------
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ForgeUser(_Loose):
+    login: str = Field(max_length=200)
+
+
+class ForgeLabel(_Loose):
+    name: str = Field(max_length=200)
+
+
+class ForgeIssue(_Loose):
+    number: int = Field(ge=1)
+    title: str
+    body: str | None = ""
+    labels: list[ForgeLabel] | None = None
+
+
+class ForgeRepository(_Loose):
+    full_name: str = Field(max_length=300)
+    name: str = Field(max_length=200)
+    clone_url: str = Field(max_length=2000)
+
+
+class ForgeComment(_Loose):
+    body: str = Field(max_length=65536)
+    user: ForgeUser
+
+
+class IssuesPayload(_Loose):
+    action: str
+    issue: ForgeIssue
+    repository: ForgeRepository
+    label: ForgeLabel | None = None
+
+
+class IssueCommentPayload(_Loose):
+    action: str
+    issue: ForgeIssue
+    comment: ForgeComment
+    repository: ForgeRepository
+
+
+class Decision(BaseModel):
+    """What a delivery asks for, after validation."""
+
+    kind: Literal["request", "approve", "reject", "ignore"]
+    reason: str = ""
+    request: WorkItemRequest | None = None
+    work_item: str | None = None
+    by: str | None = None
+    comment: str = ""
+
+
+def work_item_id(repository: ForgeRepository, number: int, settings: WebhookSettings) -> str:
+    """`<KEY>-<issue number>`; KEY from the settings or the repository's name."""
+    key = settings.project_keys.get(repository.full_name)
+    if not key:
+        key = re.sub(r"[^A-Z0-9]", "", repository.name.upper())[:10] or "WI"
+        if not key[0].isalpha():
+            key = f"R{key}"[:10]
+    return f"{key}-{number}"
+
+
+def interpret(source: str, event: str, payload: dict[str, Any], settings: WebhookSettings) -> Decision:
+    """Turn a verified delivery into a decision; raises ValidationError/ValueError on bad data."""
+    if source in ("gitea", "github") and event == "issues":
+        data = IssuesPayload.model_validate(payload)
+        labelled = data.action in ("labeled", "label_updated") and (
+            (data.label is not None and data.label.name == settings.trigger_label)
+            or (data.label is None and any(label.name == settings.trigger_label for label in data.issue.labels or []))
+        )
+        if not labelled:
+            return Decision(kind="ignore", reason=f"issues/{data.action} without the label {settings.trigger_label!r}")
+        request = WorkItemRequest(
+            work_item=work_item_id(data.repository, data.issue.number, settings),
+            title=data.issue.title,
+            description=data.issue.body or "",
+            repo=data.repository.clone_url,
+        )
+        return Decision(kind="request", request=request, work_item=request.work_item)
+    if source in ("gitea", "github") and event == "issue_comment":
+        data_c = IssueCommentPayload.model_validate(payload)
+        text = data_c.comment.body.strip()
+        command = text.split(maxsplit=1)[0] if text else ""
+        if data_c.action != "created" or command not in ("/approve", "/reject"):
+            return Decision(kind="ignore", reason="a comment without /approve or /reject")
+        by = data_c.comment.user.login
+        if by not in settings.approvers:
+            return Decision(kind="ignore", reason=f"{by} is not an allowed approver")
+        rest = text[len(command):].strip()
+        return Decision(
+            kind="approve" if command == "/approve" else "reject",
+            work_item=work_item_id(data_c.repository, data_c.issue.number, settings),
+            by=by,
+            comment=rest,
+        )
+    return Decision(kind="ignore", reason=f"{source} event {event!r} starts nothing")
+
+
+def emit_work_item_event(name: str, work_item: str, payload: dict[str, Any]) -> None:
+    from prefect.events import emit_event
+
+    emit_event(
+        event=name,
+        resource={"prefect.resource.id": f"sdlc.work-item.{work_item}", "prefect.resource.name": work_item},
+        payload=payload,
+    )
+
+
+def act(decision: Decision, source: str, delivery: str) -> dict[str, Any]:
+    """Emit the event or resume the run the decision names."""
+    from sdlc.approvals import NotWaiting, resume_waiting_run
+
+    if decision.kind == "request":
+        assert decision.request is not None
+        request = decision.request
+        emit_work_item_event(
+            "sdlc.work-item.requested",
+            request.work_item,
+            {
+                "work_item": request.work_item,
+                "title": request.title,
+                "description": request.description,
+                "repo": request.repo,
+                "source": source,
+                "delivery": delivery,
+            },
+        )
+        return {"accepted": True, "event": "sdlc.work-item.requested", "work_item": request.work_item}
+    assert decision.work_item is not None
+    approve = decision.kind == "approve"
+    try:
+        resume_waiting_run(
+            decision.work_item,
+            WorkItemState.waiting_approval,
+            {"approve": approve, "approver": decision.by or source, "comment": decision.comment},
+        )
+    except NotWaiting as exc:
+        return {"accepted": False, "reason": str(exc)}
+    name = "sdlc.work-item.approved" if approve else "sdlc.work-item.rejected"
+    emit_work_item_event(name, decision.work_item, {"work_item": decision.work_item, "by": decision.by, "source": source})
+    return {"accepted": True, "event": name, "work_item": decision.work_item}
+
+
+def create_app(settings: WebhookSettings) -> FastAPI:
+    """The FastAPI app: POST /webhooks/{gitea,github,plane}, GET /healthz."""
+    from tasks.ledger import Ledger
+
+    app = FastAPI(title="sdlc-flows webhooks", version="1")
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/webhooks/{source}")
+    async def receive(source: Source, request: Request) -> JSONResponse:
+        spec = SOURCES[source]
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return JSONResponse({"detail": "delivery over 1 MiB"}, status_code=413)
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                return JSONResponse({"detail": "delivery over 1 MiB"}, status_code=413)
+        secret_value = getattr(settings, spec.secret_field)
+        secret = secret_value.get_secret_value() if secret_value is not None else None
+        if not signature_valid(spec, secret, body, request.headers):
+            return JSONResponse({"detail": "missing or invalid signature"}, status_code=401)
+        event = request.headers.get(spec.event_header, "")
+        delivery = request.headers.get(spec.delivery_header, "")
+        if not event or not delivery or len(delivery) > 200:
+            return JSONResponse({"detail": f"missing {spec.event_header} or {spec.delivery_header}"}, status_code=422)
+        try:
+            payload = json.loads(body)
+            if not isinstance(payload, dict):
+                raise ValueError("the payload is not a JSON object")
+            decision = interpret(source, event, payload, settings)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ()))
+            message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+            return JSONResponse({"detail": f"{where}: {message}" if where else message}, status_code=422)
+        except ValueError as exc:
+            return JSONResponse({"detail": f"malformed delivery: {exc}"}, status_code=422)
+        ledger = Ledger.from_settings()
+        if not await run_in_threadpool(ledger.remember_delivery, source, delivery, event):
+            return JSONResponse({"duplicate": True, "delivery": delivery}, status_code=200)
+        if decision.kind == "ignore":
+            return JSONResponse({"ignored": decision.reason, "delivery": delivery}, status_code=202)
+        result = await run_in_threadpool(act, decision, source, delivery)
+        return JSONResponse({**result, "delivery": delivery}, status_code=202 if result.get("accepted") else 409)
+
+    return app
+
+
+def serve(*, host: str, port: int, settings_block: str) -> None:
+    import uvicorn
+
+    settings = WebhookSettings.load(settings_block)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")

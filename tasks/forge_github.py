@@ -1,0 +1,264 @@
+"""GitHub's REST API as a :class:`~tasks.forge.Forge` (B43), plus the CI-green gate's view of a commit.
+
+Every request goes through :func:`tasks.forge_http.call` (retries on 429, 5xx,
+timeouts and GitHub's rate-limit 403s). The endpoints used are those of
+``github-endpoints.md``; GitHub differs from Gitea where it matters here:
+
+* a duplicate PR is a **422** "A pull request already exists", not a 409;
+* the PR list takes ``head=<owner>:<branch>`` and ``base``;
+* merging is a **PUT** (405 when not mergeable);
+* GitHub Actions report as *check runs*, not commit statuses, and the combined
+  status says ``pending`` when there are no statuses at all, so
+  :meth:`GitHubForge.ci_status` reads both and counts with ``total_count``.
+
+Creating is idempotent: the open PR is looked up first, and a create that fails
+as a duplicate (another caller, or our own retried create whose first answer was
+lost) ends with that one PR, found again. A merge whose answer was lost is seen
+as merged on the next attempt and returned unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Callable
+from urllib.parse import quote
+
+import httpx
+
+from blocks.forge import GitHubCredentials
+from sdlc.models import PullRequestRef, validate_branch, validate_work_item_id
+from tasks.ci_status import CiStatus
+from tasks.failures import PermanentError, TransientError
+from tasks.forge_http import ForgeHTTPError, HttpRetry, call, forge_message
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+REF_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$")
+PER_PAGE = 100
+MAX_PAGES = 50
+FAILED_STATUSES = frozenset({"failure", "error"})
+FAILED_CONCLUSIONS = frozenset({"failure", "timed_out", "cancelled", "action_required"})
+DUPLICATE_MESSAGE = "a pull request already exists"
+REFIND_ATTEMPTS = 3
+
+
+def _name(value: str, what: str) -> str:
+    if not NAME_PATTERN.match(value) or value in (".", ".."):
+        raise ValueError(f"GitHub {what} {value[:60]!r} is not a valid name")
+    return value
+
+
+def _ref_segment(ref: str) -> str:
+    """A SHA, branch or tag as one URL path segment (a branch's '/' is percent-encoded)."""
+    if not REF_PATTERN.match(ref) or ".." in ref:
+        raise ValueError(f"git ref {ref[:60]!r} is not allowed")
+    return quote(ref, safe="")
+
+
+def _error_messages(response: httpx.Response) -> list[str]:
+    try:
+        data = response.json()
+    except ValueError:
+        return []
+    errors = data.get("errors") if isinstance(data, dict) else None
+    found = [str(data.get("message", ""))] if isinstance(data, dict) else []
+    for error in errors or []:
+        found.append(str(error.get("message", "")) if isinstance(error, dict) else str(error))
+    return found
+
+
+class GitHubForge:
+    """Pull requests and CI results of one GitHub repository ``owner/repo``; close it (or use ``with``)."""
+
+    def __init__(
+        self,
+        *,
+        credentials: GitHubCredentials,
+        owner: str,
+        repo: str,
+        transport: httpx.BaseTransport | None = None,
+        retry: HttpRetry | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.owner = _name(owner, "owner")
+        self.repo = _name(repo, "repository")
+        self._retry = retry or HttpRetry()
+        self._sleep = sleep
+        self._client = credentials.get_client(transport=transport)
+        self._base = f"/repos/{self.owner}/{self.repo}"
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "GitHubForge":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        expected: tuple[int, ...] = (200,),
+    ) -> httpx.Response:
+        return call(
+            self._client, method, self._base + path, params=params, json=json,
+            expected=expected, retry=self._retry, sleep=self._sleep,
+        )
+
+    # -- repository --------------------------------------------------------------
+
+    def default_branch(self) -> str:
+        """The repository's default branch, e.g. ``main``."""
+        data = self._call("GET", "").json()
+        branch = data.get("default_branch") if isinstance(data, dict) else None
+        if not isinstance(branch, str) or not branch:
+            raise PermanentError(f"GitHub did not name a default branch for {self.owner}/{self.repo}")
+        return branch
+
+    # -- pull requests -----------------------------------------------------------
+
+    def _to_ref(self, data: dict[str, Any]) -> PullRequestRef:
+        merged = bool(data.get("merged")) or bool(data.get("merged_at"))
+        return PullRequestRef(
+            number=int(data["number"]),
+            url=str(data.get("html_url") or data.get("url") or ""),
+            branch=str(data["head"]["ref"]),
+            base=str(data["base"]["ref"]),
+            title=str(data.get("title") or ""),
+            state="merged" if merged else ("open" if data.get("state") == "open" else "closed"),
+            # For an open PR GitHub's merge_commit_sha is a test merge: only a merge's is reported.
+            merge_commit=data.get("merge_commit_sha") if merged else None,
+        )
+
+    def find_open_pull_request(self, *, branch: str, base: str) -> PullRequestRef | None:
+        """The open PR of ``branch`` into ``base``, or None (the oldest one, should there be several)."""
+        params = {"head": f"{self.owner}:{validate_branch(branch)}", "base": validate_branch(base), "state": "open",
+                  "per_page": PER_PAGE}
+        found = self._call("GET", "/pulls", params=params).json()
+        pulls = [pr for pr in found if isinstance(pr, dict) and pr.get("head", {}).get("ref") == branch]
+        if not pulls:
+            return None
+        return self._to_ref(min(pulls, key=lambda pr: int(pr["number"])))
+
+    def ensure_pull_request(self, *, branch: str, base: str, title: str, body: str, work_item: str) -> PullRequestRef:
+        """The one open PR of ``branch`` into ``base``; created only when there is none."""
+        validate_branch(branch)
+        validate_branch(base)
+        validate_work_item_id(work_item)
+        existing = self.find_open_pull_request(branch=branch, base=base)
+        if existing is not None:
+            return existing
+        path = "/pulls"
+        response = self._call(
+            "POST", path, json={"title": title, "head": branch, "base": base, "body": body}, expected=(201, 422)
+        )
+        if response.status_code == 201:
+            return self._to_ref(response.json())
+        messages = _error_messages(response)
+        if not any(DUPLICATE_MESSAGE in message.lower() for message in messages):
+            raise ForgeHTTPError("POST", self._base + path, 422, forge_message(response))
+        # Someone (maybe our own create, retried after its answer was lost) opened it: find that one.
+        for attempt in range(REFIND_ATTEMPTS):
+            existing = self.find_open_pull_request(branch=branch, base=base)
+            if existing is not None:
+                return existing
+            if attempt + 1 < REFIND_ATTEMPTS:
+                self._sleep(self._retry.backoff_base_seconds * 2**attempt)
+        raise TransientError(
+            f"GitHub says a pull request already exists for {self.owner}:{branch} into {base}, but lists none open"
+        )
+
+    def get_pull_request(self, *, number: int) -> PullRequestRef:
+        return self._to_ref(self._call("GET", f"/pulls/{int(number)}").json())
+
+    def is_merged(self, *, number: int) -> bool:
+        return self._call("GET", f"/pulls/{int(number)}/merge", expected=(204, 404)).status_code == 204
+
+    def merge_pull_request(self, *, number: int) -> PullRequestRef:
+        """Merge PR ``number`` with a merge commit; a PR already merged is returned unchanged."""
+        number = int(number)
+        current = self.get_pull_request(number=number)
+        if current.state == "merged":
+            return current
+        if current.state != "open":
+            raise PermanentError(f"pull request #{number} of {self.owner}/{self.repo} is closed; it cannot be merged")
+        path = f"/pulls/{number}/merge"
+        response = self._call("PUT", path, json={"merge_method": "merge"}, expected=(200, 405))
+        if response.status_code == 405:
+            # A retried PUT whose first answer was lost finds the PR merged already.
+            if self.is_merged(number=number):
+                return self.get_pull_request(number=number)
+            raise PermanentError(
+                f"pull request #{number} ({current.branch} into {current.base}) of {self.owner}/{self.repo} "
+                f"cannot be merged: {forge_message(response)}"
+            )
+        answer = response.json()
+        merged = self.get_pull_request(number=number)
+        if merged.state != "merged":
+            raise TransientError(f"GitHub answered the merge of #{number} but does not show it merged yet")
+        if merged.merge_commit is None and isinstance(answer, dict) and answer.get("sha"):
+            merged = merged.model_copy(update={"merge_commit": str(answer["sha"])})
+        return merged
+
+    # -- CI ------------------------------------------------------------------------
+
+    def _statuses(self, segment: str) -> tuple[str | None, list[dict[str, Any]]]:
+        """The combined state and every latest status (all pages) of the commit."""
+        statuses: list[dict[str, Any]] = []
+        state: str | None = None
+        for page in range(1, MAX_PAGES + 1):
+            data = self._call("GET", f"/commits/{segment}/status", params={"per_page": PER_PAGE, "page": page}).json()
+            state = data.get("state")
+            batch = [status for status in data.get("statuses") or [] if isinstance(status, dict)]
+            statuses += batch
+            if not batch or len(statuses) >= int(data.get("total_count") or 0):
+                break
+        return state, statuses
+
+    def _check_runs(self, segment: str) -> list[dict[str, Any]]:
+        runs: list[dict[str, Any]] = []
+        for page in range(1, MAX_PAGES + 1):
+            data = self._call(
+                "GET", f"/commits/{segment}/check-runs", params={"per_page": PER_PAGE, "page": page}
+            ).json()
+            batch = [run for run in data.get("check_runs") or [] if isinstance(run, dict)]
+            runs += batch
+            if not batch or len(runs) >= int(data.get("total_count") or 0):
+                break
+        return runs
+
+    def ci_status(self, ref: str) -> CiStatus:
+        """CI of the commit ``ref`` (SHA, branch or tag): commit statuses and check runs together."""
+        segment = _ref_segment(ref)
+        combined, statuses = self._statuses(segment)
+        runs = self._check_runs(segment)
+        details: list[str] = []
+        failed = pending = False
+        for status in statuses:
+            value = str(status.get("state"))
+            details.append(f"status {status.get('context') or 'default'}: {value}")
+            failed |= value in FAILED_STATUSES
+            pending |= value == "pending"
+        for run in runs:
+            progress, conclusion = str(run.get("status")), run.get("conclusion")
+            name = run.get("name") or f"check {run.get('id')}"
+            if progress == "completed":
+                details.append(f"check {name}: {conclusion}")
+                failed |= conclusion in FAILED_CONCLUSIONS
+            else:
+                details.append(f"check {name}: {progress}")
+                pending = True
+        if statuses and combined == "failure":
+            failed = True
+        if failed:
+            return CiStatus(state="failure", details=details)
+        if pending:
+            return CiStatus(state="pending", details=details)
+        return CiStatus(state="success" if statuses or runs else "none", details=details)
