@@ -27,6 +27,12 @@ settings = WebhookSettings.load("BLOCK_NAME")
     gitea_secret: SecretStr | None = Field(default=None, description="Secret of the Gitea webhook; unset refuses Gitea deliveries.")
     github_secret: SecretStr | None = Field(default=None, description="Secret of the GitHub webhook; unset refuses GitHub deliveries.")
     plane_secret: SecretStr | None = Field(default=None, description="Secret of the Plane webhook; unset refuses Plane deliveries.")
+    gitea_credentials_block: str | None = Field(
+        default=None, description="GiteaCredentials block: work items from Gitea deliveries open and merge their PRs there."
+    )
+    github_credentials_block: str | None = Field(
+        default=None, description="GitHubCredentials block: work items from GitHub deliveries open and merge their PRs there."
+    )
     trigger_label: str = Field(default="sdlc", description="An issue given this label becomes a work item.")
     approvers: list[str] = Field(default_factory=list, description="Forge logins whose /approve and /reject comments count.")
     project_keys: dict[str, str] = Field(

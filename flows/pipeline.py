@@ -167,7 +167,7 @@ def sdlc_pipeline(request: WorkItemRequest) -> PipelineResult:
             ]
 
         if route.merge_pull_request and pull_request is not None:
-            pull_request = merge_pull_request(request.repo, pull_request.number)
+            pull_request = merge_pull_request(request.repo, request.forge, pull_request.number)
         if route.block or route.to == BLOCKED:
             at = route.to if route.to != BLOCKED else stage
             return block(at, result.gate.reason)

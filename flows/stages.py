@@ -66,6 +66,7 @@ def _run_stage(stage_input: StageInput, worktree: str) -> StageResult:
         if spec.opens_pull_request:
             pull_request = ensure_pull_request(
                 request.repo,
+                request.forge,
                 request.feature_branch,
                 f"{request.work_item}: {request.title}",
                 request.description,
@@ -73,7 +74,7 @@ def _run_stage(stage_input: StageInput, worktree: str) -> StageResult:
             )
             record_pull_request(request.work_item, pull_request.number, pull_request.url)
 
-    gate = run_gate(worktree, request.work_item, stage_input.visit, spec, agent)
+    gate = run_gate(worktree, request.work_item, stage_input.visit, spec, agent, request.repo, request.forge)
     return StageResult(
         stage=spec.name,
         role=spec.role,

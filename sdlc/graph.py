@@ -141,7 +141,7 @@ DEFAULT_GRAPH = StageGraph(
         _stage(
             name="development",
             role="developer",
-            gate="tests",
+            gate="ci",
             commit_paths=["docs/", "src/", "tests/"],
             opens_pull_request=True,
             max_visits=3,

@@ -120,6 +120,38 @@ class AgentSpec(BaseModel):
         return self
 
 
+FORGE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class ForgeSpec(BaseModel):
+    """Where the pull request lives (B43): the local forge, or a repository on Gitea or GitHub."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["local", "gitea", "github"] = Field(default="local", description="local, gitea or github.")
+    credentials_block: str | None = Field(default=None, description="Name of the GiteaCredentials / GitHubCredentials block.")
+    owner: str | None = Field(default=None, description="Repository owner on the forge.")
+    name: str | None = Field(default=None, description="Repository name on the forge.")
+    ci_timeout_seconds: float = Field(default=900, gt=0, description="How long the CI-green gate waits while CI is pending.")
+    ci_poll_seconds: float = Field(default=5, gt=0)
+
+    @field_validator("credentials_block", "owner", "name", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _remote_needs_coordinates(self) -> "ForgeSpec":
+        if self.kind != "local":
+            missing = [f for f in ("credentials_block", "owner", "name") if not getattr(self, f)]
+            if missing:
+                raise ValueError(f"a {self.kind} forge needs {', '.join(missing)}")
+            for value in (self.owner, self.name):
+                if not FORGE_NAME_PATTERN.match(value or ""):
+                    raise ValueError(f"forge owner/name {value!r} is not a valid name")
+        return self
+
+
 class WorkItemRequest(BaseModel):
     """One work item to take through the pipeline: the pipeline flow's parameter."""
 
@@ -131,6 +163,7 @@ class WorkItemRequest(BaseModel):
     repo: str = Field(description="Origin: a local path (bare repository) or a git URL.")
     branch: str | None = Field(default=None, description="Default feature/<ID>-<slug of title>.")
     agent: AgentSpec = Field(default_factory=AgentSpec)
+    forge: ForgeSpec = Field(default_factory=ForgeSpec)
     auto_approve: bool = Field(default=False, description="Skip the human approval of the analysis.")
     approval_timeout_seconds: int = Field(default=7 * 24 * 3600, gt=0)
 

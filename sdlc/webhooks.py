@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from blocks.webhooks import WebhookSettings
-from sdlc.models import WorkItemRequest, WorkItemState
+from sdlc.models import ForgeSpec, WorkItemRequest, WorkItemState
 
 MAX_BODY_BYTES = 1024 * 1024
 Source = Literal["gitea", "github", "plane"]
@@ -134,6 +134,15 @@ def work_item_id(repository: ForgeRepository, number: int, settings: WebhookSett
     return f"{key}-{number}"
 
 
+def forge_of(source: str, repository: ForgeRepository, settings: WebhookSettings) -> ForgeSpec:
+    """The delivering forge, when the settings name its credentials; else the local forge."""
+    block = getattr(settings, f"{source}_credentials_block", None)
+    if not block:
+        return ForgeSpec()
+    owner, _, name = repository.full_name.partition("/")
+    return ForgeSpec(kind=source, credentials_block=block, owner=owner, name=name)  # type: ignore[arg-type]
+
+
 def interpret(source: str, event: str, payload: dict[str, Any], settings: WebhookSettings) -> Decision:
     """Turn a verified delivery into a decision; raises ValidationError/ValueError on bad data."""
     if source in ("gitea", "github") and event == "issues":
@@ -149,6 +158,7 @@ def interpret(source: str, event: str, payload: dict[str, Any], settings: Webhoo
             title=data.issue.title,
             description=data.issue.body or "",
             repo=data.repository.clone_url,
+            forge=forge_of(source, data.repository, settings),
         )
         return Decision(kind="request", request=request, work_item=request.work_item)
     if source in ("gitea", "github") and event == "issue_comment":
@@ -195,6 +205,11 @@ def act(decision: Decision, source: str, delivery: str) -> dict[str, Any]:
                 "title": request.title,
                 "description": request.description,
                 "repo": request.repo,
+                # Flat, so that the deployment trigger can template each one (prefect.yaml).
+                "forge_kind": request.forge.kind,
+                "forge_credentials_block": request.forge.credentials_block or "",
+                "forge_owner": request.forge.owner or "",
+                "forge_name": request.forge.name or "",
                 "source": source,
                 "delivery": delivery,
             },

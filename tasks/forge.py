@@ -21,7 +21,8 @@ from git.exc import GitCommandError
 from prefect import task
 from sqlalchemy.exc import IntegrityError
 
-from sdlc.models import PullRequestRef, validate_branch, validate_repo, validate_work_item_id
+from sdlc.models import ForgeSpec, PullRequestRef, validate_branch, validate_repo, validate_work_item_id
+from tasks.ci_status import CiStatus
 from tasks.failures import GitOperationError, PermanentError, TransientError, retry_on_transient
 from tasks.git import bot_env, describe, git_env, has_ref, push_branch, repo_at
 from tasks.ledger import Ledger, PullRequestRecord
@@ -32,6 +33,18 @@ CREATE_ATTEMPTS = 5
 
 class Forge(Protocol):
     """What the pipeline asks of a forge; implementations must be idempotent."""
+
+    def default_branch(self) -> str:
+        """The branch pull requests go into."""
+        ...
+
+    def ci_status(self, ref: str) -> CiStatus:
+        """CI's verdict on a commit: success, pending, failure, or none when there is no CI."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
 
     def ensure_pull_request(self, *, branch: str, base: str, title: str, body: str, work_item: str) -> PullRequestRef:
         """The open PR of ``branch`` into ``base``, created only if there is none."""
@@ -84,6 +97,15 @@ class LocalForge:
                 continue  # a concurrent caller took the number: read again
             return _ref(record)
         raise TransientError(f"could not open a pull request for {branch}: the PR number kept colliding")
+
+    def default_branch(self) -> str:
+        return default_branch(self.clone)
+
+    def ci_status(self, ref: str) -> CiStatus:
+        return CiStatus(state="none", details=["the local forge runs no CI"])
+
+    def close(self) -> None:
+        pass
 
     def merge_pull_request(self, *, number: int) -> PullRequestRef:
         record = self.ledger.get_pull_request(self.repo, number)
@@ -144,26 +166,51 @@ class LocalForge:
                 pass
 
 
-def forge_for(repo: str, clone: Path, ledger: Ledger) -> Forge:
-    """The forge of ``repo``: the local forge until Gitea and GitHub are configured (B43)."""
-    return LocalForge(repo=repo, clone=clone, ledger=ledger)
+def forge_for(repo: str, spec: ForgeSpec) -> Forge:
+    """The forge of a work item (B43): the local forge by default, else Gitea or GitHub over REST."""
+    if spec.kind == "gitea":
+        from blocks.forge import GiteaCredentials
+        from tasks.forge_gitea import GiteaForge
+
+        assert spec.credentials_block and spec.owner and spec.name
+        return GiteaForge(credentials=GiteaCredentials.load(spec.credentials_block), owner=spec.owner, repo=spec.name)
+    if spec.kind == "github":
+        from blocks.forge import GitHubCredentials
+        from tasks.forge_github import GitHubForge
+
+        assert spec.credentials_block and spec.owner and spec.name
+        return GitHubForge(credentials=GitHubCredentials.load(spec.credentials_block), owner=spec.owner, repo=spec.name)
+    return LocalForge(repo=repo, clone=ensure_main_clone(repo), ledger=Ledger.from_settings())
 
 
 @task(name="ensure-pull-request", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_transient)
-def ensure_pull_request(repo: str, branch: str, title: str, body: str, work_item: str) -> PullRequestRef:
-    """One open PR for the branch into origin's default branch (B42)."""
+def ensure_pull_request(repo: str, forge: ForgeSpec, branch: str, title: str, body: str, work_item: str) -> PullRequestRef:
+    """One open PR for the branch into the repository's default branch (B42)."""
     repo = validate_repo(repo)
     validate_work_item_id(work_item)
-    clone = ensure_main_clone(repo)
-    forge = forge_for(repo, clone, Ledger.from_settings())
-    return forge.ensure_pull_request(
-        branch=branch, base=default_branch(clone), title=title, body=body, work_item=work_item
-    )
+    target = forge_for(repo, forge)
+    try:
+        return target.ensure_pull_request(
+            branch=branch, base=target.default_branch(), title=title, body=body, work_item=work_item
+        )
+    finally:
+        target.close()
 
 
 @task(name="merge-pull-request", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_transient)
-def merge_pull_request(repo: str, number: int) -> PullRequestRef:
-    """Merge the PR into its base on origin (B42); merging a merged PR changes nothing."""
-    repo = validate_repo(repo)
-    clone = ensure_main_clone(repo)
-    return forge_for(repo, clone, Ledger.from_settings()).merge_pull_request(number=number)
+def merge_pull_request(repo: str, forge: ForgeSpec, number: int) -> PullRequestRef:
+    """Merge the PR into its base (B42); merging a merged PR changes nothing."""
+    target = forge_for(validate_repo(repo), forge)
+    try:
+        return target.merge_pull_request(number=number)
+    finally:
+        target.close()
+
+
+def ci_status_of(repo: str, forge: ForgeSpec, ref: str) -> CiStatus:
+    """The forge's CI verdict on a commit ("none" where the forge runs no CI)."""
+    target = forge_for(validate_repo(repo), forge)
+    try:
+        return target.ci_status(ref)
+    finally:
+        target.close()

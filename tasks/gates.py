@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -18,7 +19,7 @@ from prefect import task
 from pydantic import BaseModel, ConfigDict
 
 from sdlc.graph import StageSpec
-from sdlc.models import AgentResult, GateResult
+from sdlc.models import AgentResult, ForgeSpec, GateResult
 from sdlc.repo_config import load_repo_config
 from sdlc.settings import get_settings
 from tasks.agent import describe_failure
@@ -36,6 +37,8 @@ class GateContext(BaseModel):
     visit: int
     spec: StageSpec
     agent: AgentResult | None
+    repo: str | None = None
+    forge: ForgeSpec | None = None
 
 
 def _relative(ctx: GateContext, name: str) -> str:
@@ -141,7 +144,35 @@ def tests_gate(ctx: GateContext) -> GateResult:
     )
 
 
+def ci_gate(ctx: GateContext) -> GateResult:
+    """CI green on the branch head where the forge runs CI (bounded wait while pending); else local tests."""
+    if ctx.forge is None or ctx.repo is None or ctx.forge.kind == "local":
+        return tests_gate(ctx)
+    from tasks.forge import ci_status_of
+    from tasks.git import head_commit
+
+    sha = head_commit(ctx.worktree)
+    deadline = time.monotonic() + ctx.forge.ci_timeout_seconds
+    while True:
+        status = ci_status_of(ctx.repo, ctx.forge, sha)
+        details = "\n".join(status.details)
+        if status.state == "none":
+            local = tests_gate(ctx)
+            return local.model_copy(update={"reason": f"no CI reported for {sha[:12]}; {local.reason}"})
+        if status.state == "success":
+            return GateResult(outcome="pass", passed=True, reason=f"CI green on {sha[:12]}", details=details)
+        if status.state == "failure":
+            return GateResult(outcome="fail", passed=False, reason=f"CI failed on {sha[:12]}", details=details)
+        if time.monotonic() >= deadline:
+            return GateResult(
+                outcome="fail", passed=False, details=details,
+                reason=f"CI still pending on {sha[:12]} after {ctx.forge.ci_timeout_seconds:g} s",
+            )
+        time.sleep(ctx.forge.ci_poll_seconds)
+
+
 GATES: dict[str, Callable[[GateContext], GateResult]] = {
+    "ci": ci_gate,
     "artifacts": artifacts_gate,
     "verdict": verdict_gate,
     "exit_code": exit_code_gate,
@@ -195,7 +226,17 @@ def archive_stale_artifacts(worktree: str, work_item: str, spec: StageSpec) -> d
 
 
 @task(name="run-gate")
-def run_gate(worktree: str, work_item: str, visit: int, spec: StageSpec, agent: AgentResult | None) -> GateResult:
+def run_gate(
+    worktree: str,
+    work_item: str,
+    visit: int,
+    spec: StageSpec,
+    agent: AgentResult | None,
+    repo: str | None = None,
+    forge: ForgeSpec | None = None,
+) -> GateResult:
     return evaluate_gate(
-        GateContext(worktree=Path(worktree), work_item=work_item, visit=visit, spec=spec, agent=agent)
+        GateContext(
+            worktree=Path(worktree), work_item=work_item, visit=visit, spec=spec, agent=agent, repo=repo, forge=forge
+        )
     )

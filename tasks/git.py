@@ -170,6 +170,11 @@ def push_branch(worktree: Path, branch: str) -> None:
         raise PushRejected(f"push of {branch} to origin was rejected: {stderr or exc}") from exc
 
 
+def head_commit(worktree: Path) -> str:
+    """The sha the branch's worktree stands on: what CI statuses are reported against."""
+    return str(repo_at(worktree).git.rev_parse("HEAD", env=git_env())).strip()
+
+
 def unpushed_commits(worktree: Path) -> int:
     """How many commits of HEAD no origin ref has (as last fetched or pushed)."""
     repo = repo_at(worktree)

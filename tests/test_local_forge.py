@@ -10,7 +10,10 @@ from gitrepo import clone_of, commit_file, git, isolate, make_origin
 
 from sdlc.models import PullRequestRef
 from tasks.failures import PermanentError
+from sdlc.models import ForgeSpec
 from tasks.forge import LocalForge, ensure_pull_request, forge_for, merge_pull_request
+
+LOCAL = ForgeSpec()
 from tasks.git import commit_and_push
 from tasks.ledger import Ledger
 from tasks.worktree import ensure_main_clone, ensure_worktree
@@ -43,20 +46,20 @@ def _develop(origin: Path, branch: str, relative: str, text: str) -> Path:
 
 def test_forge_for_is_local(origin: Path) -> None:
     clone = ensure_main_clone(str(origin))
-    assert isinstance(forge_for(str(origin), clone, Ledger.from_settings()), LocalForge)
+    assert isinstance(forge_for(str(origin), LOCAL), LocalForge)
 
 
 def test_ensure_pull_request_twice_gives_one(origin: Path) -> None:
     _develop(origin, BRANCH, "src/feature.py", "feature = True\n")
-    first = ensure_pull_request.fn(str(origin), BRANCH, "ET-1: Forge", "body", "ET-1")
-    second = ensure_pull_request.fn(str(origin), BRANCH, "ET-1: Forge", "body", "ET-1")
+    first = ensure_pull_request.fn(str(origin), LOCAL, BRANCH, "ET-1: Forge", "body", "ET-1")
+    second = ensure_pull_request.fn(str(origin), LOCAL, BRANCH, "ET-1: Forge", "body", "ET-1")
     assert isinstance(first, PullRequestRef)
     assert first == second
     assert (first.number, first.base, first.branch, first.state) == (1, "main", BRANCH, "open")
     assert first.url == f"local://{origin}/pulls/1"
     assert len(Ledger.from_settings().pull_requests("ET-1")) == 1
 
-    other = ensure_pull_request.fn(str(origin), "feature/ET-2-other", "ET-2: Other", "", "ET-2")
+    other = ensure_pull_request.fn(str(origin), LOCAL, "feature/ET-2-other", "ET-2: Other", "", "ET-2")
     assert other.number == 2
 
 
@@ -84,10 +87,10 @@ def test_concurrent_callers_get_one_pull_request(origin: Path) -> None:
 
 def test_merge_lands_a_merge_commit_on_origin(origin: Path) -> None:
     _develop(origin, BRANCH, "src/feature.py", "feature = True\n")
-    pr = ensure_pull_request.fn(str(origin), BRANCH, "ET-1: Forge", "", "ET-1")
+    pr = ensure_pull_request.fn(str(origin), LOCAL, BRANCH, "ET-1: Forge", "", "ET-1")
     main_before = git(origin, "rev-parse", "refs/heads/main")
 
-    merged = merge_pull_request.fn(str(origin), pr.number)
+    merged = merge_pull_request.fn(str(origin), LOCAL, pr.number)
     assert merged.state == "merged" and merged.merge_commit
     assert git(origin, "rev-parse", "refs/heads/main") == merged.merge_commit
     parents = git(origin, "rev-list", "--parents", "-n", "1", merged.merge_commit).split()[1:]
@@ -98,7 +101,7 @@ def test_merge_lands_a_merge_commit_on_origin(origin: Path) -> None:
     assert git(origin, "show", f"main:src/feature.py") == "feature = True"
 
     # Merging again changes nothing; the temporary worktree is gone.
-    assert merge_pull_request.fn(str(origin), pr.number) == merged
+    assert merge_pull_request.fn(str(origin), LOCAL, pr.number) == merged
     assert git(origin, "rev-parse", "refs/heads/main") == merged.merge_commit
     clone = ensure_main_clone(str(origin))
     listed = git(clone, "worktree", "list", "--porcelain")
@@ -107,18 +110,18 @@ def test_merge_lands_a_merge_commit_on_origin(origin: Path) -> None:
     record = Ledger.from_settings().get_pull_request(str(origin), pr.number)
     assert record is not None and record.merged_at is not None
     # A new PR for the same branch can be opened after the merge.
-    assert ensure_pull_request.fn(str(origin), BRANCH, "ET-1: again", "", "ET-1").number == 2
+    assert ensure_pull_request.fn(str(origin), LOCAL, BRANCH, "ET-1: again", "", "ET-1").number == 2
 
 
 def test_merge_conflict_is_a_permanent_error(origin: Path, tmp_path: Path) -> None:
     _develop(origin, BRANCH, "src/app.py", "def answer() -> int:\n    return 41\n")
-    pr = ensure_pull_request.fn(str(origin), BRANCH, "ET-1: Forge", "", "ET-1")
+    pr = ensure_pull_request.fn(str(origin), LOCAL, BRANCH, "ET-1: Forge", "", "ET-1")
     person = clone_of(origin, tmp_path / "person")
     theirs = commit_file(person, "src/app.py", "def answer() -> int:\n    return 43\n", "conflicting change")
     git(person, "push", "-q", "origin", "main")
 
     with pytest.raises(PermanentError) as caught:
-        merge_pull_request.fn(str(origin), pr.number)
+        merge_pull_request.fn(str(origin), LOCAL, pr.number)
     assert "does not merge cleanly" in str(caught.value) and "src/app.py" in str(caught.value)
     assert git(origin, "rev-parse", "refs/heads/main") == theirs
     record = Ledger.from_settings().get_pull_request(str(origin), pr.number)
@@ -130,4 +133,4 @@ def test_merge_conflict_is_a_permanent_error(origin: Path, tmp_path: Path) -> No
 
 def test_merge_of_unknown_pull_request_fails(origin: Path) -> None:
     with pytest.raises(PermanentError):
-        merge_pull_request.fn(str(origin), 42)
+        merge_pull_request.fn(str(origin), LOCAL, 42)

@@ -103,22 +103,42 @@ def test_deploy_all_then_deployment_run_through_a_process_worker(
         ).stdout
         assert merged.startswith("Merge pull request #1")
 
-        # B61: a signed "issue labelled" delivery -> event -> the deployment trigger starts a run.
+        # B61: a signed Gitea "issue labelled" delivery -> event -> the deployment trigger starts a run
+        # whose PR lives on Gitea (a real HTTP server following Gitea's swagger, over real git repositories).
+        from blocks.forge import GiteaCredentials
         from blocks.webhooks import WebhookSettings
+        from forge_servers.gitea import DEFAULT_TOKEN, GiteaTestServer
         from test_webhooks import Receiver
 
-        settings = WebhookSettings(gitea_secret="s3cret", approvers=["alice"], project_keys={"team/app": "APP"})
-        repository = {"full_name": "team/app", "name": "app", "clone_url": str(origin)}
-        with Receiver(settings) as receiver:
-            issue = {"number": 41, "title": "From a webhook", "body": "", "labels": [{"name": "sdlc"}]}
-            answer = receiver.send("gitea", "issues", {"action": "label_updated", "issue": issue, "repository": repository}, secret="s3cret")
-            assert answer.status_code == 202, answer.text
-            # The triggered run pauses for approval like any other; an allowed user's comment resumes it.
-            assert wait_for_state("APP-41", "waiting_approval", data_dir)
-            comment = {"action": "created", "issue": issue, "comment": {"body": "/approve", "user": {"login": "alice"}}, "repository": repository}
-            answer = receiver.send("gitea", "issue_comment", comment, secret="s3cret")
-            assert answer.status_code == 202, answer.text
-            assert wait_for_end("APP-41", data_dir).state == "done"
+        with GiteaTestServer(tmp_path / "gitea") as gitea:
+            gitea_origin = gitea.create_repo("team", "app")
+            GiteaCredentials(api_url=gitea.api_url, token=DEFAULT_TOKEN, timeout_seconds=10).save("gitea-e2e", overwrite=True)
+            settings = WebhookSettings(
+                gitea_secret="s3cret", approvers=["alice"], project_keys={"team/app": "APP"},
+                gitea_credentials_block="gitea-e2e",
+            )
+            repository = {"full_name": "team/app", "name": "app", "clone_url": str(gitea_origin)}
+            gitea.inject("GET", r"/repos/team/app/pulls$", status=500, times=2)
+            gitea.inject("POST", r"/repos/team/app/pulls$", status=500, after=True)
+            with Receiver(settings) as receiver:
+                issue = {"number": 41, "title": "From a webhook", "body": "Say hi.", "labels": [{"name": "sdlc"}]}
+                delivery = {"action": "label_updated", "issue": issue, "repository": repository}
+                answer = receiver.send("gitea", "issues", delivery, secret="s3cret")
+                assert answer.status_code == 202, answer.text
+                # The triggered run pauses for approval like any other; an allowed user's comment resumes it.
+                wait_for_state("APP-41", "waiting_approval", data_dir)
+                comment = {"action": "created", "issue": issue, "comment": {"body": "/approve", "user": {"login": "alice"}},
+                           "repository": repository}
+                answer = receiver.send("gitea", "issue_comment", comment, secret="s3cret")
+                assert answer.status_code == 202, answer.text
+                row = wait_for_end("APP-41", data_dir)
+            assert row.state == "done", row.reason
+            (pr,) = gitea.pull_requests("team", "app")  # exactly one, despite the 500s on list and create
+            assert pr["merged"] is True
+            assert sum(r.injected for r in gitea.requests) == 3
+            assert gitea.violations == []
+            log = subprocess.run(["git", "-C", str(gitea_origin), "log", "-1", "--format=%s", "main"], capture_output=True, text=True).stdout
+            assert log.startswith(f"Merge pull request #{pr['number']}")
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=30)
