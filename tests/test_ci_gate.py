@@ -1,0 +1,68 @@
+"""The development gate reads CI on the branch head where the forge has CI (B1 development row)."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from blocks.forge import GiteaCredentials
+from forge_servers.gitea import DEFAULT_TOKEN, GiteaTestServer
+from sdlc.graph import DEFAULT_GRAPH
+from sdlc.models import ForgeSpec
+from tasks.gates import GateContext, evaluate_gate
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+@pytest.fixture
+def gitea(tmp_path: Path) -> Iterator[GiteaTestServer]:
+    with GiteaTestServer(tmp_path / "gitea") as server:
+        yield server
+        assert server.violations == []
+
+
+def context(gitea: GiteaTestServer, tmp_path: Path, timeout: float = 10) -> tuple[GateContext, str]:
+    origin = gitea.create_repo("team", "app")
+    worktree = tmp_path / "worktree"
+    subprocess.run(["git", "clone", "-q", str(origin), str(worktree)], check=True)
+    sha = subprocess.run(["git", "-C", str(worktree), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    block = f"gitea-{uuid.uuid4().hex[:8]}"
+    GiteaCredentials(api_url=gitea.api_url, token=DEFAULT_TOKEN).save(block)
+    forge = ForgeSpec(kind="gitea", credentials_block=block, owner="team", name="app", ci_timeout_seconds=timeout, ci_poll_seconds=0.2)
+    ctx = GateContext(
+        worktree=worktree, work_item="ET-1", visit=1, spec=DEFAULT_GRAPH.stage("development"), agent=None,
+        repo=str(origin), forge=forge,
+    )
+    return ctx, sha
+
+
+def test_gate_waits_while_ci_is_pending_then_passes(gitea: GiteaTestServer, tmp_path: Path) -> None:
+    ctx, sha = context(gitea, tmp_path)
+    gitea.add_status("team", "app", sha, "pending", context="ci/build")
+    threading.Timer(1.0, gitea.add_status, args=("team", "app", sha, "success"), kwargs={"context": "ci/build"}).start()
+    started = time.monotonic()
+    result = evaluate_gate(ctx)
+    assert result.outcome == "pass" and result.reason == f"CI green on {sha[:12]}"
+    assert time.monotonic() - started >= 0.9
+
+
+def test_gate_fails_on_red_ci_and_on_ci_that_never_finishes(gitea: GiteaTestServer, tmp_path: Path) -> None:
+    ctx, sha = context(gitea, tmp_path, timeout=1)
+    gitea.add_status("team", "app", sha, "pending", context="ci/build")
+    pending = evaluate_gate(ctx)
+    assert pending.outcome == "fail" and "still pending" in pending.reason
+    gitea.add_status("team", "app", sha, "failure", context="ci/build")
+    failed = evaluate_gate(ctx)
+    assert failed.outcome == "fail" and failed.reason == f"CI failed on {sha[:12]}"
+
+
+def test_gate_without_ci_on_the_forge_runs_the_local_tests(gitea: GiteaTestServer, tmp_path: Path) -> None:
+    ctx, sha = context(gitea, tmp_path)
+    result = evaluate_gate(ctx)
+    assert result.passed and result.reason.startswith(f"no CI reported for {sha[:12]}; no test command configured")
