@@ -25,20 +25,13 @@ differs from GitHub, and what this module does about it (``gitea-endpoints.md``)
 from __future__ import annotations
 
 import re
-import time
-from typing import Any, Callable
-from urllib.parse import quote
+from typing import Any
 
-import httpx
-
-from blocks.forge import GiteaCredentials
 from sdlc.models import PullRequestRef, validate_branch, validate_work_item_id
 from tasks.ci_status import CiStatus
 from tasks.failures import PermanentError, TransientError
-from tasks.forge_http import HttpRetry, call, forge_message
+from tasks.forge_http import RestRepository, forge_message, ref_segment
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
-REF_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$")
 PAGE_LIMIT = 50  # Gitea's default MAX_RESPONSE_ITEMS: a larger limit is cut to it anyway
 MAX_PAGES = 100
 REFIND_ATTEMPTS = 3
@@ -56,17 +49,6 @@ STATUS_TO_CI = {
 }
 
 
-def _name(value: str, what: str) -> str:
-    if not NAME_PATTERN.match(value) or value in (".", ".."):
-        raise ValueError(f"Gitea {what} {value[:60]!r} is not a valid name")
-    return value
-
-
-def _ref_segment(ref: str) -> str:
-    """A SHA, branch or tag as one URL path segment (a branch's '/' is percent-encoded)."""
-    if not REF_PATTERN.match(ref) or ".." in ref:
-        raise ValueError(f"git ref {ref[:60]!r} is not allowed")
-    return quote(ref, safe="")
 
 
 def pull_request_ref(data: dict[str, Any]) -> PullRequestRef:
@@ -84,60 +66,10 @@ def pull_request_ref(data: dict[str, Any]) -> PullRequestRef:
     )
 
 
-class GiteaForge:
+class GiteaForge(RestRepository):
     """Pull requests and CI results of one Gitea repository ``owner/repo``; close it (or use ``with``)."""
 
-    def __init__(
-        self,
-        *,
-        credentials: GiteaCredentials,
-        owner: str,
-        repo: str,
-        transport: httpx.BaseTransport | None = None,
-        retry: HttpRetry | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.owner = _name(owner, "owner")
-        self.repo = _name(repo, "repository")
-        self._retry = retry or HttpRetry()
-        self._sleep = sleep
-        self._client = credentials.get_client(transport=transport)
-        self._base = f"/repos/{self.owner}/{self.repo}"
-
-    # -- lifecycle ---------------------------------------------------------------
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> "GiteaForge":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: dict[str, Any] | None = None,
-        json: Any = None,
-        expected: tuple[int, ...] = (200,),
-    ) -> httpx.Response:
-        return call(
-            self._client, method, self._base + path, params=params, json=json,
-            expected=expected, retry=self._retry, sleep=self._sleep,
-        )
-
-    # -- repository --------------------------------------------------------------
-
-    def default_branch(self) -> str:
-        """The repository's default branch, e.g. ``main``."""
-        data = self._call("GET", "").json()
-        branch = data.get("default_branch") if isinstance(data, dict) else None
-        if not isinstance(branch, str) or not branch:
-            raise PermanentError(f"Gitea did not name a default branch for {self.owner}/{self.repo}")
-        return branch
+    forge_name = "Gitea"
 
     # -- pull requests -----------------------------------------------------------
 
@@ -248,7 +180,7 @@ class GiteaForge:
 
     def ci_status(self, ref: str) -> CiStatus:
         """CI of the commit ``ref`` (SHA, branch or tag), from its commit statuses (Gitea Actions included)."""
-        segment = _ref_segment(ref)
+        segment = ref_segment(ref)
         statuses: list[dict[str, Any]] = []
         for page in range(1, MAX_PAGES + 1):
             data = self._call("GET", f"/commits/{segment}/status", params={"page": page, "limit": PAGE_LIMIT}).json()

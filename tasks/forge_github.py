@@ -19,21 +19,13 @@ as merged on the next attempt and returned unchanged.
 
 from __future__ import annotations
 
-import re
-import time
-from typing import Any, Callable
-from urllib.parse import quote
+from typing import Any
 
-import httpx
-
-from blocks.forge import GitHubCredentials
 from sdlc.models import PullRequestRef, validate_branch, validate_work_item_id
 from tasks.ci_status import CiStatus
 from tasks.failures import PermanentError, TransientError
-from tasks.forge_http import ForgeHTTPError, HttpRetry, call, forge_message
+from tasks.forge_http import ForgeHTTPError, RestRepository, forge_message, ref_segment
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
-REF_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$")
 PER_PAGE = 100
 MAX_PAGES = 50
 FAILED_STATUSES = frozenset({"failure", "error"})
@@ -42,17 +34,6 @@ DUPLICATE_MESSAGE = "a pull request already exists"
 REFIND_ATTEMPTS = 3
 
 
-def _name(value: str, what: str) -> str:
-    if not NAME_PATTERN.match(value) or value in (".", ".."):
-        raise ValueError(f"GitHub {what} {value[:60]!r} is not a valid name")
-    return value
-
-
-def _ref_segment(ref: str) -> str:
-    """A SHA, branch or tag as one URL path segment (a branch's '/' is percent-encoded)."""
-    if not REF_PATTERN.match(ref) or ".." in ref:
-        raise ValueError(f"git ref {ref[:60]!r} is not allowed")
-    return quote(ref, safe="")
 
 
 def _error_messages(response: httpx.Response) -> list[str]:
@@ -67,60 +48,10 @@ def _error_messages(response: httpx.Response) -> list[str]:
     return found
 
 
-class GitHubForge:
+class GitHubForge(RestRepository):
     """Pull requests and CI results of one GitHub repository ``owner/repo``; close it (or use ``with``)."""
 
-    def __init__(
-        self,
-        *,
-        credentials: GitHubCredentials,
-        owner: str,
-        repo: str,
-        transport: httpx.BaseTransport | None = None,
-        retry: HttpRetry | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.owner = _name(owner, "owner")
-        self.repo = _name(repo, "repository")
-        self._retry = retry or HttpRetry()
-        self._sleep = sleep
-        self._client = credentials.get_client(transport=transport)
-        self._base = f"/repos/{self.owner}/{self.repo}"
-
-    # -- lifecycle ---------------------------------------------------------------
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> "GitHubForge":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: dict[str, Any] | None = None,
-        json: Any = None,
-        expected: tuple[int, ...] = (200,),
-    ) -> httpx.Response:
-        return call(
-            self._client, method, self._base + path, params=params, json=json,
-            expected=expected, retry=self._retry, sleep=self._sleep,
-        )
-
-    # -- repository --------------------------------------------------------------
-
-    def default_branch(self) -> str:
-        """The repository's default branch, e.g. ``main``."""
-        data = self._call("GET", "").json()
-        branch = data.get("default_branch") if isinstance(data, dict) else None
-        if not isinstance(branch, str) or not branch:
-            raise PermanentError(f"GitHub did not name a default branch for {self.owner}/{self.repo}")
-        return branch
+    forge_name = "GitHub"
 
     # -- pull requests -----------------------------------------------------------
 
@@ -236,7 +167,7 @@ class GitHubForge:
 
     def ci_status(self, ref: str) -> CiStatus:
         """CI of the commit ``ref`` (SHA, branch or tag): commit statuses and check runs together."""
-        segment = _ref_segment(ref)
+        segment = ref_segment(ref)
         combined, statuses = self._statuses(segment)
         runs = self._check_runs(segment)
         details: list[str] = []

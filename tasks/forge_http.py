@@ -10,14 +10,19 @@ handles itself (a 409 for a duplicate PR, a 404 for "none yet") are passed in
 from __future__ import annotations
 
 import logging
+import re
 import time
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Self
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, Field
 
 from tasks.failures import PermanentError, TransientError
 from tasks.retry_policy import backoff_seconds
+
+if TYPE_CHECKING:
+    from blocks.forge import _ForgeCredentials
 
 logger = logging.getLogger("sdlc.forge")
 
@@ -114,3 +119,74 @@ def call(
         logger.warning("%s %s failed (%s); retry %d of %d in %.1f s", method, path, last, attempt + 1, retry.max_attempts - 1, wait)
         sleep(wait)
     raise TransientError(f"{method} {path} kept failing after {retry.max_attempts} attempts: {last}")
+
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+REF_PATTERN = re.compile(r"^[A-Za-z0-9._/-]{1,255}$")
+
+
+def ref_segment(ref: str) -> str:
+    """A SHA, branch or tag as one URL path segment (a branch's '/' is percent-encoded)."""
+    if not REF_PATTERN.match(ref) or ".." in ref:
+        raise ValueError(f"git ref {ref[:60]!r} is not allowed")
+    return quote(ref, safe="")
+
+
+class RestRepository:
+    """One repository on a REST forge: checked names, a client built from the credentials block,
+    and every request sent through :func:`call`. Gitea and GitHub add their own endpoints."""
+
+    forge_name: ClassVar[str] = "forge"
+
+    def __init__(
+        self,
+        *,
+        credentials: _ForgeCredentials,
+        owner: str,
+        repo: str,
+        transport: httpx.BaseTransport | None = None,
+        retry: HttpRetry | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.owner = self._name(owner, "owner")
+        self.repo = self._name(repo, "repository")
+        self._retry = retry or HttpRetry()
+        self._sleep = sleep
+        self._client = credentials.get_client(transport=transport)
+        self._base = f"/repos/{self.owner}/{self.repo}"
+
+    def _name(self, value: str, what: str) -> str:
+        if not NAME_PATTERN.match(value) or value in (".", ".."):
+            raise ValueError(f"{self.forge_name} {what} {value[:60]!r} is not a valid name")
+        return value
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        expected: tuple[int, ...] = (200,),
+    ) -> httpx.Response:
+        return call(
+            self._client, method, self._base + path, params=params, json=json,
+            expected=expected, retry=self._retry, sleep=self._sleep,
+        )
+
+    def default_branch(self) -> str:
+        """The repository's default branch, e.g. ``main``."""
+        data = self._call("GET", "").json()
+        branch = data.get("default_branch") if isinstance(data, dict) else None
+        if not isinstance(branch, str) or not branch:
+            raise PermanentError(f"{self.forge_name} did not name a default branch for {self.owner}/{self.repo}")
+        return branch
