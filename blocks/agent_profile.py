@@ -85,8 +85,10 @@ profile = AgentProfile.load("BLOCK_NAME")
     def timeout_for(self, role: str) -> float:
         return self.timeouts.get(role, self.default_timeout_seconds)
 
-    def build_command(self, *, role: str, task_file: str, system_prompt_file: str) -> list[str]:
-        """The argument list for one run; never a shell string."""
+    def build_command(
+        self, *, role: str, task_file: str, system_prompt_file: str, max_budget_usd: float | None = None
+    ) -> list[str]:
+        """The argument list for one run; never a shell string. A CLI with a per-run cap gets what is left of the budget."""
         model = self.model_for(role)
         prompt = agent_prompt(role, task_file)
         kind = self.kind
@@ -105,6 +107,8 @@ profile = AgentProfile.load("BLOCK_NAME")
                 "--allowedTools", ",".join(tools),
                 "--permission-mode", "acceptEdits",
             ]
+            if max_budget_usd is not None:
+                argv += ["--max-budget-usd", f"{max_budget_usd:.4f}"]
         elif kind == "codex":
             argv = [
                 self.binary or "codex", "exec",

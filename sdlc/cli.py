@@ -58,6 +58,7 @@ def build_parser() -> OneLineParser:
     run.add_argument("--agent-profile", help="Name of a saved AgentProfile block.")
     run.add_argument("--agent-timeout", type=float, help="Seconds per agent run (default 1800).")
     run.add_argument("--scenario", help="Scenario file of the scripted agent (JSON or YAML).")
+    run.add_argument("--budget-usd", type=float, help="Spend budget of the work item in dollars (B34).")
     run.add_argument("--auto-approve", action="store_true", help="Do not pause for approval of the analysis.")
     run.add_argument("--verbose", action="store_true", help="Show Prefect's own log lines too.")
 
@@ -130,6 +131,7 @@ def request_from_args(args: argparse.Namespace) -> WorkItemRequest:
             repo=args.repo,
             branch=args.branch,
             agent=AgentSpec(**agent_fields),
+            budget_usd=args.budget_usd,
             auto_approve=args.auto_approve,
         )
     except ValidationError as exc:
@@ -342,6 +344,7 @@ def status_report(work_item: str | None) -> list[dict[str, Any]]:
                     for r in runs
                 ],
                 "usage": {
+                    "budget_usd": row.budget_usd,
                     "cost_usd": round(sum(r.cost_usd or 0 for r in runs), 6),
                     "input_tokens": sum(r.input_tokens or 0 for r in runs),
                     "output_tokens": sum(r.output_tokens or 0 for r in runs),
@@ -383,8 +386,9 @@ def command_status(args: argparse.Namespace) -> int:
         if item["reason"]:
             print(f"    {item['reason']}")
         usage = item["usage"]
-        if usage["cost_usd"] or usage["input_tokens"]:
-            print(f"    spent ${usage['cost_usd']:.4f}, {usage['input_tokens']} input / {usage['output_tokens']} output tokens")
+        if usage["cost_usd"] or usage["input_tokens"] or usage["budget_usd"]:
+            budget = f" of ${usage['budget_usd']:.4f}" if usage["budget_usd"] else ""
+            print(f"    spent ${usage['cost_usd']:.4f}{budget}, {usage['input_tokens']} input / {usage['output_tokens']} output tokens")
         for run in item["agent_runs"]:
             duration = "-" if run["duration_seconds"] is None else f"{run['duration_seconds']:.1f} s"
             failure = f"  {run['failure_kind']}: {run['failure_reason']}" if run["failure_kind"] else ""

@@ -164,6 +164,9 @@ class WorkItemRequest(BaseModel):
     branch: str | None = Field(default=None, description="Default feature/<ID>-<slug of title>.")
     agent: AgentSpec = Field(default_factory=AgentSpec)
     forge: ForgeSpec = Field(default_factory=ForgeSpec)
+    budget_usd: float | None = Field(
+        default=None, gt=0, description="Spend budget of the work item in dollars, from the agents' reported cost (B34)."
+    )
     auto_approve: bool = Field(default=False, description="Skip the human approval of the analysis.")
     approval_timeout_seconds: int = Field(default=7 * 24 * 3600, gt=0)
 

@@ -55,8 +55,29 @@ class AgentInvocation(BaseModel):
     protocol_env: dict[str, str] = Field(description="The B5 SDLC_* variables.")
     profile_env: dict[str, str] = Field(default_factory=dict)
     provider: str = Field(default="scripted", description="Whose circuit breaker this run answers to.")
+    budget_usd: float | None = Field(default=None, description="The work item's spend budget (B34).")
     visit: str | None = Field(default=None, description="Stage visit the retry budgets are counted in.")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+
+class BudgetExceeded(PermanentError):
+    """The work item has spent its budget: no further agent runs (B34)."""
+
+
+def spend_report(spent: dict[str, float], budget: float) -> str:
+    by_stage = ", ".join(f"{stage} ${cost:.4f}" for stage, cost in spent.items()) or "nothing reported"
+    return f"spend budget reached: spent ${sum(spent.values()):.4f} of ${budget:.4f} ({by_stage})"
+
+
+def check_budget(ledger: Ledger, work_item: str, budget: float | None) -> float | None:
+    """The budget left before an agent starts; raises BudgetExceeded when none is."""
+    if budget is None:
+        return None
+    spent = ledger.spend_by_stage(work_item)
+    left = budget - sum(spent.values())
+    if left <= 0:
+        raise BudgetExceeded(spend_report(spent, budget))
+    return left
 
 
 class AgentRunFailed(PermanentError):
@@ -307,6 +328,7 @@ def run_agent(invocation: AgentInvocation) -> AgentResult:
     logger = _run_logger()
     visit_runs = ledger.visit_runs(invocation.work_item, invocation.role, invocation.visit) if invocation.visit else []
     _wait_for_retry_window(visit_runs, logger)
+    check_budget(ledger, invocation.work_item, invocation.budget_usd)
     breaker = CircuitBreaker(
         invocation.provider,
         scope=settings.breaker_scope,
@@ -337,6 +359,7 @@ def run_agent(invocation: AgentInvocation) -> AgentResult:
     _publish_run_artifact(invocation, result)
     if decision is not None:
         logger.warning(describe_failure(result))
+        check_budget(ledger, invocation.work_item, invocation.budget_usd)  # a spent budget stops, whatever failed
         raise AgentRunFailed(result, decision)
     logger.info("%s attempt %s finished in %.1f s", invocation.role, attempt, result.duration_seconds)
     return result

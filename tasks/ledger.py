@@ -76,6 +76,7 @@ class WorkItemRecord(SQLModel, table=True):
     flow_run_id: str | None = None
     pr_number: int | None = None
     pr_url: str | None = None
+    budget_usd: float | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
@@ -255,10 +256,12 @@ class Ledger:
                     branch=request.feature_branch,
                     state=WorkItemState.running.value,
                     flow_run_id=flow_run_id,
+                    budget_usd=request.budget_usd,
                     created_at=now,
                     updated_at=now,
                 )
             else:
+                row.budget_usd = request.budget_usd
                 row.title = request.title
                 row.description = request.description
                 row.repo = request.repo
@@ -383,6 +386,14 @@ class Ledger:
 
     def agent_runs(self, work_item: str) -> list[AgentRunRecord]:
         return self._rows_of(AgentRunRecord, work_item)
+
+    def spend_by_stage(self, work_item: str) -> dict[str, float]:
+        """Reported agent cost per stage, in the order the stages first spent (B34)."""
+        spent: dict[str, float] = {}
+        for run in self.agent_runs(work_item):
+            if run.cost_usd:
+                spent[run.stage] = spent.get(run.stage, 0.0) + run.cost_usd
+        return spent
 
     def visit_runs(self, work_item: str, role: str, visit: str) -> list[AgentRunRecord]:
         """The runs of one role within one stage visit, oldest first: what the retry budgets count."""

@@ -13,7 +13,7 @@ from prefect import task
 from blocks.agent_profile import AgentProfile, profile_for
 from sdlc.graph import StageSpec
 from sdlc.models import Feedback, StageInput
-from tasks.agent import AgentInvocation
+from tasks.agent import AgentInvocation, check_budget
 from tasks.ledger import Ledger
 from tasks.retry_policy import RetryPolicy
 
@@ -113,8 +113,10 @@ def prepare_agent_invocation(worktree: str, stage_input: StageInput, spec: Stage
     if request.agent.scenario_file:
         protocol_env["SDLC_SCENARIO_FILE"] = request.agent.scenario_file
     agent = request.agent
+    left = check_budget(Ledger.from_settings(), request.work_item, request.budget_usd)
     return AgentInvocation(
         provider=profile.kind,
+        budget_usd=request.budget_usd,
         visit=f"{spec.name}-{stage_input.visit}",
         retry=RetryPolicy(
             max_attempts=agent.max_attempts if spec.retry_agent else 1,
@@ -126,7 +128,9 @@ def prepare_agent_invocation(worktree: str, stage_input: StageInput, spec: Stage
         stage=spec.name,
         role=spec.role,
         worktree=worktree,
-        argv=profile.build_command(role=spec.role, task_file=task_file, system_prompt_file=prompt_file),
+        argv=profile.build_command(
+            role=spec.role, task_file=task_file, system_prompt_file=prompt_file, max_budget_usd=left
+        ),
         timeout_seconds=profile.timeout_for(spec.role),
         protocol_env=protocol_env,
         profile_env=profile.env,

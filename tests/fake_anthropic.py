@@ -118,7 +118,7 @@ class FakeAnthropic:
 
     def record(self, entry: dict[str, Any]) -> None:
         with self._lock:
-            self.requests.append(entry)
+            self.requests.append({**entry, "at": time.time()})
 
     # -- lifecycle -------------------------------------------------------------------
     @property

@@ -68,15 +68,11 @@ def fake_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAnthropic]:
         yield api
 
 
-@pytest.mark.usefixtures("prefect_api")
-def test_pipeline_with_the_real_claude_cli(tmp_path: Path, data_dir: Path, fake_api: FakeAnthropic) -> None:
-    from flows.pipeline import sdlc_pipeline
-    from sdlc.cli import status_report
-    from tasks.ledger import Ledger
-
+def save_claude_profile(tmp_path: Path, fake_api: FakeAnthropic) -> str:
+    """An AgentProfile block for the pinned CLI pointed at the fake API; returns its name."""
     assert CLAUDE.exists(), "the Claude Code CLI is missing: run `make install`"
     home = tmp_path / "home"
-    home.mkdir()
+    home.mkdir(exist_ok=True)
     block_name = f"claude-test-{uuid.uuid4().hex[:8]}"
     AgentProfile(
         kind="claude",
@@ -95,6 +91,16 @@ def test_pipeline_with_the_real_claude_cli(tmp_path: Path, data_dir: Path, fake_
         },
         default_timeout_seconds=120,
     ).save(block_name)
+    return block_name
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_pipeline_with_the_real_claude_cli(tmp_path: Path, data_dir: Path, fake_api: FakeAnthropic) -> None:
+    from flows.pipeline import sdlc_pipeline
+    from sdlc.cli import status_report
+    from tasks.ledger import Ledger
+
+    block_name = save_claude_profile(tmp_path, fake_api)
     # The first model call is rate limited: the CLI exits 1, the run is classified transient and retried.
     fake_api.script(Reply.error(429, "rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit"))
 
@@ -122,3 +128,32 @@ def test_pipeline_with_the_real_claude_cli(tmp_path: Path, data_dir: Path, fake_
     # What the CLI's tools wrote was committed and merged.
     merged = os.popen(f"git -C {origin} show main:src/feature.py").read()
     assert "return 2" in merged  # the developer's second round, after the review
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_spend_budget_blocks_before_the_next_agent_and_caps_each_run(
+    tmp_path: Path, data_dir: Path, fake_api: FakeAnthropic
+) -> None:
+    from flows.pipeline import sdlc_pipeline
+    from tasks.ledger import Ledger
+
+    block_name = save_claude_profile(tmp_path, fake_api)
+    origin = create_sample_repo(tmp_path / "repos")
+    request = WorkItemRequest(
+        work_item="ET-51", title="Cheap", repo=str(origin), auto_approve=True, budget_usd=0.0001,
+        agent=AgentSpec(kind="claude", profile_block=block_name, max_attempts=1),
+    )
+    state = sdlc_pipeline(request=request, return_state=True)
+    assert state.is_failed()
+    ledger = Ledger.from_settings()
+    row = ledger.get_work_item("ET-51")
+    runs = ledger.agent_runs("ET-51")
+    assert row.state == "blocked" and "spend budget reached: spent $" in row.reason and "of $0.0001" in row.reason
+    assert "analysis $" in row.reason
+    assert [r.role for r in runs] == ["analyst"] and runs[0].cost_usd > 0.0001
+    # No model call after the run that spent the budget; that run had the budget as its own cap.
+    assert all(req["at"] <= runs[0].ended_at.timestamp() for req in fake_api.requests)
+    first_call = [r for r in fake_api.message_requests()]
+    assert first_call, "the analyst reached the model"
+    argv_line = Path(runs[0].log_path).read_text().splitlines()[0]
+    assert "--max-budget-usd 0.0001" in argv_line
