@@ -69,6 +69,10 @@ profile = AgentProfile.load("BLOCK_NAME")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the agent (no secrets).")
     timeouts: dict[str, float] = Field(default_factory=dict, description="Timeout in seconds per role.")
     default_timeout_seconds: float = Field(default=1800, gt=0, description="Timeout for roles not in `timeouts`.")
+    resume_sessions: bool = Field(
+        default=True,
+        description="When work comes back to a role, continue its previous CLI session (claude --resume).",
+    )
 
     @model_validator(mode="after")
     def _custom_needs_command(self) -> "AgentProfile":
@@ -86,7 +90,13 @@ profile = AgentProfile.load("BLOCK_NAME")
         return self.timeouts.get(role, self.default_timeout_seconds)
 
     def build_command(
-        self, *, role: str, task_file: str, system_prompt_file: str, max_budget_usd: float | None = None
+        self,
+        *,
+        role: str,
+        task_file: str,
+        system_prompt_file: str,
+        max_budget_usd: float | None = None,
+        resume_session: str | None = None,
     ) -> list[str]:
         """The argument list for one run; never a shell string. A CLI with a per-run cap gets what is left of the budget."""
         model = self.model_for(role)
@@ -109,6 +119,8 @@ profile = AgentProfile.load("BLOCK_NAME")
             ]
             if max_budget_usd is not None:
                 argv += ["--max-budget-usd", f"{max_budget_usd:.4f}"]
+            if resume_session and self.resume_sessions:
+                argv += ["--resume", resume_session]
         elif kind == "codex":
             argv = [
                 self.binary or "codex", "exec",

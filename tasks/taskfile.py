@@ -87,6 +87,12 @@ def write_task_file(worktree: str, stage_input: StageInput, spec: StageSpec, mov
     return name
 
 
+def previous_session(work_item: str, role: str) -> str | None:
+    """The CLI session of the role's last successful run, to continue when work comes back to it."""
+    runs = [r for r in Ledger.from_settings().agent_runs(work_item) if r.role == role and r.session_id and r.exit_code == 0]
+    return runs[-1].session_id if runs else None
+
+
 def load_profile(stage_input: StageInput) -> AgentProfile:
     agent = stage_input.request.agent
     if agent.profile_block:
@@ -129,7 +135,11 @@ def prepare_agent_invocation(worktree: str, stage_input: StageInput, spec: Stage
         role=spec.role,
         worktree=worktree,
         argv=profile.build_command(
-            role=spec.role, task_file=task_file, system_prompt_file=prompt_file, max_budget_usd=left
+            role=spec.role,
+            task_file=task_file,
+            system_prompt_file=prompt_file,
+            max_budget_usd=left,
+            resume_session=previous_session(request.work_item, spec.role) if stage_input.feedback else None,
         ),
         timeout_seconds=profile.timeout_for(spec.role),
         protocol_env=protocol_env,

@@ -125,6 +125,15 @@ def test_pipeline_with_the_real_claude_cli(tmp_path: Path, data_dir: Path, fake_
     assert item["state"] == "done"
     assert item["usage"]["cost_usd"] == pytest.approx(sum(r.cost_usd for r in ok), abs=1e-6)
     assert item["usage"]["output_tokens"] == sum(r.output_tokens for r in ok)
+    # The developer's second round continued its first session, with the review in its task.
+    first_dev, second_dev = [r for r in runs if r.role == "developer"]
+    second_argv = Path(second_dev.log_path).read_text().splitlines()[0]
+    assert f"--resume {first_dev.session_id}" in second_argv
+    first_argv = Path(first_dev.log_path).read_text().splitlines()[0]
+    assert "--resume" not in first_argv
+    # The model saw round one again: a request whose history holds the developer's prompt twice.
+    asked = [json.dumps(r["body"].get("messages", [])) for r in fake_api.message_requests()]
+    assert any(text.count("You are the developer") >= 2 for text in asked)
     # What the CLI's tools wrote was committed and merged.
     merged = os.popen(f"git -C {origin} show main:src/feature.py").read()
     assert "return 2" in merged  # the developer's second round, after the review
