@@ -37,11 +37,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from forge_servers.common import Fault, RecordedRequest, ThreadedForgeServer
 from forge_servers.swagger_contract import DEFAULT_DOCUMENT, Match, SwaggerContract
 
 DEFAULT_TOKEN = "gitea-test-token"
@@ -91,35 +92,6 @@ def git(cwd: Path, *args: str, check: bool = True, stdin: str | None = None) -> 
 
 
 @dataclass
-class RecordedRequest:
-    """One request as the server saw it; ``status`` is what it answered."""
-
-    method: str
-    path: str  # raw path, from /api/v1 on, without the query
-    query: dict[str, list[str]]
-    body: Any
-    headers: dict[str, str]
-    operation: str | None = None
-    status: int | None = None
-    injected: bool = False
-
-
-@dataclass
-class Fault:
-    method: str
-    path_regex: str
-    status: int | None
-    timeout: float | None
-    times: int
-    headers: dict[str, str]
-    after: bool
-    message: str | None
-
-    def matches(self, method: str, path: str) -> bool:
-        return self.times > 0 and self.method in ("*", method) and re.search(self.path_regex, path) is not None
-
-
-@dataclass
 class Repo:
     owner: str
     name: str
@@ -140,64 +112,21 @@ class ApiError(Exception):
 Answer = tuple[int, Any, dict[str, str]]
 
 
-class GiteaTestServer:
+class GiteaTestServer(ThreadedForgeServer):
     """A Gitea-like API on 127.0.0.1 (port 0); use as a context manager or call start()/close()."""
 
+    name = "gitea"
+
     def __init__(self, root: Path | None = None, *, token: str = DEFAULT_TOKEN, check_responses: bool = True) -> None:
-        self._owns_root = root is None
-        self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="gitea-test-server-"))
+        super().__init__(root)
         self.token = token
         self.check_responses = check_responses
         self.contract = shared_contract()
-        self.requests: list[RecordedRequest] = []
-        self.violations: list[str] = []  # requests that depart from the Swagger document
         self.response_problems: list[str] = []  # answers of this server that depart from it
         self.repos: dict[tuple[str, str], Repo] = {}
-        self._faults: list[Fault] = []
-        self._lock = threading.RLock()
         self._merge_lock = threading.Lock()
         self._ids = 0
         self._mergeable_cache: dict[tuple[str, str], bool] = {}
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle -----------------------------------------------------------------
-
-    def start(self) -> "GiteaTestServer":
-        handler = type("BoundGiteaHandler", (_Handler,), {"api": self})
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        httpd.daemon_threads = True
-        httpd.block_on_close = False  # a handler asleep in an injected timeout must not hold close()
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="gitea-test-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-        if self._owns_root:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> "GiteaTestServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def port(self) -> int:
-        assert self._httpd is not None, "the server is not started"
-        return int(self._httpd.server_address[1])
-
-    @property
-    def web_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def api_url(self) -> str:
@@ -237,32 +166,9 @@ class GiteaTestServer:
             branches = self._branches(record)
             return [self._pull_json(record, pr, branches) for pr in record.pulls]
 
-    def inject(
-        self,
-        method: str,
-        path_regex: str,
-        *,
-        status: int | None = None,
-        timeout: float | None = None,
-        times: int = 1,
-        headers: dict[str, str] | None = None,
-        after: bool = False,
-        message: str | None = None,
-    ) -> None:
-        """The next ``times`` requests ``method`` (or ``*``) whose path (from ``/repos``…, ``re.search``)
-        matches fail: with ``status``, and/or after sleeping ``timeout`` seconds (a client with a shorter
-        timeout sees a timeout). With ``after=True`` the operation is carried out first and only its answer
-        is replaced, as when a response is lost. Faults are applied after authentication and routing.
-        """
-        if status is None and timeout is None:
-            raise ValueError("inject needs a status, a timeout or both")
-        with self._lock:
-            self._faults.append(Fault(method.upper(), path_regex, status, timeout, times, dict(headers or {}), after, message))
-
     def reset_log(self) -> None:
+        super().reset_log()
         with self._lock:
-            self.requests.clear()
-            self.violations.clear()
             self.response_problems.clear()
 
     # -- state -----------------------------------------------------------------------
@@ -302,14 +208,6 @@ class GiteaTestServer:
             ref[len("refs/heads/"):]: sha
             for sha, ref in (line.split(" ", 1) for line in listed.splitlines() if line)
         }
-
-    def _take_fault(self, method: str, path: str) -> Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.matches(method, path):
-                    fault.times -= 1
-                    return fault
-        return None
 
     def _find_pull(self, record: Repo, number: int) -> dict[str, Any]:
         for pr in record.pulls:
@@ -676,3 +574,6 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (an injected timeout)
             pass
 
+
+
+GiteaTestServer.handler_class = _Handler

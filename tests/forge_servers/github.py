@@ -26,11 +26,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
+from forge_servers.common import Fault, RecordedRequest, ThreadedForgeServer
 from forge_servers.github_contract import API_VERSIONS, Checked, check_request
 
 DEFAULT_TOKEN = "test-token"
@@ -75,35 +76,6 @@ def _git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
 
 
 @dataclass
-class RecordedRequest:
-    """One request as the server saw it; ``status`` is what it answered."""
-
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    body: Any
-    headers: dict[str, str]
-    operation: str | None = None
-    status: int | None = None
-    injected: bool = False
-
-
-@dataclass
-class Fault:
-    method: str
-    path_regex: str
-    status: int | None
-    timeout: float | None
-    times: int
-    headers: dict[str, str]
-    after: bool
-    message: str | None
-
-    def matches(self, method: str, path: str) -> bool:
-        return self.times > 0 and self.method in ("*", method) and re.search(self.path_regex, path) is not None
-
-
-@dataclass
 class Repo:
     owner: str
     name: str
@@ -135,62 +107,18 @@ def _custom(message: str) -> ApiError:
     return ApiError(422, "Validation Failed", [{"resource": "PullRequest", "code": "custom", "message": message}])
 
 
-class GitHubTestServer:
+class GitHubTestServer(ThreadedForgeServer):
     """GitHub's REST API on 127.0.0.1 over bare repositories under ``root``; a context manager."""
 
+    name = "github"
+
     def __init__(self, root: Path | None = None, *, token: str = DEFAULT_TOKEN, path_prefix: str = "") -> None:
-        self._own_root = root is None
-        self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="github-test-server-"))
-        self.root.mkdir(parents=True, exist_ok=True)
+        super().__init__(root)
         self.token = token
         self.path_prefix = path_prefix.rstrip("/")
-        self.requests: list[RecordedRequest] = []
-        self.violations: list[str] = []
-        self._faults: list[Fault] = []
         self._repos: dict[tuple[str, str], Repo] = {}
-        self._lock = threading.RLock()
         self._ids = 1000
         self._rate_remaining = 5000
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle -----------------------------------------------------------------
-
-    def start(self) -> "GitHubTestServer":
-        handler = type("Handler", (_Handler,), {"api": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="github-test-server", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-        if self._own_root:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> "GitHubTestServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def port(self) -> int:
-        assert self._httpd is not None, "the server is not started"
-        return self._httpd.server_address[1]
-
-    @property
-    def web_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def api_url(self) -> str:
@@ -274,37 +202,13 @@ class GitHubTestServer:
             record = self._repo(owner, repo)
             return [self._pull_json(record, pr) for pr in record.pulls]
 
-    def inject(
-        self,
-        method: str,
-        path_regex: str,
-        *,
-        status: int | None = None,
-        timeout: float | None = None,
-        times: int = 1,
-        headers: dict[str, str] | None = None,
-        after: bool = False,
-        message: str | None = None,
-    ) -> None:
-        """Answer the next ``times`` requests matching ``method`` and ``path_regex`` (searched) with a fault.
-
-        ``status``: 5xx, 429, or 403 (a rate limit: ``x-ratelimit-remaining: 0`` and a reset one second
-        ahead unless ``headers`` say otherwise). ``timeout``: wait that long before answering.
-        ``after=True``: do the operation first, then answer the fault (the response is lost).
-        """
-        if status is None and timeout is None:
-            raise ValueError("inject needs a status, a timeout or both")
-        extra = {key.lower(): value for key, value in (headers or {}).items()}
+    def _fault_headers(self, status: int | None, headers: dict[str, str]) -> dict[str, str]:
+        """GitHub's rate-limit answers: a 403 says the limit is spent and when it resets."""
+        extra = {key.lower(): value for key, value in headers.items()}
         if status == 403:
             extra.setdefault("x-ratelimit-remaining", "0")
             extra.setdefault("x-ratelimit-reset", str(int(time.time()) + 1))
-        with self._lock:
-            self._faults.append(Fault(method.upper(), path_regex, status, timeout, times, extra, after, message))
-
-    def reset_log(self) -> None:
-        with self._lock:
-            self.requests.clear()
-            self.violations.clear()
+        return extra
 
     # -- internals -----------------------------------------------------------------
 
@@ -335,14 +239,6 @@ class GitHubTestServer:
             if done.returncode == 0:
                 return done.stdout.strip()
         raise ApiError(422, f"No commit found for SHA: {ref}")
-
-    def _take_fault(self, method: str, path: str) -> Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.matches(method, path):
-                    fault.times -= 1
-                    return fault
-        return None
 
     def _rate_headers(self) -> dict[str, str]:
         with self._lock:
@@ -729,3 +625,6 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+
+GitHubTestServer.handler_class = _Handler

@@ -1,0 +1,141 @@
+"""What the forge test servers share: the request log, fault injection, and a threaded server's life.
+
+`GiteaTestServer` and `GitHubTestServer` subclass :class:`ThreadedForgeServer` and add
+their API; each request handler asks :meth:`ThreadedForgeServer._take_fault` whether
+to fail the request it is answering.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the server saw it; ``status`` is what it answered."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    body: Any
+    headers: dict[str, str]
+    operation: str | None = None
+    status: int | None = None
+    injected: bool = False
+
+
+@dataclass
+class Fault:
+    method: str
+    path_regex: str
+    status: int | None
+    timeout: float | None
+    times: int
+    headers: dict[str, str]
+    after: bool
+    message: str | None
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.times > 0 and self.method in ("*", method) and re.search(self.path_regex, path) is not None
+
+
+class ThreadedForgeServer:
+    """A forge API on 127.0.0.1 (port 0) in a thread, over repositories under ``root``; a context manager."""
+
+    name: ClassVar[str] = "forge"
+    handler_class: ClassVar[type[BaseHTTPRequestHandler]]
+
+    def __init__(self, root: Path | None = None) -> None:
+        self._owns_root = root is None
+        self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix=f"{self.name}-test-server-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.requests: list[RecordedRequest] = []
+        self.violations: list[str] = []
+        self._faults: list[Fault] = []
+        self._lock = threading.RLock()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Self:
+        handler = type(f"Bound{type(self).__name__}Handler", (self.handler_class,), {"api": self})
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        httpd.daemon_threads = True
+        httpd.block_on_close = False  # a handler asleep in an injected timeout must not hold close()
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=f"{self.name}-test-server", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._owns_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None, "the server is not started"
+        return int(self._httpd.server_address[1])
+
+    @property
+    def web_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def inject(
+        self,
+        method: str,
+        path_regex: str,
+        *,
+        status: int | None = None,
+        timeout: float | None = None,
+        times: int = 1,
+        headers: dict[str, str] | None = None,
+        after: bool = False,
+        message: str | None = None,
+    ) -> None:
+        """Fail the next ``times`` requests ``method`` (or ``*``) whose path matches ``path_regex`` (searched):
+        with ``status``, and/or after sleeping ``timeout`` seconds. With ``after=True`` the operation is
+        carried out first and only its answer is replaced, as when a response is lost.
+        """
+        if status is None and timeout is None:
+            raise ValueError("inject needs a status, a timeout or both")
+        extra = self._fault_headers(status, headers or {})
+        with self._lock:
+            self._faults.append(Fault(method.upper(), path_regex, status, timeout, times, extra, after, message))
+
+    def _fault_headers(self, status: int | None, headers: dict[str, str]) -> dict[str, str]:
+        """Headers of an injected answer; a forge adds what its real faults carry."""
+        return dict(headers)
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.matches(method, path):
+                    fault.times -= 1
+                    return fault
+        return None
+
+    def reset_log(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.violations.clear()
