@@ -27,14 +27,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sdlc.models import PullRequestRef, validate_branch, validate_work_item_id
+from sdlc.models import PullRequestRef, validate_branch
 from tasks.ci_status import CiStatus
 from tasks.failures import PermanentError, TransientError
 from tasks.forge_http import RestRepository, forge_message, ref_segment
 
 PAGE_LIMIT = 50  # Gitea's default MAX_RESPONSE_ITEMS: a larger limit is cut to it anyway
 MAX_PAGES = 100
-REFIND_ATTEMPTS = 3
 # How one Gitea commit status counts for the gate. `warning` and `skipped` are
 # finished and not failed: Gitea's own combined state folds them into success
 # (a job skipped by its `if:` or path filter, or a check that passed with
@@ -109,31 +108,11 @@ class GiteaForge(RestRepository):
             return None
         return pull_request_ref(min(found, key=lambda pr: int(pr["number"])))
 
-    def ensure_pull_request(self, *, branch: str, base: str, title: str, body: str, work_item: str) -> PullRequestRef:
-        """The one open PR of ``branch`` into ``base``; created only when there is none."""
-        validate_branch(branch)
-        validate_branch(base)
-        validate_work_item_id(work_item)
-        existing = self.find_open_pull_request(branch=branch, base=base)
-        if existing is not None:
-            return existing
-        # A 5xx or timeout on this POST is retried by `call`; if the lost attempt did create the
-        # PR, the retry answers 409 and the PR is found again below.
+    def _create_pull_request(self, *, branch: str, base: str, title: str, body: str) -> PullRequestRef | str:
         response = self._call(
             "POST", "/pulls", json={"head": branch, "base": base, "title": title, "body": body}, expected=(201, 409)
         )
-        if response.status_code == 201:
-            return pull_request_ref(response.json())
-        for attempt in range(REFIND_ATTEMPTS):
-            existing = self.find_open_pull_request(branch=branch, base=base)
-            if existing is not None:
-                return existing
-            if attempt + 1 < REFIND_ATTEMPTS:
-                self._sleep(self._retry.backoff_base_seconds * 2**attempt)
-        raise TransientError(
-            f"Gitea says a pull request already exists for {branch} into {base} of {self.owner}/{self.repo} "
-            f"({forge_message(response)}), but lists none open"
-        )
+        return pull_request_ref(response.json()) if response.status_code == 201 else forge_message(response)
 
     def get_pull_request(self, *, number: int) -> PullRequestRef:
         return pull_request_ref(self._call("GET", f"/pulls/{int(number)}").json())

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdlc.models import PullRequestRef, validate_branch, validate_work_item_id
+from sdlc.models import PullRequestRef, validate_branch
 from tasks.ci_status import CiStatus
 from tasks.failures import PermanentError, TransientError
 from tasks.forge_http import ForgeHTTPError, RestRepository, forge_message, ref_segment
@@ -31,7 +31,6 @@ MAX_PAGES = 50
 FAILED_STATUSES = frozenset({"failure", "error"})
 FAILED_CONCLUSIONS = frozenset({"failure", "timed_out", "cancelled", "action_required"})
 DUPLICATE_MESSAGE = "a pull request already exists"
-REFIND_ATTEMPTS = 3
 
 
 
@@ -78,33 +77,17 @@ class GitHubForge(RestRepository):
             return None
         return self._to_ref(min(pulls, key=lambda pr: int(pr["number"])))
 
-    def ensure_pull_request(self, *, branch: str, base: str, title: str, body: str, work_item: str) -> PullRequestRef:
-        """The one open PR of ``branch`` into ``base``; created only when there is none."""
-        validate_branch(branch)
-        validate_branch(base)
-        validate_work_item_id(work_item)
-        existing = self.find_open_pull_request(branch=branch, base=base)
-        if existing is not None:
-            return existing
+    def _create_pull_request(self, *, branch: str, base: str, title: str, body: str) -> PullRequestRef | str:
         path = "/pulls"
         response = self._call(
             "POST", path, json={"title": title, "head": branch, "base": base, "body": body}, expected=(201, 422)
         )
         if response.status_code == 201:
             return self._to_ref(response.json())
-        messages = _error_messages(response)
-        if not any(DUPLICATE_MESSAGE in message.lower() for message in messages):
+        # GitHub answers a duplicate with 422 "A pull request already exists"; any other 422 is an error.
+        if not any(DUPLICATE_MESSAGE in message.lower() for message in _error_messages(response)):
             raise ForgeHTTPError("POST", self._base + path, 422, forge_message(response))
-        # Someone (maybe our own create, retried after its answer was lost) opened it: find that one.
-        for attempt in range(REFIND_ATTEMPTS):
-            existing = self.find_open_pull_request(branch=branch, base=base)
-            if existing is not None:
-                return existing
-            if attempt + 1 < REFIND_ATTEMPTS:
-                self._sleep(self._retry.backoff_base_seconds * 2**attempt)
-        raise TransientError(
-            f"GitHub says a pull request already exists for {self.owner}:{branch} into {base}, but lists none open"
-        )
+        return forge_message(response)
 
     def get_pull_request(self, *, number: int) -> PullRequestRef:
         return self._to_ref(self._call("GET", f"/pulls/{int(number)}").json())

@@ -18,11 +18,14 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, Field
 
+from sdlc.models import PullRequestRef, validate_branch, validate_work_item_id
 from tasks.failures import PermanentError, TransientError
 from tasks.retry_policy import backoff_seconds
 
 if TYPE_CHECKING:
     from blocks.forge import _ForgeCredentials
+
+REFIND_ATTEMPTS = 3
 
 logger = logging.getLogger("sdlc.forge")
 
@@ -181,6 +184,39 @@ class RestRepository:
         return call(
             self._client, method, self._base + path, params=params, json=json,
             expected=expected, retry=self._retry, sleep=self._sleep,
+        )
+
+    def find_open_pull_request(self, *, branch: str, base: str) -> PullRequestRef | None:
+        raise NotImplementedError
+
+    def _create_pull_request(self, *, branch: str, base: str, title: str, body: str) -> PullRequestRef | str:
+        """Create the PR; the forge's answer when it says one already exists."""
+        raise NotImplementedError
+
+    def ensure_pull_request(self, *, branch: str, base: str, title: str, body: str, work_item: str) -> PullRequestRef:
+        """The one open PR of ``branch`` into ``base``; created only when there is none.
+
+        A 5xx or timeout on the create is retried by :func:`call`; if the lost attempt did
+        create the PR, the retry is answered "already exists" and that PR is found again.
+        """
+        validate_branch(branch)
+        validate_branch(base)
+        validate_work_item_id(work_item)
+        existing = self.find_open_pull_request(branch=branch, base=base)
+        if existing is not None:
+            return existing
+        created = self._create_pull_request(branch=branch, base=base, title=title, body=body)
+        if not isinstance(created, str):
+            return created
+        for attempt in range(REFIND_ATTEMPTS):
+            existing = self.find_open_pull_request(branch=branch, base=base)
+            if existing is not None:
+                return existing
+            if attempt + 1 < REFIND_ATTEMPTS:
+                self._sleep(self._retry.backoff_base_seconds * 2**attempt)
+        raise TransientError(
+            f"{self.forge_name} says a pull request already exists for {branch} into {base} of "
+            f"{self.owner}/{self.repo} ({created}), but lists none open"
         )
 
     def default_branch(self) -> str:
