@@ -7,6 +7,7 @@ to fail the request it is answering.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import tempfile
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar, Self
+from urllib.parse import parse_qs, urlsplit
 
 
 @dataclass
@@ -139,3 +141,65 @@ class ThreadedForgeServer:
         with self._lock:
             self.requests.clear()
             self.violations.clear()
+
+
+@dataclass
+class IncomingRequest:
+    """What a handler read off the wire: the logged record, plus what it needs to check and route."""
+
+    record: RecordedRequest
+    headers: dict[str, str]
+    raw_body: bytes
+    bad_json: bool
+
+
+class ForgeRequestHandler(BaseHTTPRequestHandler):
+    """HTTP plumbing of the forge test servers; a subclass answers in `_serve(method)`."""
+
+    api: Any
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        pass
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_PUT(self) -> None:
+        self._serve("PUT")
+
+    def do_PATCH(self) -> None:
+        self._serve("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
+
+    def _serve(self, method: str) -> None:
+        raise NotImplementedError
+
+    def _read_request(self, method: str, path_prefix: str = "") -> IncomingRequest:
+        """Parse the request, log it (token masked) in the server's request log."""
+        split = urlsplit(self.path)
+        raw_path = split.path
+        if path_prefix and raw_path.startswith(path_prefix + "/"):
+            raw_path = raw_path[len(path_prefix):]
+        query = parse_qs(split.query, keep_blank_values=True)
+        length = int(self.headers.get("Content-Length") or 0)
+        raw_body = self.rfile.read(length) if length else b""
+        headers = {key.lower(): value for key, value in self.headers.items()}
+        shown = {**headers, **({"authorization": "***"} if "authorization" in headers else {})}
+        body: Any = None
+        bad_json = False
+        if raw_body:
+            try:
+                body = json.loads(raw_body)
+            except ValueError:
+                bad_json = True
+        record = RecordedRequest(method, raw_path, query, body, shown)
+        with self.api._lock:
+            self.api.requests.append(record)
+        return IncomingRequest(record=record, headers=headers, raw_body=raw_body, bad_json=bad_json)

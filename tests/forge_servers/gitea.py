@@ -37,12 +37,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-from forge_servers.common import Fault, RecordedRequest, ThreadedForgeServer
+from forge_servers.common import Fault, ForgeRequestHandler, RecordedRequest, ThreadedForgeServer
 from forge_servers.swagger_contract import DEFAULT_DOCUMENT, Match, SwaggerContract
 
 DEFAULT_TOKEN = "gitea-test-token"
@@ -472,49 +470,15 @@ class GiteaTestServer(ThreadedForgeServer):
         return 200, page, headers
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(ForgeRequestHandler):
     api: GiteaTestServer
-    protocol_version = "HTTP/1.1"
     server_version = "GiteaTestServer/1.25.4"
-    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-        pass
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def do_PUT(self) -> None:
-        self._serve("PUT")
-
-    def do_PATCH(self) -> None:
-        self._serve("PATCH")
-
-    def do_DELETE(self) -> None:
-        self._serve("DELETE")
 
     def _serve(self, method: str) -> None:
         api = self.api
-        split = urlsplit(self.path)
-        raw_path = split.path
-        query = parse_qs(split.query, keep_blank_values=True)
-        length = int(self.headers.get("Content-Length") or 0)
-        raw_body = self.rfile.read(length) if length else b""
-        headers = {key.lower(): value for key, value in self.headers.items()}
-        shown = {**headers, **({"authorization": "***"} if "authorization" in headers else {})}
-        body: Any = None
-        bad_json = False
-        if raw_body:
-            try:
-                body = json.loads(raw_body)
-            except ValueError:
-                bad_json = True
-        record = RecordedRequest(method, raw_path, query, body, shown)
-        with api._lock:
-            api.requests.append(record)
+        incoming = self._read_request(method)
+        record, headers, raw_body, bad_json = incoming.record, incoming.headers, incoming.raw_body, incoming.bad_json
+        raw_path, query, body = record.path, record.query, record.body
         match = api.contract.check_request(method, raw_path, query, raw_body, headers.get("content-type"))
         record.operation = match.operation_id
         if match.violations:

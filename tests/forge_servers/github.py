@@ -26,12 +26,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import parse_qs, urlsplit
 
-from forge_servers.common import Fault, RecordedRequest, ThreadedForgeServer
+from forge_servers.common import Fault, ForgeRequestHandler, RecordedRequest, ThreadedForgeServer
 from forge_servers.github_contract import API_VERSIONS, Checked, check_request
 
 DEFAULT_TOKEN = "test-token"
@@ -516,52 +514,15 @@ class GitHubTestServer(ThreadedForgeServer):
         return 200, self._page(record.comments.get(number, []), query), {}
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(ForgeRequestHandler):
     api: GitHubTestServer
-    protocol_version = "HTTP/1.1"
     server_version = "GitHubTestServer/1"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-        pass
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def do_PUT(self) -> None:
-        self._serve("PUT")
-
-    def do_PATCH(self) -> None:
-        self._serve("PATCH")
-
-    def do_DELETE(self) -> None:
-        self._serve("DELETE")
 
     def _serve(self, method: str) -> None:
         api = self.api
-        split = urlsplit(self.path)
-        raw_path = split.path
-        if api.path_prefix and raw_path.startswith(api.path_prefix + "/"):
-            raw_path = raw_path[len(api.path_prefix) :]
-        query = parse_qs(split.query, keep_blank_values=True)
-        length = int(self.headers.get("Content-Length") or 0)
-        raw_body = self.rfile.read(length) if length else b""
-        headers = {key.lower(): value for key, value in self.headers.items()}
-        shown = dict(headers)
-        if "authorization" in shown:
-            shown["authorization"] = "***"
-        body: Any = None
-        bad_json = False
-        if raw_body:
-            try:
-                body = json.loads(raw_body)
-            except ValueError:
-                bad_json = True
-        record = RecordedRequest(method, raw_path, query, body, shown)
-        with api._lock:
-            api.requests.append(record)
+        incoming = self._read_request(method, api.path_prefix)
+        record, headers, bad_json = incoming.record, incoming.headers, incoming.bad_json
+        raw_path, query, body = record.path, record.query, record.body
         checked = check_request(method, raw_path, query, body, headers)
         record.operation = checked.operation.name if checked.operation else None
         if checked.violations:
