@@ -11,11 +11,13 @@ from collections import Counter
 from typing import Any
 
 from prefect import flow
-from prefect.flow_runs import pause_flow_run
-from prefect.runtime import flow_run
+from prefect.flow_runs import pause_flow_run, suspend_flow_run
+from prefect.runtime import deployment, flow_run
 
 from flows.inputs import AnalystAnswers, ApprovalDecision
+from flows.replay import replayed
 from flows.stages import stage_flow
+from blocks.plane import StateKey
 from sdlc.config import current_graph
 from sdlc.graph import BLOCKED, DONE
 from sdlc.models import (
@@ -28,10 +30,16 @@ from sdlc.models import (
     WorkItemState,
 )
 from sdlc.settings import get_settings
+from tasks import forge, notify as notifications, tracking
 from tasks.failures import SdlcError
-from tasks.forge import merge_pull_request
-from tasks.notify import notify
-from tasks.tracking import record_transition, register_work_item, set_work_item_state
+
+# A resumed run (after a pause, a crash or a retry) replays these instead of redoing them (B21).
+merge_pull_request = replayed(forge.merge_pull_request)
+notify = replayed(notifications.notify)
+record_transition = replayed(tracking.record_transition)
+register_work_item = replayed(tracking.register_work_item)
+set_work_item_state = replayed(tracking.set_work_item_state)
+sync_tracker = replayed(tracking.sync_tracker)
 
 
 class WorkItemBlocked(SdlcError):
@@ -66,23 +74,66 @@ def _feedback_from(result: StageResult) -> Feedback:
     return Feedback(source=result.stage, summary=summary, file=gate.artifact)
 
 
+def _wait_for_input(form: Any, *, key: str, timeout: float | None) -> Any:
+    """Wait for a person. A deployed run suspends: no process stays alive while they think (B21)."""
+    if deployment.id:
+        return suspend_flow_run(wait_for_input=form, timeout=timeout, key=key)
+    # A run without a deployment can only pause in its own process.
+    return pause_flow_run(
+        wait_for_input=form,
+        timeout=timeout,
+        poll_interval=get_settings().approval_poll_seconds,
+        key=key,
+    )
+
+
+def _tell(
+    request: WorkItemRequest,
+    run_id: str | None,
+    event: notifications.Event,
+    message: str,
+    *,
+    tracker_state: StateKey | None = None,
+    comment: str | None = None,
+) -> None:
+    """One event, to everyone who follows the work item: notifiers (B51) and its tracker (B50)."""
+    notify(event, message, work_item=request.work_item, flow_run_id=run_id)
+    if request.tracker is not None:
+        sync_tracker(request, tracker_state, comment or message, link=notifications.flow_run_url(run_id))
+
+
+def _move(request: WorkItemRequest, run_id: str | None, from_stage: str | None, to_stage: str, reason: str) -> None:
+    """A stage transition: in the ledger, and as the tracker's state and a comment (B50)."""
+    record_transition(request.work_item, from_stage, to_stage, reason)
+    if request.tracker is not None and to_stage not in (DONE, BLOCKED):
+        arrow = f"{from_stage} -> {to_stage}" if from_stage else f"starts at {to_stage}"
+        sync_tracker(
+            request,
+            current_graph().stage(to_stage).tracker_state,
+            f"{request.work_item} {arrow}: {reason}",
+            link=notifications.flow_run_url(run_id),
+        )
+
+
 def _wait_for_approval(request: WorkItemRequest, stage: str, visit: int, run_id: str | None) -> ApprovalDecision:
     if request.auto_approve:
         return ApprovalDecision(approve=True, approver="auto-approve", comment="")
     set_work_item_state(request.work_item, WorkItemState.waiting_approval, stage, "waiting for approval of the analysis")
-    notify(
+    _tell(
+        request,
+        run_id,
         "approval_requested",
         f"{request.work_item} analysis is ready: approve in the UI or run `sdlc approve {request.work_item}`",
-        work_item=request.work_item,
-        flow_run_id=run_id,
+        tracker_state="in_review",
+        comment=f"The analysis of {request.work_item} is ready for approval. "
+        "Reply /approve to go on, or /reject with what to change.",
     )
-    decision = pause_flow_run(
-        wait_for_input=ApprovalDecision.with_initial_data(
+    decision: ApprovalDecision = _wait_for_input(
+        ApprovalDecision.with_initial_data(
             description=f"Approve the analysis of {request.work_item}: {request.title}", approver="", comment=""
         ),
-        timeout=request.approval_timeout_seconds,
-        poll_interval=get_settings().approval_poll_seconds,
         key=f"approval-{stage}-{visit}",
+        timeout=request.approval_timeout_seconds,
     )
     set_work_item_state(request.work_item, WorkItemState.running, stage, None)
     return decision
@@ -90,20 +141,22 @@ def _wait_for_approval(request: WorkItemRequest, stage: str, visit: int, run_id:
 
 def _wait_for_answers(request: WorkItemRequest, result: StageResult, run_id: str | None) -> AnalystAnswers:
     set_work_item_state(request.work_item, WorkItemState.needs_input, result.stage, result.gate.reason)
-    notify(
+    _tell(
+        request,
+        run_id,
         "input_requested",
         f"{request.work_item} needs input: the analyst asked questions ({result.gate.artifact}); "
         f"answer in the UI or run `sdlc answer {request.work_item} --file ANSWERS.md`",
-        work_item=request.work_item,
-        flow_run_id=run_id,
+        tracker_state="needs_input",
+        comment=f"The analyst of {request.work_item} has questions:\n\n{result.gate.details}\n\n"
+        "Reply /answer followed by your answers.",
     )
-    answers = pause_flow_run(
-        wait_for_input=AnalystAnswers.with_initial_data(
+    answers: AnalystAnswers = _wait_for_input(
+        AnalystAnswers.with_initial_data(
             description=f"Questions from the analyst of {request.work_item}:\n\n{result.gate.details}"
         ),
-        timeout=request.approval_timeout_seconds,
-        poll_interval=get_settings().approval_poll_seconds,
         key=f"answers-{result.stage}-{result.visit}",
+        timeout=request.approval_timeout_seconds,
     )
     set_work_item_state(request.work_item, WorkItemState.running, result.stage, None)
     return answers
@@ -119,14 +172,14 @@ def sdlc_pipeline(request: WorkItemRequest) -> PipelineResult:
     notify("work_item_started", f"{work_item} started: {request.title}", work_item=work_item, flow_run_id=run_id)
 
     stage = graph.start
-    record_transition(work_item, None, stage, "work item started")
+    _move(request, run_id, None, stage, "work item started")
     feedback: list[Feedback] = []
     visits: Counter[str] = Counter()
     pull_request: PullRequestRef | None = None
 
     def block(at: str, reason: str) -> PipelineResult:
         set_work_item_state(work_item, WorkItemState.blocked, at, reason)
-        notify("blocked", f"{work_item} blocked at {at}: {reason}", work_item=work_item, flow_run_id=run_id)
+        _tell(request, run_id, "blocked", f"{work_item} blocked at {at}: {reason}", tracker_state="blocked")
         raise WorkItemBlocked(f"{work_item} blocked at {at}: {reason}")
 
     while True:
@@ -142,20 +195,22 @@ def sdlc_pipeline(request: WorkItemRequest) -> PipelineResult:
         route = graph.route(stage, result.gate.outcome)
         feedback = [] if route.feedback == "none" else [_feedback_from(result)]
         if not result.gate.passed:
-            notify(
+            gate = result.gate
+            _tell(
+                request,
+                run_id,
                 "gate_failed",
-                f"{work_item} {stage} gate: {result.gate.reason}",
-                work_item=work_item,
-                flow_run_id=run_id,
+                f"{work_item} {stage} gate: {gate.reason}",
+                comment=f"{work_item} {stage} gate: {gate.reason}" + (f"\n\n{gate.details}" if gate.details else ""),
             )
 
         if result.gate.passed and spec.requires_approval:
             decision = _wait_for_approval(request, stage, visits[stage], run_id)
             if not decision.approve:
                 feedback = [Feedback(source=f"rejection by {decision.approver}", summary=decision.comment)]
-                record_transition(work_item, stage, stage, f"rejected by {decision.approver}: {decision.comment}")
+                _move(request, run_id, stage, stage, f"rejected by {decision.approver}: {decision.comment}")
                 continue
-            record_transition(work_item, stage, route.to, f"approved by {decision.approver}")
+            _move(request, run_id, stage, route.to, f"approved by {decision.approver}")
         elif route.wait_for == "answers":
             answers = _wait_for_answers(request, result, run_id)
             feedback = [
@@ -173,12 +228,12 @@ def sdlc_pipeline(request: WorkItemRequest) -> PipelineResult:
             return block(at, result.gate.reason)
         if route.to == DONE:
             reason = f"{stage} passed" + (f", PR #{pull_request.number} merged" if pull_request else "")
-            record_transition(work_item, stage, DONE, reason)
+            _move(request, run_id, stage, DONE, reason)
             set_work_item_state(work_item, WorkItemState.done, DONE, reason)
-            notify("done", f"{work_item} {reason}", work_item=work_item, flow_run_id=run_id)
+            _tell(request, run_id, "done", f"{work_item} {reason}", tracker_state="done")
             return PipelineResult(
                 work_item=work_item, state=WorkItemState.done, stage=DONE, reason=reason, pull_request=pull_request
             )
         if not (result.gate.passed and spec.requires_approval):
-            record_transition(work_item, stage, route.to, result.gate.reason)
+            _move(request, run_id, stage, route.to, result.gate.reason)
         stage = route.to

@@ -11,15 +11,24 @@ from typing import Any
 
 from prefect import flow
 
+from flows.replay import replayed
 from sdlc.config import current_graph
 from sdlc.models import AgentResult, PullRequestRef, StageInput, StageResult
-from tasks.agent import AgentRunFailed, run_agent
-from tasks.forge import ensure_pull_request
-from tasks.gates import archive_stale_artifacts, run_gate
-from tasks.git import commit_and_push
-from tasks.taskfile import prepare_agent_invocation, write_task_file
-from tasks.tracking import record_pull_request
-from tasks.worktree import branch_lock, prepare_worktree
+from tasks import agent, forge, gates, git, taskfile, tracking, worktree
+from tasks.agent import AgentRunFailed
+from tasks.worktree import branch_lock
+
+# Finished steps are not redone when the stage runs again after a crash (B21).
+prepare_worktree = replayed(worktree.prepare_worktree)
+archive_stale_artifacts = replayed(gates.archive_stale_artifacts)
+write_task_file = replayed(taskfile.write_task_file)
+prepare_agent_invocation = replayed(taskfile.prepare_agent_invocation)
+run_agent = replayed(agent.run_agent)
+commit_and_push = replayed(git.commit_and_push)
+ensure_pull_request = replayed(forge.ensure_pull_request)
+record_pull_request = replayed(tracking.record_pull_request)
+run_gate = replayed(gates.run_gate)
+
 
 def _stage_run_name() -> str:
     from prefect.runtime import flow_run
@@ -31,7 +40,7 @@ def _stage_run_name() -> str:
     return f"{request.get('work_item', '?')}-{stage_input.get('stage', '?')}-{stage_input.get('visit', '?')}"
 
 
-@flow(name="sdlc-stage", flow_run_name=_stage_run_name, log_prints=True)
+@flow(name="sdlc-stage", flow_run_name=_stage_run_name, log_prints=True, persist_result=True)
 def stage_flow(stage_input: StageInput) -> StageResult:
     worktree = prepare_worktree(stage_input.request.repo, stage_input.request.feature_branch)
     with branch_lock(Path(worktree)):  # B2: runs on one branch never interleave

@@ -42,6 +42,8 @@ def resume_waiting_run(work_item: str, expected_state: WorkItemState, run_input:
             state = client.read_flow_run(UUID(row.flow_run_id)).state
         if state is not None and state.is_paused():
             resume_flow_run(UUID(row.flow_run_id), run_input=run_input)
+            # Answered: the run is no longer waiting, even before it is running again.
+            ledger.set_state(work_item, WorkItemState.running, reason=None)
             return
         if time.monotonic() > deadline:
             raise RuntimeError(f"the run of {work_item} did not pause within {RESUME_WAIT_SECONDS:.0f} s")

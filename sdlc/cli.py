@@ -19,7 +19,7 @@ from typing import Any, NoReturn, Sequence
 
 from pydantic import ValidationError
 
-from sdlc.models import AGENT_KINDS, AgentSpec, WorkItemRequest, WorkItemState, validate_work_item_id
+from sdlc.models import AGENT_KINDS, AgentSpec, ForgeSpec, TrackerSpec, WorkItemRequest, WorkItemState, validate_work_item_id
 from sdlc.approvals import resume_waiting_run
 from sdlc.settings import SdlcSettings, get_settings
 
@@ -58,9 +58,18 @@ def build_parser() -> OneLineParser:
     run.add_argument("--agent-profile", help="Name of a saved AgentProfile block.")
     run.add_argument("--agent-timeout", type=float, help="Seconds per agent run (default 1800).")
     run.add_argument("--scenario", help="Scenario file of the scripted agent (JSON or YAML).")
+    run.add_argument("--forge", choices=("local", "gitea", "github"), default="local", help="Where the PR lives (default local).")
+    run.add_argument("--forge-block", help="GiteaCredentials / GitHubCredentials block of --forge gitea|github.")
+    run.add_argument("--forge-repo", help="OWNER/NAME of the repository on --forge gitea|github.")
+    run.add_argument("--plane-block", help="PlaneCredentials block: keep this work item's Plane item in step (B50).")
+    run.add_argument("--plane-ref", help="The Plane work item (ENG-42 or its UUID); default the work item ID.")
     run.add_argument("--budget-usd", type=float, help="Spend budget of the work item in dollars (B34).")
     run.add_argument("--auto-approve", action="store_true", help="Do not pause for approval of the analysis.")
     run.add_argument("--verbose", action="store_true", help="Show Prefect's own log lines too.")
+
+    resume = commands.add_parser("resume", help="Go on with a work item whose run stopped (crash, closed terminal).")
+    resume.add_argument("work_item")
+    resume.add_argument("--verbose", action="store_true", help="Show Prefect's own log lines too.")
 
     demo = commands.add_parser("demo", help="Run a sample work item through every stage.")
     demo.add_argument("--wait-approval", action="store_true", help="Wait for a person to approve.")
@@ -123,7 +132,14 @@ def request_from_args(args: argparse.Namespace) -> WorkItemRequest:
         if not scenario.is_file():
             raise UsageError(f"scenario file {args.scenario} does not exist")
         agent_fields["scenario_file"] = str(scenario.resolve())
+    if args.plane_ref and not args.plane_block:
+        raise UsageError("--plane-ref needs --plane-block")
+    if args.forge == "local" and (args.forge_block or args.forge_repo):
+        raise UsageError("--forge-block and --forge-repo need --forge gitea or --forge github")
+    owner, _, name = (args.forge_repo or "").partition("/")
     try:
+        forge = ForgeSpec(kind=args.forge, credentials_block=args.forge_block, owner=owner or None, name=name or None)
+        tracker = TrackerSpec(credentials_block=args.plane_block, ref=args.plane_ref) if args.plane_block else None
         return WorkItemRequest(
             work_item=args.work_item,
             title=args.title,
@@ -131,6 +147,8 @@ def request_from_args(args: argparse.Namespace) -> WorkItemRequest:
             repo=args.repo,
             branch=args.branch,
             agent=AgentSpec(**agent_fields),
+            forge=forge,
+            tracker=tracker,
             budget_usd=args.budget_usd,
             auto_approve=args.auto_approve,
         )
@@ -209,38 +227,56 @@ class ProgressPrinter(threading.Thread):
             )
 
 
-def execute(request: WorkItemRequest, settings: SdlcSettings, *, verbose: bool) -> int:
+def execute(request: WorkItemRequest | None, work_item: str, settings: SdlcSettings, *, verbose: bool) -> int:
+    """Start (or, without a request, resume) the work item's run and drive it to its end."""
     from sdlc.server import ensure_prefect_api
 
     ensure_prefect_api(settings)
-    from flows.pipeline import sdlc_pipeline
+    from sdlc import runner
     from tasks.ledger import Ledger
 
     if not verbose:
         _quiet_prefect_console()
-    progress = ProgressPrinter(request.work_item)
-    progress.start()
+    progress = ProgressPrinter(work_item)
     try:
-        sdlc_pipeline(request=request, return_state=True)
+        run_id = runner.unfinished_run(work_item) if _ledger_exists(settings) else None
+        if run_id is not None:
+            runner.take_over(run_id, work_item)
+            progress.say(f"{work_item} has an unfinished run; going on with it (finished stages are not redone)")
+        elif request is None:
+            raise UsageError(f"{work_item} has no unfinished run to resume")
+        else:
+            run_id = runner.start_run(request)
+        progress.start()
+        runner.drive(run_id, work_item)
+    except runner.RunnerError as exc:
+        print(f"sdlc: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         progress.stopping.set()
-        progress.join(timeout=2)
+        if progress.is_alive():
+            progress.join(timeout=2)
     ledger = Ledger.from_settings()
     progress.poll(ledger)
-    row = ledger.get_work_item(request.work_item)
+    row = ledger.get_work_item(work_item)
     if row is not None and row.state == WorkItemState.done.value:
         pr = f" PR #{row.pr_number} merged ({row.pr_url})." if row.pr_number else ""
-        progress.say(f"{request.work_item} done.{pr}")
+        progress.say(f"{work_item} done.{pr}")
         return EXIT_OK
     reason = row.reason if row is not None else "the pipeline did not start"
     state = row.state if row is not None else "failed"
-    print(f"sdlc: {request.work_item} {state}: {reason}", file=sys.stderr)
+    print(f"sdlc: {work_item} {state}: {reason}", file=sys.stderr)
     return EXIT_FAILED
 
 
 def command_run(args: argparse.Namespace) -> int:
     request = request_from_args(args)
-    return execute(request, get_settings(), verbose=args.verbose)
+    return execute(request, request.work_item, get_settings(), verbose=args.verbose)
+
+
+def command_resume(args: argparse.Namespace) -> int:
+    _known_work_item(args.work_item)
+    return execute(None, args.work_item, get_settings(), verbose=args.verbose)
 
 
 # --- people in the loop ------------------------------------------------------
@@ -269,7 +305,16 @@ def command_approve(args: argparse.Namespace, approve: bool) -> int:
         {"approve": approve, "approver": args.by, "comment": args.comment},
     )
     print(f"{args.work_item} {'approved' if approve else 'rejected'} by {args.by}")
+    _hint_when_nobody_drives(args.work_item)
     return EXIT_OK
+
+
+def _hint_when_nobody_drives(work_item: str) -> None:
+    from sdlc import runner
+
+    row = _known_work_item(work_item)
+    if row.flow_run_id and runner.waits_for_a_driver(work_item, row.flow_run_id):
+        print(f"no `sdlc run` is waiting for {work_item} any more: run `sdlc resume {work_item}` to go on")
 
 
 def command_answer(args: argparse.Namespace) -> int:
@@ -285,6 +330,7 @@ def command_answer(args: argparse.Namespace) -> int:
         raise UsageError("the answers are empty")
     resume_waiting_run(args.work_item, WorkItemState.needs_input, {"answers": answers, "answered_by": args.by})
     print(f"{args.work_item} answered by {args.by}")
+    _hint_when_nobody_drives(args.work_item)
     return EXIT_OK
 
 
@@ -476,7 +522,7 @@ def command_demo(args: argparse.Namespace) -> int:
         threading.Thread(
             target=_approve_when_waiting, args=(work_item, args.approve_after, print), daemon=True
         ).start()
-    return execute(request, settings, verbose=args.verbose)
+    return execute(request, work_item, settings, verbose=args.verbose)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -485,6 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["SDLC_DATA_DIR"] = args.data_dir
     handlers = {
         "run": command_run,
+        "resume": command_resume,
         "demo": command_demo,
         "approve": lambda a: command_approve(a, True),
         "reject": lambda a: command_approve(a, False),

@@ -60,7 +60,9 @@ class StageSpec(BaseModel):
         description="Re-run an agent after a permanent failure; off where the exit code is the gate (transient failures are retried anyway).",
     )
     max_visits: int | None = Field(default=None, description="Entries into this stage per work item.")
-    tracker_state: str = "In Progress"
+    tracker_state: Literal["in_progress", "in_review", "needs_input", "blocked", "done"] = Field(
+        default="in_progress", description="Tracker state while this stage runs; the tracker block names it (B50)."
+    )
 
     @property
     def stale_artifacts(self) -> list[str]:
@@ -156,7 +158,7 @@ DEFAULT_GRAPH = StageGraph(
             gate="verdict",
             artifacts=["12-review.md"],
             verdicts={"pass": r"(?mi)^\W*verdict\W*:\W*approve\b", "request_changes": r"(?mi)^\W*verdict\W*:\W*request_changes\b"},
-            tracker_state="In Review",
+            tracker_state="in_review",
             routes={
                 "pass": {"to": "testing", "feedback": "none"},
                 "request_changes": {"to": "development"},

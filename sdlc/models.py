@@ -152,6 +152,23 @@ class ForgeSpec(BaseModel):
         return self
 
 
+class TrackerSpec(BaseModel):
+    """Where the work item is tracked (B50): a Plane work item kept in step with the pipeline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["plane"] = Field(default="plane", description="plane (the only tracker so far).")
+    credentials_block: str = Field(
+        min_length=1, max_length=200, pattern=r"^[a-z0-9][a-z0-9-]*$", description="Name of the PlaneCredentials block."
+    )
+    ref: str | None = Field(
+        default=None,
+        max_length=100,
+        pattern=r"^([A-Z][A-Z0-9]{0,11}-[0-9]{1,9}|[0-9a-fA-F-]{36})$",
+        description="The Plane work item: its human id (ENG-42) or UUID; default the work item ID.",
+    )
+
+
 class WorkItemRequest(BaseModel):
     """One work item to take through the pipeline: the pipeline flow's parameter."""
 
@@ -164,6 +181,7 @@ class WorkItemRequest(BaseModel):
     branch: str | None = Field(default=None, description="Default feature/<ID>-<slug of title>.")
     agent: AgentSpec = Field(default_factory=AgentSpec)
     forge: ForgeSpec = Field(default_factory=ForgeSpec)
+    tracker: TrackerSpec | None = Field(default=None, description="A Plane work item to keep in step; none by default.")
     budget_usd: float | None = Field(
         default=None, gt=0, description="Spend budget of the work item in dollars, from the agents' reported cost (B34)."
     )

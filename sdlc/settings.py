@@ -6,10 +6,22 @@ flag that sets ``SDLC_DATA_DIR`` takes effect without re-importing anything.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _block_refs(value: Any) -> Any:
+    """A list from the environment either way people write it: a JSON list or comma-separated."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        return json.loads(text)
+    return [ref.strip() for ref in text.split(",") if ref.strip()]
 
 
 class SdlcSettings(BaseSettings):
@@ -35,6 +47,11 @@ class SdlcSettings(BaseSettings):
     breaker_cooldown_seconds: float = Field(default=60, gt=0, description="How long an open breaker holds new runs.")
     approval_poll_seconds: int = Field(
         default=1, description="How often a paused pipeline checks for its approval input."
+    )
+    notify_blocks: Annotated[list[str], NoDecode, BeforeValidator(_block_refs)] = Field(
+        default_factory=list,
+        description='Notification blocks every message also goes to, as "block-type-slug/block-name" '
+        '(e.g. "sdlc-telegram/ops,slack-webhook/team").',
     )
 
     @property

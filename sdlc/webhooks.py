@@ -113,15 +113,36 @@ class IssueCommentPayload(_Loose):
     repository: ForgeRepository
 
 
+class PlaneCommentData(_Loose):
+    """A Plane `issue_comment` delivery's `data`: the comment, its author (a user UUID) and its work item."""
+
+    id: str = Field(max_length=100)
+    comment_html: str = Field(default="", max_length=262144)
+    actor: str = Field(max_length=100)
+    issue: str = Field(max_length=100)
+
+
+class PlaneCommentPayload(_Loose):
+    event: str
+    action: str
+    data: PlaneCommentData
+
+
 class Decision(BaseModel):
     """What a delivery asks for, after validation."""
 
-    kind: Literal["request", "approve", "reject", "ignore"]
+    kind: Literal["request", "approve", "reject", "answer", "ignore"]
     reason: str = ""
     request: WorkItemRequest | None = None
     work_item: str | None = None
+    tracker_item: str | None = Field(default=None, description="The tracker's own id when the delivery names no work item.")
     by: str | None = None
     comment: str = ""
+
+
+PLANE_COMMANDS: dict[str, Literal["approve", "reject", "answer"]] = {
+    "/approve": "approve", "/reject": "reject", "/answer": "answer",
+}
 
 
 def work_item_id(repository: ForgeRepository, number: int, settings: WebhookSettings) -> str:
@@ -177,7 +198,33 @@ def interpret(source: str, event: str, payload: dict[str, Any], settings: Webhoo
             by=by,
             comment=rest,
         )
+    if source == "plane" and event == "issue_comment":
+        from tasks.plane import html_to_text
+
+        data_p = PlaneCommentPayload.model_validate(payload)
+        text = html_to_text(data_p.data.comment_html).strip()
+        command = text.split(maxsplit=1)[0].lower() if text else ""
+        if data_p.action not in ("created", "create") or command not in PLANE_COMMANDS:
+            return Decision(kind="ignore", reason="a comment without /approve, /reject or /answer")
+        # Who may decide is the tracker block's list, checked when the work item is known (act).
+        return Decision(
+            kind=PLANE_COMMANDS[command], tracker_item=data_p.data.issue, by=data_p.data.actor, comment=text[len(command):].strip()
+        )
     return Decision(kind="ignore", reason=f"{source} event {event!r} starts nothing")
+
+
+def _plane_decision_target(decision: Decision) -> tuple[str | None, str]:
+    """The work item a Plane comment decides, when its author is one of the tracker block's approvers."""
+    from blocks.plane import PlaneCredentials
+    from tasks.ledger import Ledger
+
+    link = Ledger.from_settings().work_item_of_tracker_item("plane", decision.tracker_item or "")
+    if link is None:
+        return None, "no work item is linked to this Plane work item"
+    approvers = PlaneCredentials.load(link.credentials_block).approvers
+    if decision.by not in approvers:
+        return None, f"{decision.by} is not an approver in the {link.credentials_block} block"
+    return link.work_item_id, ""
 
 
 def emit_work_item_event(name: str, work_item: str, payload: dict[str, Any]) -> None:
@@ -215,9 +262,26 @@ def act(decision: Decision, source: str, delivery: str) -> dict[str, Any]:
             },
         )
         return {"accepted": True, "event": "sdlc.work-item.requested", "work_item": request.work_item}
+    if decision.tracker_item is not None:
+        work_item, refusal = _plane_decision_target(decision)
+        if work_item is None:
+            return {"accepted": False, "reason": refusal}
+        decision = decision.model_copy(update={"work_item": work_item})
     assert decision.work_item is not None
     approve = decision.kind == "approve"
     try:
+        if decision.kind == "answer":
+            if not decision.comment:
+                return {"accepted": False, "reason": "/answer without answers"}
+            resume_waiting_run(
+                decision.work_item,
+                WorkItemState.needs_input,
+                {"answers": decision.comment, "answered_by": decision.by or source},
+            )
+            emit_work_item_event(
+                "sdlc.work-item.answered", decision.work_item, {"work_item": decision.work_item, "by": decision.by, "source": source}
+            )
+            return {"accepted": True, "event": "sdlc.work-item.answered", "work_item": decision.work_item}
         resume_waiting_run(
             decision.work_item,
             WorkItemState.waiting_approval,

@@ -96,8 +96,13 @@ def call(
     expected: Iterable[int] = (200,),
     retry: HttpRetry | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    describe: Callable[[httpx.Response], str] = forge_message,
 ) -> httpx.Response:
-    """Send one request, retrying transient failures; returns a response whose status is expected."""
+    """Send one request, retrying transient failures; returns a response whose status is expected.
+
+    ``describe`` reads the API's own explanation out of an error answer (another
+    API than a forge, e.g. Plane, words its errors differently).
+    """
     retry = retry or HttpRetry()
     wanted = set(expected)
     last = ""
@@ -111,8 +116,8 @@ def call(
             if response.status_code in wanted:
                 return response
             if not _is_transient(response):
-                raise ForgeHTTPError(method, path, response.status_code, forge_message(response))
-            last = f"{response.status_code}: {forge_message(response)}"
+                raise ForgeHTTPError(method, path, response.status_code, describe(response))
+            last = f"{response.status_code}: {describe(response)}"
             retry_after = _retry_after(response, time.time())
         if attempt + 1 == retry.max_attempts:
             break

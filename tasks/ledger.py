@@ -81,6 +81,17 @@ class WorkItemRecord(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
+class TrackerLinkRecord(SQLModel, table=True):
+    """Which tracker item a work item is (B50): webhooks name the tracker's id, the pipeline ours."""
+
+    __tablename__ = "tracker_link"
+
+    work_item_id: str = Field(primary_key=True)
+    tracker: str
+    tracker_item_id: str = Field(index=True)
+    credentials_block: str
+
+
 class StageTransitionRecord(SQLModel, table=True):
     __tablename__ = "stage_transition"
 
@@ -317,6 +328,22 @@ class Ledger:
             row.updated_at = utcnow()
             session.add(row)
             session.commit()
+
+    def link_tracker_item(self, work_item: str, tracker: str, tracker_item_id: str, credentials_block: str) -> None:
+        with self._session() as session:
+            row = session.get(TrackerLinkRecord, work_item) or TrackerLinkRecord(
+                work_item_id=work_item, tracker=tracker, tracker_item_id=tracker_item_id, credentials_block=credentials_block
+            )
+            row.tracker, row.tracker_item_id, row.credentials_block = tracker, tracker_item_id, credentials_block
+            session.add(row)
+            session.commit()
+
+    def work_item_of_tracker_item(self, tracker: str, tracker_item_id: str) -> TrackerLinkRecord | None:
+        with self._session() as session:
+            statement = select(TrackerLinkRecord).where(
+                TrackerLinkRecord.tracker == tracker, TrackerLinkRecord.tracker_item_id == tracker_item_id
+            )
+            return session.exec(statement).first()
 
     def get_work_item(self, work_item: str) -> WorkItemRecord | None:
         with self._session() as session:

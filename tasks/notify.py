@@ -1,8 +1,10 @@
 """Notifications (B22, B33, B51): what happened, to whom it matters, with a link to the run.
 
 Every message is appended to ``<data_dir>/notifications.jsonl`` (which
-``sdlc status`` and tests read) and logged to the run. A failing notifier is
-logged and never fails the pipeline.
+``sdlc status`` and tests read) and logged to the run. It also goes to every
+Prefect notification block named in ``SDLC_NOTIFY_BLOCKS`` (``sdlc-telegram/ops``,
+``slack-webhook/team``, ...). A failing notifier is logged, recorded in the jsonl
+record under ``failed_notifiers`` and never fails the pipeline.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Any, Literal
 
 from prefect import task
+from prefect.blocks.core import Block
+from prefect.blocks.notifications import AbstractAppriseNotificationBlock
 
+from blocks.notifications import redact  # also registers the sdlc block types, so Block.load finds them
 from sdlc.settings import get_settings
 
 logger = logging.getLogger("sdlc.notify")
@@ -22,6 +27,14 @@ Event = Literal[
     "work_item_started", "stage_changed", "gate_failed", "approval_requested",
     "input_requested", "blocked", "failed", "done",
 ]
+
+_NOTIFY_TYPES: dict[str, Literal["info", "success", "warning", "failure"]] = {
+    "gate_failed": "warning", "approval_requested": "warning", "input_requested": "warning",
+    "blocked": "failure", "failed": "failure", "done": "success",
+}
+"""How Apprise services (a Slack colour, a Telegram icon) show each event; others are info."""
+
+_REASON_CHARS = 500
 
 
 def flow_run_url(flow_run_id: str | None) -> str | None:
@@ -34,13 +47,21 @@ def flow_run_url(flow_run_id: str | None) -> str | None:
     return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}" if base else None
 
 
-def deliver(event: Event, message: str, *, work_item: str, link: str | None = None) -> None:
+def deliver(
+    event: Event,
+    message: str,
+    *,
+    work_item: str,
+    link: str | None = None,
+    failed_notifiers: list[dict[str, str]] | None = None,
+) -> None:
     record = {
         "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "event": event,
         "work_item": work_item,
         "message": message,
         "link": link,
+        "failed_notifiers": failed_notifiers or [],
     }
     try:
         path = get_settings().root / "notifications.jsonl"
@@ -51,11 +72,45 @@ def deliver(event: Event, message: str, *, work_item: str, link: str | None = No
         logger.warning("notification not delivered: %s", exc)
 
 
+def send_to_blocks(
+    event: Event, message: str, *, work_item: str, link: str | None, log: logging.Logger | logging.LoggerAdapter[Any]
+) -> list[dict[str, str]]:
+    """Send to each block in ``SDLC_NOTIFY_BLOCKS``; the ones that failed, as ``{"notifier", "reason"}``.
+
+    Blocks are loaded for every message: an edited block or setting takes effect at once,
+    for one call to the Prefect API. Each block bounds its own time (timeouts, attempts).
+    """
+    body = f"{message}\nFlow run: {link}" if link else message
+    subject = f"sdlc-flows: {event} {work_item}"
+    failures: list[dict[str, str]] = []
+    for ref in get_settings().notify_blocks:
+        try:
+            block = Block.load(ref)
+            if isinstance(block, AbstractAppriseNotificationBlock):
+                block.notify_type = _NOTIFY_TYPES.get(event, "info")
+            with block.raise_on_failure():
+                block.notify(body, subject=subject)
+        except Exception as exc:  # noqa: BLE001 - whatever a notifier does, the pipeline goes on
+            reason = _reason(exc)
+            log.warning("notifier %s failed: %s", ref, reason)
+            failures.append({"notifier": ref, "reason": reason})
+    return failures
+
+
+def _reason(exc: Exception) -> str:
+    """One line, no URL, no token: Apprise's log (``NotificationError.log``) or the exception's text."""
+    detail = " ".join(str(getattr(exc, "log", "") or exc).split())
+    text = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    return redact(text, urls=True)[:_REASON_CHARS]
+
+
 @task(name="notify")
 def notify(event: Event, message: str, *, work_item: str, flow_run_id: str | None = None) -> None:
     from prefect.logging import get_run_logger
 
+    run_logger = get_run_logger()
     link = flow_run_url(flow_run_id)
     level = logging.WARNING if event in ("blocked", "failed", "gate_failed") else logging.INFO
-    get_run_logger().log(level, "[%s] %s%s", event, message, f" ({link})" if link else "")
-    deliver(event, message, work_item=work_item, link=link)
+    run_logger.log(level, "[%s] %s%s", event, message, f" ({link})" if link else "")
+    failures = send_to_blocks(event, message, work_item=work_item, link=link, log=run_logger)
+    deliver(event, message, work_item=work_item, link=link, failed_notifiers=failures)

@@ -11,9 +11,14 @@ from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
 from blocks.agent_profile import AgentProfile
 from blocks.forge import GiteaCredentials, GitHubCredentials
+from blocks.notifications import AppriseURLNotification, TelegramNotification
+from blocks.plane import PlaneCredentials
 from blocks.webhooks import WebhookSettings
 
-ALL_BLOCKS: list[type[Block]] = [AgentProfile, GiteaCredentials, GitHubCredentials, WebhookSettings]
+ALL_BLOCKS: list[type[Block]] = [
+    AgentProfile, GiteaCredentials, GitHubCredentials, WebhookSettings, PlaneCredentials, TelegramNotification,
+    AppriseURLNotification,
+]
 
 
 @pytest.mark.parametrize("block", ALL_BLOCKS)

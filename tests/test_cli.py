@@ -43,6 +43,20 @@ def wait_for_state(data_dir: Path, work_item: str, state: str, process: subproce
     raise AssertionError(f"{work_item} never reached {state}")
 
 
+def wait_for_suspension(flow_run_id: str, timeout: float = 30) -> None:
+    """Until the flow run is suspended with its form saved: from then on no process holds it."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while not (state := client.read_flow_run(UUID(flow_run_id)).state) or not state.is_paused():
+            assert time.monotonic() < deadline, f"the run never suspended (it is {state})"
+            time.sleep(0.2)
+    time.sleep(1)  # Prefect saves the input form right after the state
+
+
 def status(env: dict[str, str], work_item: str) -> dict[str, Any]:
     result = sdlc(env, "status", work_item, "--json")
     assert result.returncode == 0, result.stderr
@@ -206,3 +220,43 @@ def test_two_work_items_at_once_on_one_repository(tmp_path: Path, cli_env: dict[
         assert subprocess.run(
             ["git", "-C", str(origin), "cat-file", "-e", f"main:docs/work-items/ET-3{n}/13-test-report.md"]
         ).returncode == 0
+
+
+def test_a_waiting_run_survives_its_process_and_no_agent_runs_twice(
+    tmp_path: Path, cli_env: dict[str, str], data_dir: Path
+) -> None:
+    """B21: SIGKILL the `sdlc run` that waits for approval, approve, resume: every role ran once."""
+    import signal
+
+    from tasks.ledger import Ledger
+
+    origin = create_sample_repo(tmp_path / "repos")
+    run = start_run(cli_env, "--repo", str(origin), "--work-item", "ET-31", "--title", "Resilient waits")
+    wait_for_state(data_dir, "ET-31", "waiting_approval", run)
+    wait_for_suspension(Ledger.from_settings().get_work_item("ET-31").flow_run_id)
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=10)
+
+    approved = sdlc(cli_env, "approve", "ET-31", "--by", "dana")
+    assert approved.returncode == 0, approved.stderr
+    assert "sdlc resume ET-31" in approved.stdout  # nobody is left to go on: the user is told how
+
+    resumed = sdlc(cli_env, "resume", "ET-31", timeout=180)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "done" in resumed.stdout
+    roles = [run.role for run in Ledger.from_settings().agent_runs("ET-31")]
+    assert sorted(roles) == sorted(["analyst", "architect", "developer", "reviewer", "tester", "deployer"])
+    item = status(cli_env, "ET-31")
+    assert item["state"] == "done"
+    # The ledger tells the story once: no replayed transition is recorded twice.
+    targets = [t["to"] for t in item["transitions"]]
+    assert targets == ["analysis", "architecture", "development", "review", "testing", "deploy", "done"]
+
+
+def test_resume_refuses_a_work_item_without_an_unfinished_run(tmp_path: Path, cli_env: dict[str, str], data_dir: Path) -> None:
+    origin = create_sample_repo(tmp_path / "repos")
+    done = sdlc(cli_env, "run", "--repo", str(origin), "--work-item", "ET-32", "--title", "Quick", "--auto-approve", timeout=180)
+    assert done.returncode == 0, done.stderr
+    again = sdlc(cli_env, "resume", "ET-32")
+    assert again.returncode == 2
+    assert again.stderr.strip() == "sdlc: error: ET-32 has no unfinished run to resume"
