@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from typing import Any
+from uuid import UUID
 
 from prefect import flow
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
@@ -31,7 +32,7 @@ from sdlc.models import (
 )
 from sdlc.settings import get_settings
 from tasks import forge, notify as notifications, tracking
-from tasks.failures import SdlcError
+from tasks.failures import SdlcError, UsageLimitWait
 
 # A resumed run (after a pause, a crash or a retry) replays these instead of redoing them (B21).
 merge_pull_request = replayed(forge.merge_pull_request)
@@ -162,6 +163,37 @@ def _wait_for_answers(request: WorkItemRequest, result: StageResult, run_id: str
     return answers
 
 
+def _wait_for_usage_reset(request: WorkItemRequest, stage: str, wait: UsageLimitWait, run_id: str | None) -> None:
+    """Reschedule this flow run for the reset and end the process (B31): nothing waits in memory.
+
+    The worker (or `sdlc run`, which drives CLI runs) starts the run again at the
+    reset; finished stages and tasks are replayed, the stage that hit the limit
+    runs again. Without a deployment Prefect cannot reschedule, and the agent task
+    waits in-process instead (it never raises this then).
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import Pause
+    from prefect.states import Scheduled
+
+    from tasks.agent import usage_reset_note
+
+    note = usage_reset_note(wait.until)
+    # Not replayed: the run that goes on after the reset does not pass here, so these
+    # calls must not take ordinals that later calls of the same tasks would replay.
+    tracking.set_work_item_state(request.work_item, WorkItemState.waiting_usage_limit, stage, note)
+    message = f"{request.work_item} {stage}: {wait.reason}; {note}"
+    notifications.notify("usage_limit", message, work_item=request.work_item, flow_run_id=run_id)
+    if request.tracker is not None:
+        tracking.sync_tracker(request, None, message, link=notifications.flow_run_url(run_id))
+    assert run_id is not None
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(
+            UUID(run_id), Scheduled(scheduled_time=wait.until, name="AwaitingUsageReset", message=note), force=True
+        )
+        state = client.read_flow_run(UUID(run_id)).state
+    raise Pause(state=state)
+
+
 @flow(name="sdlc-pipeline", flow_run_name=_pipeline_run_name, on_failure=[_mark_failed], on_crashed=[_mark_failed])
 def sdlc_pipeline(request: WorkItemRequest) -> PipelineResult:
     """Take one work item from analysis to a merged pull request, or to Blocked with the reason."""
@@ -189,6 +221,9 @@ def sdlc_pipeline(request: WorkItemRequest) -> PipelineResult:
             return block(stage, f"manual intervention needed: {stage} ran {spec.max_visits} times (its budget)")
         try:
             result = stage_flow(StageInput(request=request, stage=stage, visit=visits[stage], feedback=feedback))
+        except UsageLimitWait as wait:
+            _wait_for_usage_reset(request, stage, wait, run_id)
+            raise  # not reached: the run is rescheduled
         except SdlcError as exc:
             return block(stage, str(exc))
         pull_request = result.pull_request or pull_request

@@ -16,6 +16,7 @@ from sdlc.config import current_graph
 from sdlc.models import AgentResult, PullRequestRef, StageInput, StageResult
 from tasks import agent, forge, gates, git, taskfile, tracking, worktree
 from tasks.agent import AgentRunFailed
+from tasks.failures import UsageLimitWait
 from tasks.worktree import branch_lock
 
 # Finished steps are not redone when the stage runs again after a crash (B21).
@@ -59,6 +60,10 @@ def _run_stage(stage_input: StageInput, worktree: str) -> StageResult:
         # Budgets are decided per failure by the run itself (transient vs permanent, B31).
         agent = run_agent.with_options(retries=invocation.retry.task_retries, retry_delay_seconds=0)(invocation)
     except AgentRunFailed as failure:
+        if failure.waits_for_usage_reset:
+            # Handed to the pipeline, which reschedules itself for the reset instead of sleeping (B31).
+            assert failure.result.retry_not_before is not None
+            raise UsageLimitWait(failure.result.retry_not_before, failure.decision.why) from None
         agent = failure.result
 
     commit = None

@@ -20,6 +20,7 @@ from typing import Any, NoReturn, Sequence
 from pydantic import ValidationError
 
 from sdlc.models import AGENT_KINDS, AgentSpec, ForgeSpec, TrackerSpec, WorkItemRequest, WorkItemState, validate_work_item_id
+from sdlc.models import validate_comment, validate_person
 from sdlc.approvals import resume_waiting_run
 from sdlc.settings import SdlcSettings, get_settings
 
@@ -111,10 +112,10 @@ def build_parser() -> OneLineParser:
 
 def request_from_args(args: argparse.Namespace) -> WorkItemRequest:
     """Validate everything the user gave; raises UsageError before anything is created."""
-    if args.agent_command and args.agent not in (None, "custom"):
+    if args.agent_command is not None and args.agent not in (None, "custom"):
         raise UsageError("give either --agent or --agent-command, not both")
     agent_fields: dict[str, Any] = {"kind": args.agent or "scripted"}
-    if args.agent_command:
+    if args.agent_command is not None:  # an empty one is refused, not taken for the scripted agent
         import shlex
 
         try:
@@ -220,6 +221,8 @@ class ProgressPrinter(threading.Thread):
                 f"{wi} is waiting for approval of the analysis: approve in the UI or run `sdlc approve {wi}`"
                 f" (or `sdlc reject {wi} --comment TEXT`)",
             )
+        elif row.state == WorkItemState.waiting_usage_limit.value:
+            self.once(("usage", row.reason), f"{wi} {row.stage}: {row.reason}")
         elif row.state == WorkItemState.needs_input.value:
             self.once(
                 ("answers", progress),
@@ -298,6 +301,12 @@ def _known_work_item(work_item: str) -> Any:
 
 
 def command_approve(args: argparse.Namespace, approve: bool) -> int:
+    try:
+        validate_work_item_id(args.work_item)
+        validate_comment(args.comment, "--comment")
+        validate_person(args.by, "--by")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     _known_work_item(args.work_item)
     resume_waiting_run(
         args.work_item,

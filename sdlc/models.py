@@ -33,7 +33,8 @@ def _no_control_chars(value: str, what: str, allow_newlines: bool = False) -> st
 
 
 def validate_work_item_id(value: str) -> str:
-    if not WORK_ITEM_ID_PATTERN.match(value):
+    # fullmatch: with match(), "$" also matches before a trailing newline ("ET-1\n" passed).
+    if not WORK_ITEM_ID_PATTERN.fullmatch(value):
         raise ValueError(
             f"work item ID {value[:40]!r} is not of the form PROJECT-NUMBER, e.g. ET-12"
         )
@@ -43,11 +44,13 @@ def validate_work_item_id(value: str) -> str:
 def validate_branch(value: str) -> str:
     """An allowlist stricter than `git check-ref-format`: no option-like or odd names."""
     if (
-        not BRANCH_PATTERN.match(value)
+        not BRANCH_PATTERN.fullmatch(value)
         or ".." in value
         or "//" in value
-        or value.endswith(("/", ".", ".lock"))
+        or value.endswith(("/", "."))
         or "/." in value
+        or any(part.endswith(".lock") for part in value.split("/"))
+        or value == "HEAD"
     ):
         raise ValueError(
             f"branch name {value[:60]!r} is not allowed "
@@ -62,13 +65,40 @@ def validate_repo(value: str) -> str:
         raise ValueError(f"repository {value[:60]!r} is not a path or a git URL")
     _no_control_chars(value, "repository")
     if URL_PATTERN.match(value) or SCP_PATTERN.match(value):
+        # git itself blocks an option-like host ("ssh://-oProxyCommand=..."); refuse it here already.
+        authority = value.split("://", 1)[1].split("/", 1)[0] if "://" in value else value.split(":", 1)[0]
+        if authority.rpartition("@")[2].startswith("-"):
+            raise ValueError(f"repository {value[:60]!r} has an option-like host")
         return value
     path = Path(value).expanduser()
-    if not path.exists():
-        raise ValueError(f"repository {value[:200]} does not exist")
-    if not ((path / "HEAD").is_file() or (path / ".git").exists()):
-        raise ValueError(f"repository {value[:200]} is not a git repository")
-    return str(path.resolve())
+    try:
+        if not path.exists():
+            raise ValueError(f"repository {value[:200]} does not exist")
+        if not ((path / "HEAD").is_file() or (path / ".git").exists()):
+            raise ValueError(f"repository {value[:200]} is not a git repository")
+        return str(path.resolve())
+    except OSError as exc:  # e.g. a name over the file system's limit
+        raise ValueError(f"repository {value[:200]} is not a usable path ({exc.strerror})") from None
+
+
+# The limits of flows/inputs.py's ApprovalDecision, checked before the input reaches Prefect
+# (which would refuse it only after the person's command or webhook had gone through).
+COMMENT_MAX_LENGTH = 20000
+PERSON_MAX_LENGTH = 200
+
+
+def validate_comment(value: str, what: str = "comment") -> str:
+    """A person's free text (approval, rejection): several lines allowed, no other control characters."""
+    if len(value) > COMMENT_MAX_LENGTH:
+        raise ValueError(f"{what} is {len(value)} characters long; at most {COMMENT_MAX_LENGTH} are allowed")
+    return _no_control_chars(value, what, allow_newlines=True)
+
+
+def validate_person(value: str, what: str = "approver") -> str:
+    """Who decides: one line of at most 200 characters."""
+    if not value.strip() or len(value) > PERSON_MAX_LENGTH:
+        raise ValueError(f"{what} must be 1 to {PERSON_MAX_LENGTH} characters")
+    return _no_control_chars(value, what)
 
 
 def slugify(text: str, max_length: int = 40) -> str:
@@ -115,6 +145,8 @@ class AgentSpec(BaseModel):
         if self.command is not None:
             if not self.command or not self.command[0]:
                 raise ValueError("agent command must not be empty")
+            if self.command[0].startswith("-"):
+                raise ValueError(f"agent command must start with a program, not the option {self.command[0][:60]!r}")
             for arg in self.command:
                 _no_control_chars(arg, "agent command")
         return self
@@ -231,6 +263,7 @@ class WorkItemState(str, Enum):
     running = "running"
     waiting_approval = "waiting_approval"
     needs_input = "needs_input"
+    waiting_usage_limit = "waiting_usage_limit"
     blocked = "blocked"
     done = "done"
     failed = "failed"

@@ -18,6 +18,9 @@ class RepoConfig(BaseModel):
         default=None, description="Local test command of the development gate, as a list or a string (split, never run by a shell)."
     )
     test_timeout_seconds: float = Field(default=600, gt=0)
+    budget_usd: float | None = Field(
+        default=None, gt=0, description="Default spend budget of each work item on this repository (B34); read from the default branch."
+    )
 
     @field_validator("test_command", mode="before")
     @classmethod
@@ -32,8 +35,12 @@ def load_repo_config(worktree: Path) -> RepoConfig:
     path = worktree / CONFIG_PATH
     if not path.is_file():
         return RepoConfig()
+    return parse_repo_config(path.read_text(encoding="utf-8"))
+
+
+def parse_repo_config(text: str) -> RepoConfig:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ValueError(f"{CONFIG_PATH} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import datetime, timezone
+from typing import Any
 from collections.abc import Callable
 from pathlib import Path
 from uuid import UUID
@@ -107,6 +109,12 @@ def _execute(flow_run: FlowRun) -> None:
         pass  # suspended for a person: the run holds no process until they answer
 
 
+def _due(state: Any) -> bool:
+    """A scheduled run is due at its time (a usage-limit wait is scheduled for the reset)."""
+    when = state.state_details.scheduled_time
+    return when is None or when <= datetime.now(timezone.utc)
+
+
 def drive(flow_run_id: UUID, work_item: str, *, on_wait: Callable[[FlowRun], None] | None = None) -> FlowRun:
     """Run, watch while suspended, run again when resumed, until the flow run is final."""
     _claim(work_item)
@@ -114,7 +122,7 @@ def drive(flow_run_id: UUID, work_item: str, *, on_wait: Callable[[FlowRun], Non
         while True:
             flow_run = _read(flow_run_id)
             state = flow_run.state
-            if state is None or state.type == StateType.SCHEDULED or state.type == StateType.PENDING:
+            if state is None or state.type == StateType.PENDING or (state.type == StateType.SCHEDULED and _due(state)):
                 _execute(flow_run)
                 continue
             if state.is_final():

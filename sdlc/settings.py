@@ -45,6 +45,9 @@ class SdlcSettings(BaseSettings):
         default="", pattern=r"^[a-z0-9_-]{0,40}$", description="Separates the breakers of installations sharing one Prefect server."
     )
     breaker_cooldown_seconds: float = Field(default=60, gt=0, description="How long an open breaker holds new runs.")
+    usage_limit_margin_seconds: float = Field(
+        default=30, ge=0, description="Wait this long past a usage-limit reset before the next attempt."
+    )
     approval_poll_seconds: int = Field(
         default=1, description="How often a paused pipeline checks for its approval input."
     )

@@ -23,9 +23,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from blocks.webhooks import WebhookSettings
-from sdlc.models import ForgeSpec, WorkItemRequest, WorkItemState
+from sdlc.models import ForgeSpec, WorkItemRequest, WorkItemState, validate_comment
 
 MAX_BODY_BYTES = 1024 * 1024
+ANSWERS_MAX_LENGTH = 65536  # flows/inputs.py: AnalystAnswers.answers
 Source = Literal["gitea", "github", "plane"]
 
 
@@ -191,7 +192,7 @@ def interpret(source: str, event: str, payload: dict[str, Any], settings: Webhoo
         by = data_c.comment.user.login
         if by not in settings.approvers:
             return Decision(kind="ignore", reason=f"{by} is not an allowed approver")
-        rest = text[len(command):].strip()
+        rest = validate_comment(text[len(command):].strip())
         return Decision(
             kind="approve" if command == "/approve" else "reject",
             work_item=work_item_id(data_c.repository, data_c.issue.number, settings),
@@ -206,11 +207,104 @@ def interpret(source: str, event: str, payload: dict[str, Any], settings: Webhoo
         command = text.split(maxsplit=1)[0].lower() if text else ""
         if data_p.action not in ("created", "create") or command not in PLANE_COMMANDS:
             return Decision(kind="ignore", reason="a comment without /approve, /reject or /answer")
+        kind = PLANE_COMMANDS[command]
+        rest = text[len(command):].strip()
+        if kind == "answer":
+            if len(rest) > ANSWERS_MAX_LENGTH:
+                raise ValueError(f"the answers are {len(rest)} characters long; at most {ANSWERS_MAX_LENGTH} are allowed")
+        else:
+            validate_comment(rest)
         # Who may decide is the tracker block's list, checked when the work item is known (act).
-        return Decision(
-            kind=PLANE_COMMANDS[command], tracker_item=data_p.data.issue, by=data_p.data.actor, comment=text[len(command):].strip()
-        )
+        return Decision(kind=kind, tracker_item=data_p.data.issue, by=data_p.data.actor, comment=rest)
     return Decision(kind="ignore", reason=f"{source} event {event!r} starts nothing")
+
+
+# --- the OpenAPI document (documentation only: the handler reads the raw body and headers itself) ---
+
+
+class DeliveryAnswer(BaseModel):
+    """The receiver's answer to a verified delivery."""
+
+    delivery: str = Field(description="The delivery id from the source's delivery header.")
+    accepted: bool | None = Field(default=None, description="True: event emitted or run resumed; False: see reason.")
+    event: str | None = Field(default=None, description="The Prefect event emitted, e.g. sdlc.work-item.requested.")
+    work_item: str | None = None
+    reason: str | None = Field(default=None, description="Why a decision could not be applied (409).")
+    ignored: str | None = Field(default=None, description="Why the delivery starts nothing (202).")
+    duplicate: bool | None = Field(default=None, description="The delivery id was seen before (200).")
+
+
+class Problem(BaseModel):
+    """A refused delivery."""
+
+    detail: str | list[dict[str, Any]] = Field(
+        description="What is wrong; a list only for an unknown source in the path (FastAPI's own validation)."
+    )
+
+
+def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its $defs inlined (the payload models are not recursive)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)
+
+
+SIGNATURE_PATTERNS = {"gitea": "^[0-9a-f]{64}$", "github": "^sha256=[0-9a-f]{64}$", "plane": "^[0-9a-f]{64}$"}
+
+
+def delivery_openapi() -> dict[str, Any]:
+    """Headers and body of POST /webhooks/{source}, for the OpenAPI document."""
+    parameters: list[dict[str, Any]] = []
+    for source, spec in SOURCES.items():
+        parameters += [
+            {
+                "name": spec.signature_header, "in": "header", "required": False,
+                "description": f"{source}: hex HMAC-SHA256 of the raw body with the {source} secret"
+                + (f" (prefixed {spec.signature_prefix!r})" if spec.signature_prefix else "")
+                + "; missing or wrong answers 401.",
+                "schema": {"type": "string", "pattern": SIGNATURE_PATTERNS[source]},
+            },
+            {
+                "name": spec.event_header, "in": "header", "required": False,
+                "description": f"{source}: the event, e.g. issues or issue_comment; required with a {source} delivery.",
+                "schema": {"type": "string", "examples": ["issues", "issue_comment"]},
+            },
+            {
+                "name": spec.delivery_header, "in": "header", "required": False,
+                "description": f"{source}: the delivery id; one seen before answers 200 duplicate.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+            },
+        ]
+    body = {
+        "anyOf": [_inline_schema(model) for model in (IssuesPayload, IssueCommentPayload, PlaneCommentPayload)],
+        "description": "An issues or issue_comment delivery of Gitea or GitHub, or a Plane issue_comment; "
+        "other fields are ignored; at most 1 MiB.",
+    }
+    return {
+        "parameters": parameters,
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+    }
+
+
+DELIVERY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": DeliveryAnswer, "description": "A delivery id seen before: nothing starts again."},
+    202: {"model": DeliveryAnswer, "description": "Accepted (event emitted or run resumed), or verified and ignored."},
+    401: {"model": Problem, "description": "Missing or wrong signature, or no secret configured for the source."},
+    409: {"model": DeliveryAnswer, "description": "A verified decision that cannot be applied, e.g. the work item is not waiting."},
+    413: {"model": Problem, "description": "The delivery is over 1 MiB."},
+    422: {"model": Problem, "description": "Malformed JSON, invalid values, missing event or delivery header, unknown source."},
+}
 
 
 def _plane_decision_target(decision: Decision) -> tuple[str | None, str]:
@@ -239,7 +333,7 @@ def emit_work_item_event(name: str, work_item: str, payload: dict[str, Any]) -> 
 
 def act(decision: Decision, source: str, delivery: str) -> dict[str, Any]:
     """Emit the event or resume the run the decision names."""
-    from sdlc.approvals import NotWaiting, resume_waiting_run
+    from sdlc.approvals import resume_waiting_run
 
     if decision.kind == "request":
         assert decision.request is not None
@@ -287,7 +381,7 @@ def act(decision: Decision, source: str, delivery: str) -> dict[str, Any]:
             WorkItemState.waiting_approval,
             {"approve": approve, "approver": decision.by or source, "comment": decision.comment},
         )
-    except NotWaiting as exc:
+    except RuntimeError as exc:  # NotWaiting, or Prefect refused the input or the run did not pause
         return {"accepted": False, "reason": str(exc)}
     name = "sdlc.work-item.approved" if approve else "sdlc.work-item.rejected"
     emit_work_item_event(name, decision.work_item, {"work_item": decision.work_item, "by": decision.by, "source": source})
@@ -304,11 +398,18 @@ def create_app(settings: WebhookSettings) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.post("/webhooks/{source}")
+    @app.post(
+        "/webhooks/{source}",
+        summary="Receive a signed delivery from Gitea, GitHub or Plane",
+        description=__doc__,
+        status_code=202,
+        responses=DELIVERY_RESPONSES,
+        openapi_extra=delivery_openapi(),
+    )
     async def receive(source: Source, request: Request) -> JSONResponse:
         spec = SOURCES[source]
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             return JSONResponse({"detail": "delivery over 1 MiB"}, status_code=413)
         body = b""
         async for chunk in request.stream():
@@ -324,7 +425,10 @@ def create_app(settings: WebhookSettings) -> FastAPI:
         if not event or not delivery or len(delivery) > 200:
             return JSONResponse({"detail": f"missing {spec.event_header} or {spec.delivery_header}"}, status_code=422)
         try:
-            payload = json.loads(body)
+            try:
+                payload = json.loads(body)
+            except RecursionError:
+                raise ValueError("the JSON is nested too deeply") from None
             if not isinstance(payload, dict):
                 raise ValueError("the payload is not a JSON object")
             decision = interpret(source, event, payload, settings)

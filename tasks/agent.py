@@ -28,7 +28,7 @@ from prefect.logging import get_run_logger
 from prefect_shell import ShellOperation
 from pydantic import BaseModel, Field
 
-from sdlc.models import AgentResult
+from sdlc.models import AgentResult, WorkItemState
 from sdlc.settings import get_settings
 from tasks.breaker import CircuitBreaker
 from tasks.classify import classify_output, parse_result_json, read_tail
@@ -90,6 +90,25 @@ class AgentRunFailed(PermanentError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.result, self.decision))
+
+    @property
+    def waits_for_usage_reset(self) -> bool:
+        """A usage limit with a reset time: the next attempt waits for it and spends no budget."""
+        return self.decision.retry and self.result.failure_kind == "usage_limit" and self.result.retry_not_before is not None
+
+
+def _pipeline_can_suspend() -> bool:
+    """True when the root flow run has a deployment, so Prefect can reschedule it (no process waits)."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    root = flow_run.root_flow_run_id
+    if not root:
+        return False
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(UUID(str(root))).deployment_id is not None
 
 
 def describe_failure(result: AgentResult) -> str:
@@ -269,6 +288,9 @@ def _retry_agent_failures(task: Any, task_run: Any, state: Any) -> bool:
     except AgentRunFailed as failure:
         decision = failure.decision
         logger = task_run_logger(task_run, task)
+        if failure.waits_for_usage_reset and _pipeline_can_suspend():
+            logger.warning("%s: %s; the run waits without holding a process", failure.result.role, decision.why)
+            return False  # the stage hands the wait to the pipeline (UsageLimitWait)
         if decision.retry:
             logger.warning("retrying %s: %s; next attempt in %.1f s", failure.result.role, decision.why, decision.wait_seconds)
         else:
@@ -300,6 +322,7 @@ def assess_run(result: AgentResult, invocation: AgentInvocation, earlier: list[A
         retry_after=failure.retry_after_seconds if failure else None,
         resets_at=failure.resets_at if failure else None,
         now=result.ended_at,
+        usage_limit_margin_seconds=get_settings().usage_limit_margin_seconds,
     )
     updates.update(
         failure_kind=kind,
@@ -310,14 +333,27 @@ def assess_run(result: AgentResult, invocation: AgentInvocation, earlier: list[A
     return result.model_copy(update=updates), decision
 
 
-def _wait_for_retry_window(earlier: list[Any], logger: logging.LoggerAdapter[Any] | logging.Logger) -> None:
+def usage_reset_note(until: datetime) -> str:
+    """What `sdlc status` and the UI say while a work item waits for its usage limit to reset."""
+    return f"waiting for usage-limit reset until {until.astimezone().strftime('%H:%M %Z')}"
+
+
+def _wait_for_retry_window(
+    earlier: list[Any], ledger: Ledger, invocation: AgentInvocation, logger: logging.LoggerAdapter[Any] | logging.Logger
+) -> None:
     """Start no sooner than the previous failure allows (backoff, Retry-After, usage-limit reset)."""
     if not earlier or earlier[-1].retry_not_before is None:
         return
-    wait = (earlier[-1].retry_not_before - datetime.now(timezone.utc)).total_seconds()
+    previous = earlier[-1]
+    wait = (previous.retry_not_before - datetime.now(timezone.utc)).total_seconds()
+    usage_limit = previous.failure_kind == "usage_limit"
     if wait > 0:
-        logger.info("waiting %.1f s before the next attempt (%s)", wait, earlier[-1].failure_reason)
+        logger.info("waiting %.1f s before the next attempt (%s)", wait, previous.failure_reason)
+        if usage_limit:
+            ledger.set_state(invocation.work_item, WorkItemState.waiting_usage_limit, reason=usage_reset_note(previous.retry_not_before))
         time.sleep(wait)
+    if usage_limit:
+        ledger.set_state(invocation.work_item, WorkItemState.running, reason=f"usage limit reset; {invocation.role} runs again")
 
 
 @task(name="run-agent", retry_condition_fn=_retry_agent_failures)
@@ -327,7 +363,7 @@ def run_agent(invocation: AgentInvocation) -> AgentResult:
     ledger = Ledger.from_settings()
     logger = _run_logger()
     visit_runs = ledger.visit_runs(invocation.work_item, invocation.role, invocation.visit) if invocation.visit else []
-    _wait_for_retry_window(visit_runs, logger)
+    _wait_for_retry_window(visit_runs, ledger, invocation, logger)
     check_budget(ledger, invocation.work_item, invocation.budget_usd)
     breaker = CircuitBreaker(
         invocation.provider,

@@ -4,6 +4,7 @@
 
     SdlcError(Exception)                  anything sdlc-flows raises on purpose
     +-- TransientError                    retry later (rate limit, network, busy)
+    +-- UsageLimitWait                    the provider's usage limit resets at a named time
     +-- PermanentError                    stop and notify a person
         +-- PushRejected                  origin refused the push (non-fast-forward, hook)
         +-- GitOperationError             a git command failed (merge conflict, bad ref)
@@ -13,6 +14,9 @@ Wrap lower-level exceptions with ``raise ... from exc`` so the cause stays visib
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 
 class SdlcError(Exception):
     """Base of every error raised on purpose by sdlc-flows."""
@@ -20,6 +24,17 @@ class SdlcError(Exception):
 
 class TransientError(SdlcError):
     """The same step may succeed if retried later."""
+
+
+class UsageLimitWait(SdlcError):
+    """The agent hit a usage limit that resets at ``until``: wait for it without holding a process (B31)."""
+
+    def __init__(self, until: datetime, reason: str) -> None:
+        self.until, self.reason = until, reason
+        super().__init__(f"{reason}; waiting for the usage-limit reset until {until.isoformat(timespec='seconds')}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.until, self.reason))
 
 
 class PermanentError(SdlcError):

@@ -320,6 +320,13 @@ class Ledger:
             session.add(row)
             session.commit()
 
+    def set_budget(self, work_item: str, budget_usd: float) -> None:
+        with self._session() as session:
+            row = self._require(session, work_item)
+            row.budget_usd = budget_usd
+            session.add(row)
+            session.commit()
+
     def set_pull_request(self, work_item: str, number: int, url: str) -> None:
         with self._session() as session:
             row = self._require(session, work_item)

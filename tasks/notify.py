@@ -25,11 +25,11 @@ logger = logging.getLogger("sdlc.notify")
 
 Event = Literal[
     "work_item_started", "stage_changed", "gate_failed", "approval_requested",
-    "input_requested", "blocked", "failed", "done",
+    "input_requested", "usage_limit", "blocked", "failed", "done",
 ]
 
 _NOTIFY_TYPES: dict[str, Literal["info", "success", "warning", "failure"]] = {
-    "gate_failed": "warning", "approval_requested": "warning", "input_requested": "warning",
+    "gate_failed": "warning", "approval_requested": "warning", "input_requested": "warning", "usage_limit": "warning",
     "blocked": "failure", "failed": "failure", "done": "success",
 }
 """How Apprise services (a Slack colour, a Telegram icon) show each event; others are info."""

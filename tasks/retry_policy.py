@@ -50,6 +50,7 @@ def decide_retry(
     retry_after: float | None = None,
     resets_at: datetime | None = None,
     now: datetime,
+    usage_limit_margin_seconds: float = USAGE_LIMIT_MARGIN_SECONDS,
 ) -> RetryDecision:
     """Whether to run the agent again after a failure, and how long to wait first.
 
@@ -72,7 +73,7 @@ def decide_retry(
     if kind == "usage_limit":
         if resets_at is None or usage_limit_waits > MAX_USAGE_LIMIT_WAITS:
             return RetryDecision(retry=False, why=f"{reason}: usage limit without a usable reset time")
-        wait = max(0.0, (resets_at - now).total_seconds()) + USAGE_LIMIT_MARGIN_SECONDS
+        wait = max(0.0, (resets_at - now).total_seconds()) + usage_limit_margin_seconds
         return RetryDecision(retry=True, why=f"{reason}: waiting for the usage-limit reset at {resets_at.isoformat()}", wait_seconds=wait)
     if permanent_failures >= policy.max_attempts:
         return RetryDecision(retry=False, why=f"{reason}: {permanent_failures} of {policy.max_attempts} attempts failed")

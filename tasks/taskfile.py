@@ -14,6 +14,7 @@ from blocks.agent_profile import AgentProfile, profile_for
 from sdlc.graph import StageSpec
 from sdlc.models import Feedback, StageInput
 from tasks.agent import AgentInvocation, check_budget
+from tasks.worktree import base_repo_config
 from tasks.ledger import Ledger
 from tasks.retry_policy import RetryPolicy
 
@@ -119,10 +120,16 @@ def prepare_agent_invocation(worktree: str, stage_input: StageInput, spec: Stage
     if request.agent.scenario_file:
         protocol_env["SDLC_SCENARIO_FILE"] = request.agent.scenario_file
     agent = request.agent
-    left = check_budget(Ledger.from_settings(), request.work_item, request.budget_usd)
+    ledger = Ledger.from_settings()
+    budget = request.budget_usd
+    if budget is None:  # the repository's default (B34), from its default branch
+        budget = base_repo_config(request.repo).budget_usd
+        if budget is not None:
+            ledger.set_budget(request.work_item, budget)
+    left = check_budget(ledger, request.work_item, budget)
     return AgentInvocation(
         provider=profile.kind,
-        budget_usd=request.budget_usd,
+        budget_usd=budget,
         visit=f"{spec.name}-{stage_input.visit}",
         retry=RetryPolicy(
             max_attempts=agent.max_attempts if spec.retry_agent else 1,

@@ -31,6 +31,7 @@ from git.exc import GitCommandError
 from prefect import task
 
 from sdlc.models import slugify, validate_branch, validate_repo
+from sdlc.repo_config import CONFIG_PATH, RepoConfig, parse_repo_config
 from sdlc.settings import get_settings
 from tasks.failures import GitOperationError, PermanentError, TransientError, retry_on_transient
 from tasks.git import TRANSIENT_REMOTE_PATTERNS, describe, git_env, has_ref, repo_at
@@ -149,6 +150,18 @@ def default_branch(clone: Path) -> str:
         if has_ref(repo, f"refs/remotes/origin/{candidate}"):
             return candidate
     return "main"
+
+
+def base_repo_config(repo: str) -> RepoConfig:
+    """`.sdlc/config.yaml` as origin's default branch has it: what agents on a feature branch cannot change."""
+    clone = main_clone_path(validate_repo(repo))
+    if not _is_clone(clone):
+        return RepoConfig()
+    try:
+        text = repo_at(clone).git.show(f"origin/{default_branch(clone)}:{CONFIG_PATH.as_posix()}", env=git_env())
+    except GitCommandError:
+        return RepoConfig()  # no config on the default branch
+    return parse_repo_config(text)
 
 
 def worktree_path(repo: str, branch: str) -> Path:

@@ -140,16 +140,24 @@ def test_pipeline_with_the_real_claude_cli(tmp_path: Path, data_dir: Path, fake_
 
 
 @pytest.mark.usefixtures("prefect_api")
+@pytest.mark.parametrize("set_in", ["parameter", "repository"])
 def test_a_spend_budget_blocks_before_the_next_agent_and_caps_each_run(
-    tmp_path: Path, data_dir: Path, fake_api: FakeAnthropic
+    tmp_path: Path, data_dir: Path, fake_api: FakeAnthropic, set_in: str
 ) -> None:
     from flows.pipeline import sdlc_pipeline
+    from gitrepo import clone_of, commit_file, git
     from tasks.ledger import Ledger
 
     block_name = save_claude_profile(tmp_path, fake_api)
     origin = create_sample_repo(tmp_path / "repos")
+    if set_in == "repository":  # the repository's default budget, on its default branch
+        clone = clone_of(origin, tmp_path / "admin")
+        config = (clone / ".sdlc" / "config.yaml").read_text() + "budget_usd: 0.0001\n"
+        commit_file(clone, ".sdlc/config.yaml", config, "Cap agent spend per work item")
+        git(clone, "push", "--quiet", "origin", "HEAD:main")
     request = WorkItemRequest(
-        work_item="ET-51", title="Cheap", repo=str(origin), auto_approve=True, budget_usd=0.0001,
+        work_item="ET-51", title="Cheap", repo=str(origin), auto_approve=True,
+        budget_usd=0.0001 if set_in == "parameter" else None,
         agent=AgentSpec(kind="claude", profile_block=block_name, max_attempts=1),
     )
     state = sdlc_pipeline(request=request, return_state=True)
@@ -158,6 +166,7 @@ def test_a_spend_budget_blocks_before_the_next_agent_and_caps_each_run(
     row = ledger.get_work_item("ET-51")
     runs = ledger.agent_runs("ET-51")
     assert row.state == "blocked" and "spend budget reached: spent $" in row.reason and "of $0.0001" in row.reason
+    assert row.budget_usd == 0.0001  # `sdlc status` shows spent / budget
     assert "analysis $" in row.reason
     assert [r.role for r in runs] == ["analyst"] and runs[0].cost_usd > 0.0001
     # No model call after the run that spent the budget; that run had the budget as its own cap.
@@ -166,3 +175,60 @@ def test_a_spend_budget_blocks_before_the_next_agent_and_caps_each_run(
     assert first_call, "the analyst reached the model"
     argv_line = Path(runs[0].log_path).read_text().splitlines()[0]
     assert "--max-budget-usd 0.0001" in argv_line
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_usage_limit_waits_for_its_reset_without_holding_the_run(
+    tmp_path: Path, data_dir: Path, fake_api: FakeAnthropic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B31: the real CLI prints the API's usage-limit message; the run is rescheduled for the reset."""
+    import threading
+    import time
+    from datetime import datetime, timezone
+
+    import httpx
+
+    from sdlc import runner
+    from sdlc.cli import status_report
+    from tasks.ledger import Ledger
+
+    monkeypatch.setenv("SDLC_USAGE_LIMIT_MARGIN_SECONDS", "1")
+    block_name = save_claude_profile(tmp_path, fake_api)
+    reset = int(time.time()) + 5
+    fake_api.script(Reply.error(429, "rate_limit_error", f"Claude AI usage limit reached|{reset}"))
+    origin = create_sample_repo(tmp_path / "repos")
+    request = WorkItemRequest(
+        work_item="ET-53", title="Wait for the reset", repo=str(origin), auto_approve=True,
+        # No transient retries at all: the run only goes on if the usage limit spends none.
+        agent=AgentSpec(kind="claude", profile_block=block_name, transient_retries=0, max_attempts=1),
+    )
+
+    seen: list[tuple[str, str | None]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.3):
+            for item in status_report("ET-53"):
+                if (item["state"], item["reason"]) not in seen:
+                    seen.append((item["state"], item["reason"]))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    run_id = runner.start_run(request)
+    try:
+        final = runner.drive(run_id, "ET-53")
+    finally:
+        stop.set()
+        watcher.join(timeout=5)
+    assert final.state is not None and final.state.is_completed(), final.state
+
+    runs = Ledger.from_settings().agent_runs("ET-53")
+    assert [(r.role, r.failure_kind) for r in runs][:2] == [("analyst", "usage_limit"), ("analyst", None)]
+    second_start = runs[1].started_at
+    assert second_start >= datetime.fromtimestamp(reset, timezone.utc), (second_start, reset)
+    # While it waited, the work item said so, and the flow run was scheduled, not running in a process.
+    assert any(state == "waiting_usage_limit" and reason and reason.startswith("waiting for usage-limit reset until ")
+               for state, reason in seen), seen
+    api = os.environ["PREFECT_API_URL"]
+    history = httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": str(run_id)}).json()
+    assert "AwaitingUsageReset" in [state["name"] for state in history]

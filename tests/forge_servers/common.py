@@ -2,20 +2,25 @@
 
 `GiteaTestServer` and `GitHubTestServer` subclass :class:`ThreadedForgeServer` and add
 their API; each request handler asks :meth:`ThreadedForgeServer._take_fault` whether
-to fail the request it is answering.
+to fail the request it is answering. Faults are either scripted
+(:meth:`ThreadedForgeServer.inject`: the next N matching requests) or random
+(:meth:`ThreadedForgeServer.chaos`: any request, with a seeded RNG so a failing
+sequence can be replayed).
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
 import tempfile
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Iterable, Self
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -48,6 +53,33 @@ class Fault:
         return self.times > 0 and self.method in ("*", method) and re.search(self.path_regex, path) is not None
 
 
+ChaosKind = int | str
+CHAOS_KINDS = ("timeout", "lost")  # besides any HTTP status such as 500 or 429
+
+
+@dataclass
+class Chaos:
+    """Random faults on every request: each fails with probability ``rate``, as one of ``kinds``.
+
+    ``timeout``: the server sleeps ``sleep_seconds`` (past the client's timeout), does nothing and
+    answers 504; ``lost``: the operation is carried out and its answer replaced by a 502 (a proxy
+    lost it); a status (``500``, ``429``, ...): answered at once, nothing done; a 429 carries
+    ``Retry-After``.
+    """
+
+    rate: float
+    kinds: tuple[ChaosKind, ...]
+    seed: int
+    sleep_seconds: float
+    retry_after: float
+    rng: random.Random
+
+    def draw(self) -> ChaosKind | None:
+        if self.rng.random() >= self.rate:
+            return None
+        return self.kinds[self.rng.randrange(len(self.kinds))]
+
+
 class ThreadedForgeServer:
     """A forge API on 127.0.0.1 (port 0) in a thread, over repositories under ``root``; a context manager."""
 
@@ -61,6 +93,8 @@ class ThreadedForgeServer:
         self.requests: list[RecordedRequest] = []
         self.violations: list[str] = []
         self._faults: list[Fault] = []
+        self._chaos: Chaos | None = None
+        self.chaos_injected: Counter[str] = Counter()  # kind -> how many requests chaos failed
         self._lock = threading.RLock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -129,12 +163,54 @@ class ThreadedForgeServer:
         """Headers of an injected answer; a forge adds what its real faults carry."""
         return dict(headers)
 
+    def chaos(
+        self,
+        rate: float,
+        *,
+        kinds: Iterable[ChaosKind] = (500, "timeout", 429),
+        seed: int = 0,
+        sleep_seconds: float = 2.0,
+        retry_after: float = 1,
+    ) -> None:
+        """Fail every request with probability ``rate`` (0..1) as one of ``kinds`` (see :class:`Chaos`).
+
+        The draws come from ``random.Random(seed)`` in request order, so a seed replays the same
+        faults for the same sequence of requests. Scripted faults (:meth:`inject`) go first.
+        ``chaos(0)`` or :meth:`chaos_off` turns it off.
+        """
+        if not 0 <= rate <= 1:
+            raise ValueError(f"chaos rate must be within 0..1, not {rate}")
+        chosen = tuple(kinds)
+        unknown = [kind for kind in chosen if not isinstance(kind, int) and kind not in CHAOS_KINDS]
+        if not chosen or unknown:
+            raise ValueError(f"chaos kinds must be HTTP statuses or {CHAOS_KINDS}, not {unknown or 'none'}")
+        with self._lock:
+            self._chaos = Chaos(rate, chosen, seed, sleep_seconds, retry_after, random.Random(seed)) if rate else None
+
+    def chaos_off(self) -> None:
+        with self._lock:
+            self._chaos = None
+
+    def _chaos_fault(self, kind: ChaosKind, chaos: Chaos) -> Fault:
+        if kind == "timeout":
+            return Fault("*", "", 504, chaos.sleep_seconds, 1, {}, False, "injected timeout")
+        if kind == "lost":
+            return Fault("*", "", 502, None, 1, {}, True, "Bad Gateway (the answer was lost)")
+        assert isinstance(kind, int)
+        headers = {"Retry-After": f"{chaos.retry_after:g}"} if kind == 429 else {}
+        return Fault("*", "", kind, None, 1, self._fault_headers(kind, headers), False, None)
+
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
             for fault in self._faults:
                 if fault.matches(method, path):
                     fault.times -= 1
                     return fault
+            if self._chaos is not None:
+                kind = self._chaos.draw()
+                if kind is not None:
+                    self.chaos_injected[str(kind)] += 1
+                    return self._chaos_fault(kind, self._chaos)
         return None
 
     def reset_log(self) -> None:
