@@ -68,6 +68,9 @@ def start_server(settings: SdlcSettings) -> str:
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **QUIET_ENV, "PREFECT_HOME": str(home)}
     env.pop("PREFECT_API_URL", None)
+    if not (env.get("PREFECT_SERVER_UI_API_URL") or env.get("PREFECT_UI_API_URL")):
+        # `prefect server start --port N` points its UI at PREFECT_API_URL or port 4200, not at N.
+        env["PREFECT_SERVER_UI_API_URL"] = api_url
     log = open(home / "server.log", "ab")  # noqa: SIM115 - handed to the child
     process = subprocess.Popen(
         [_prefect_executable(), "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect_port)],

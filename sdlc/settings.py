@@ -45,6 +45,12 @@ class SdlcSettings(BaseSettings):
         default="", pattern=r"^[a-z0-9_-]{0,40}$", description="Separates the breakers of installations sharing one Prefect server."
     )
     breaker_cooldown_seconds: float = Field(default=60, gt=0, description="How long an open breaker holds new runs.")
+    repo_concurrency: int | None = Field(
+        default=None, ge=1, description="Agent runs at once per repository, across all workers (unset: no limit)."
+    )
+    provider_concurrency: dict[str, int] = Field(
+        default_factory=dict, description='Agent runs at once per provider, e.g. {"claude": 4} (JSON).'
+    )
     usage_limit_margin_seconds: float = Field(
         default=30, ge=0, description="Wait this long past a usage-limit reset before the next attempt."
     )

@@ -34,6 +34,7 @@ from tasks.breaker import CircuitBreaker
 from tasks.classify import classify_output, parse_result_json, read_tail
 from tasks.failures import PermanentError
 from tasks.ledger import Ledger
+from tasks.limits import agent_slots
 from tasks.retry_policy import RetryDecision, RetryPolicy, decide_retry, not_before
 
 TERMINATE_GRACE_SECONDS = 3.0
@@ -54,7 +55,8 @@ class AgentInvocation(BaseModel):
     timeout_seconds: float = Field(gt=0)
     protocol_env: dict[str, str] = Field(description="The B5 SDLC_* variables.")
     profile_env: dict[str, str] = Field(default_factory=dict)
-    provider: str = Field(default="scripted", description="Whose circuit breaker this run answers to.")
+    provider: str = Field(default="scripted", description="Whose circuit breaker and concurrency limit this run answers to.")
+    repo_key: str = Field(default="", description="The repository's short name: its concurrency limit (B64).")
     budget_usd: float | None = Field(default=None, description="The work item's spend budget (B34).")
     visit: str | None = Field(default=None, description="Stage visit the retry budgets are counted in.")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
@@ -373,18 +375,20 @@ def run_agent(invocation: AgentInvocation) -> AgentResult:
     )
     breaker.wait_until_closed(logger)
 
-    attempt = ledger.count_agent_runs(invocation.work_item, invocation.role) + 1
-    log_path = settings.logs_dir / invocation.work_item / f"{invocation.role}-{attempt}.log"
-    run_id, attempt = ledger.start_agent_run(
-        invocation.work_item,
-        stage=invocation.stage,
-        role=invocation.role,
-        log_path=str(log_path),
-        flow_run_id=_current_flow_run_id(),
-        visit=invocation.visit,
-    )
-    logger.info("%s attempt %s starting: %s (log %s)", invocation.role, attempt, invocation.argv[0], log_path)
-    result, decision = assess_run(execute_agent(invocation, attempt=attempt, log_path=log_path), invocation, visit_runs)
+    with agent_slots(invocation.repo_key or Path(invocation.worktree).parent.name, invocation.provider, logger):
+        attempt = ledger.count_agent_runs(invocation.work_item, invocation.role) + 1
+        log_path = settings.logs_dir / invocation.work_item / f"{invocation.role}-{attempt}.log"
+        run_id, attempt = ledger.start_agent_run(
+            invocation.work_item,
+            stage=invocation.stage,
+            role=invocation.role,
+            log_path=str(log_path),
+            flow_run_id=_current_flow_run_id(),
+            visit=invocation.visit,
+        )
+        logger.info("%s attempt %s starting: %s (log %s)", invocation.role, attempt, invocation.argv[0], log_path)
+        outcome = execute_agent(invocation, attempt=attempt, log_path=log_path)
+    result, decision = assess_run(outcome, invocation, visit_runs)
     ledger.finish_agent_run(run_id, result)
     if result.failure_kind == "transient":
         state = breaker.record_transient()

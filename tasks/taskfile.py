@@ -14,7 +14,7 @@ from blocks.agent_profile import AgentProfile, profile_for
 from sdlc.graph import StageSpec
 from sdlc.models import Feedback, StageInput
 from tasks.agent import AgentInvocation, check_budget
-from tasks.worktree import base_repo_config
+from tasks.worktree import base_repo_config, main_clone_path
 from tasks.ledger import Ledger
 from tasks.retry_policy import RetryPolicy
 
@@ -129,6 +129,7 @@ def prepare_agent_invocation(worktree: str, stage_input: StageInput, spec: Stage
     left = check_budget(ledger, request.work_item, budget)
     return AgentInvocation(
         provider=profile.kind,
+        repo_key=main_clone_path(request.repo).name,
         budget_usd=budget,
         visit=f"{spec.name}-{stage_input.visit}",
         retry=RetryPolicy(

@@ -10,18 +10,24 @@ Every run ends either done with exactly one PR, merged, or failed/blocked with a
 reason naming the forge call (in `sdlc status --json` and on stderr) and at most one
 PR: never a duplicate PR, never "done" over an unmerged PR. A permanent outage ends
 failed within a bounded time.
+
+The eight runs (3 seeds x 2 forges, and an outage per forge) are started together by
+one module fixture, each with its own data dir, forge server and block, against the
+session's Prefect server; each test waits for its own run. A pipeline spends most of
+its time waiting, so together they take about as long as the slowest one.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 import pytest
 
@@ -39,11 +45,30 @@ CLIENT_TIMEOUT = 1.0  # the block's timeout_seconds
 SERVER_SLEEP = 1.5  # an injected timeout sleeps this long: past the client's timeout
 SEEDS = (1, 2, 3)
 RUN_TIMEOUT = 240
+OUTAGE_BOUND_SECONDS = 120
 
 FORGES = {
     "gitea": (GiteaTestServer, GiteaCredentials, GITEA_TOKEN, "Gitea"),
     "github": (GitHubTestServer, GitHubCredentials, GITHUB_TOKEN, "GitHub"),
 }
+
+
+RunKey = tuple[str, int | None]  # (forge, seed); seed None is the permanent outage
+
+
+@dataclass
+class Run:
+    """One `sdlc run` under way against its own forge server."""
+
+    forge: str
+    seed: int | None
+    work_item: str
+    env: dict[str, str]
+    server: ThreadedForgeServer
+    process: subprocess.Popen[str]
+    stderr_file: Path
+    started: float
+    outcome: Outcome | None = None
 
 
 @dataclass
@@ -59,9 +84,7 @@ class Outcome:
     retries: int
     requests: int
     seconds: float
-
-
-OUTCOMES: list[Outcome] = []
+    violations: list[str] = field(default_factory=list)
 
 
 def retries_after_faults(server: ThreadedForgeServer) -> int:
@@ -75,49 +98,86 @@ def retries_after_faults(server: ThreadedForgeServer) -> int:
     )
 
 
-def run_pipeline(forge: str, env: dict[str, str], tmp_path: Path, *, seed: int | None, outage: bool = False) -> Outcome:
+def start_run(forge: str, seed: int | None, root: Path, prefect_api: str) -> Run:
     server_class, credentials_class, token, _ = FORGES[forge]
-    with server_class(tmp_path / forge) as server:
-        origin = server.create_repo(OWNER, REPO)
-        block = f"{forge}-chaos-{uuid.uuid4().hex[:8]}"
-        credentials_class(api_url=server.api_url, token=token, timeout_seconds=CLIENT_TIMEOUT).save(block)
-        if outage:
-            server.chaos(1.0, kinds=(500,))
-        else:
-            assert seed is not None
-            server.chaos(RATE, kinds=KINDS, seed=seed, sleep_seconds=SERVER_SLEEP)
-        work_item = f"CH-{seed or 0}{uuid.uuid4().int % 1000}"
-        started = time.monotonic()
-        done = subprocess.run(
+    server = server_class(root / "forge").start()
+    origin = server.create_repo(OWNER, REPO)
+    block = f"{forge}-chaos-{uuid.uuid4().hex[:8]}"
+    credentials_class(api_url=server.api_url, token=token, timeout_seconds=CLIENT_TIMEOUT).save(block)
+    if seed is None:
+        server.chaos(1.0, kinds=(500,))
+    else:
+        server.chaos(RATE, kinds=KINDS, seed=seed, sleep_seconds=SERVER_SLEEP)
+    env = {
+        **os.environ, "PREFECT_API_URL": prefect_api, "SDLC_DATA_DIR": str(root / "data"), "PYTHONUNBUFFERED": "1",
+        "SDLC_BREAKER_SCOPE": uuid.uuid4().hex[:12],
+    }
+    work_item = f"CH-{uuid.uuid4().int % 100000}"
+    stderr_file = root / "stderr.txt"
+    with open(root / "stdout.txt", "w") as out, open(stderr_file, "w") as err:
+        process = subprocess.Popen(
             [sys.executable, "-m", "sdlc.cli", "run", "--repo", str(origin), "--work-item", work_item,
              "--title", "Survive a flaky forge", "--auto-approve",
              "--forge", forge, "--forge-block", block, "--forge-repo", f"{OWNER}/{REPO}"],
-            env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+            env=env, stdout=out, stderr=err, text=True,
         )
-        seconds = time.monotonic() - started
-        server.chaos_off()
-        status = subprocess.run(
-            [sys.executable, "-m", "sdlc.cli", "status", work_item, "--json"],
-            env=env, capture_output=True, text=True, timeout=60,
-        )
-        assert status.returncode == 0, status.stderr
-        [item] = json.loads(status.stdout)
-        outcome = Outcome(
-            forge=forge, seed=seed, code=done.returncode, state=item["state"], reason=item["reason"] or "",
-            stderr=done.stderr, pulls=server.pull_requests(OWNER, REPO), injected=dict(server.chaos_injected),
-            retries=retries_after_faults(server), requests=len(server.requests), seconds=seconds,
-        )
-        assert server.violations == [], f"requests outside the {forge} contract"
-    OUTCOMES.append(outcome)
-    print(f"{forge} seed {seed}: exit {outcome.code} {outcome.state} in {seconds:.1f} s, {outcome.requests} requests, "
-          f"faults {outcome.injected}, {outcome.retries} retries; {outcome.reason[:200]}")
-    return outcome
+    return Run(forge, seed, work_item, env, server, process, stderr_file, time.monotonic())
+
+
+def finish_run(run: Run) -> Outcome:
+    """Wait for the run, read `sdlc status --json` and what the forge holds."""
+    if run.outcome is not None:
+        return run.outcome
+    try:
+        code = run.process.wait(timeout=max(1.0, RUN_TIMEOUT - (time.monotonic() - run.started)))
+    except subprocess.TimeoutExpired:
+        run.process.kill()
+        run.process.wait()
+        raise AssertionError(f"{run.forge} seed {run.seed}: sdlc run hung for {RUN_TIMEOUT} s") from None
+    seconds = time.monotonic() - run.started
+    run.server.chaos_off()
+    status = subprocess.run(
+        [sys.executable, "-m", "sdlc.cli", "status", run.work_item, "--json"],
+        env=run.env, capture_output=True, text=True, timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    [item] = json.loads(status.stdout)
+    server = run.server
+    run.outcome = Outcome(
+        forge=run.forge, seed=run.seed, code=code, state=item["state"], reason=item["reason"] or "",
+        stderr=run.stderr_file.read_text(), pulls=server.pull_requests(OWNER, REPO),
+        injected=dict(server.chaos_injected), retries=retries_after_faults(server), requests=len(server.requests),
+        seconds=seconds, violations=list(server.violations),
+    )
+    o = run.outcome
+    print(f"{o.forge} seed {o.seed}: exit {o.code} {o.state} in {o.seconds:.1f} s, {o.requests} requests, "
+          f"faults {o.injected}, {o.retries} retries; {o.reason[:300]}")
+    return o
+
+
+@pytest.fixture(scope="module")
+def runs(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[RunKey, Run]]:
+    """Every run of this module, started at once."""
+    keys: list[RunKey] = [(forge, seed) for forge in sorted(FORGES) for seed in (*SEEDS, None)]
+    started: dict[RunKey, Run] = {}
+    try:
+        for forge, seed in keys:
+            root = tmp_path_factory.mktemp(f"{forge}-{'outage' if seed is None else f'seed{seed}'}")
+            started[(forge, seed)] = start_run(forge, seed, root, prefect_api)
+        yield started
+    finally:
+        for run in started.values():
+            if run.process.poll() is None:
+                run.process.kill()
+                run.process.wait()
+            run.server.close()
 
 
 def assert_ended_cleanly(outcome: Outcome) -> None:
     """Done with one merged PR, or failed/blocked naming the forge call, with at most one PR."""
     name = FORGES[outcome.forge][3]
     context = f"{outcome.forge} seed {outcome.seed}: {outcome.state} ({outcome.reason})\n{outcome.stderr[-2000:]}"
+    assert outcome.violations == [], f"requests outside the {outcome.forge} contract: {outcome.violations}"
     assert len(outcome.pulls) <= 1, f"duplicate PRs: {context}"
     if outcome.code == 0:
         assert outcome.state == "done", context
@@ -131,29 +191,25 @@ def assert_ended_cleanly(outcome: Outcome) -> None:
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("forge", sorted(FORGES))
-def test_random_forge_faults_end_done_with_one_merged_pr_or_failed_with_the_forge_call(
-    forge: str, seed: int, cli_env: dict[str, str], tmp_path: Path
+def test_random_forge_faults_end_done_with_one_merged_pr_or_failed_naming_the_call(
+    forge: str, seed: int, runs: dict[RunKey, Run]
 ) -> None:
-    outcome = run_pipeline(forge, cli_env, tmp_path, seed=seed)
+    outcome = finish_run(runs[(forge, seed)])
     assert_ended_cleanly(outcome)
     assert sum(outcome.injected.values()) > 0, "no fault was injected: the seed proves nothing"
 
 
-def test_most_chaos_runs_end_done() -> None:
-    """The retry policy absorbs a 30 % fault rate: at least most runs end done."""
-    runs = [outcome for outcome in OUTCOMES if outcome.seed is not None]
-    if len(runs) < len(SEEDS) * len(FORGES):
-        pytest.skip("needs every seed of both forges in this session")
-    done = sum(outcome.code == 0 for outcome in runs)
-    assert done * 2 > len(runs), [(o.forge, o.seed, o.state, o.reason) for o in runs]
+def test_the_retry_policy_absorbs_most_faults(runs: dict[RunKey, Run]) -> None:
+    """At a 30 % fault rate at least most runs end done."""
+    outcomes = [finish_run(run) for (_, seed), run in runs.items() if seed is not None]
+    done = sum(outcome.code == 0 for outcome in outcomes)
+    assert done * 2 > len(outcomes), [(o.forge, o.seed, o.state, o.reason) for o in outcomes]
 
 
 @pytest.mark.parametrize("forge", sorted(FORGES))
-def test_permanent_outage_fails_in_bounded_time_naming_the_forge_call(
-    forge: str, cli_env: dict[str, str], tmp_path: Path
-) -> None:
-    outcome = run_pipeline(forge, cli_env, tmp_path, seed=None, outage=True)
+def test_permanent_outage_fails_in_bounded_time_naming_the_call(forge: str, runs: dict[RunKey, Run]) -> None:
+    outcome = finish_run(runs[(forge, None)])
     assert outcome.code == 1
     assert_ended_cleanly(outcome)
     assert outcome.pulls == []
-    assert outcome.seconds < 120
+    assert outcome.seconds < OUTAGE_BOUND_SECONDS
