@@ -7,8 +7,14 @@ STAMP  := $(VENV)/.installed-stamp
 TOOLS_STAMP := tools/node_modules/.installed-stamp
 CLAUDE_BIN  := tools/node_modules/.bin/claude
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# Playwright drives Debian's Chromium; it never downloads a browser of its own.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
+CHROMIUM := /usr/bin/chromium
+# PostgreSQL's server programs (tests/test_postgres.py starts a private cluster with them).
+PG_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
+APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: install demo test clean tools-missing
+.PHONY: install demo test clean tools-missing system-packages
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +31,18 @@ $(TOOLS_STAMP): tools/package-lock.json tools/package.json $(if $(wildcard $(CLA
 
 tools-missing:
 
-install: $(STAMP) $(TOOLS_STAMP)
+# Debian packages the tests need, installed only when missing (needs root, as on CI).
+system-packages:
+ifeq ($(wildcard $(CHROMIUM)),)
+	$(APT_GET) update -q
+	$(APT_GET) install -y -q chromium
+endif
+ifeq ($(PG_INITDB),)
+	$(APT_GET) update -q
+	$(APT_GET) install -y -q postgresql
+endif
+
+install: system-packages $(STAMP) $(TOOLS_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/sdlc demo

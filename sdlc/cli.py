@@ -102,6 +102,11 @@ def build_parser() -> OneLineParser:
     webhooks.add_argument("--port", type=int, default=8787)
     webhooks.add_argument("--settings-block", default="sdlc-webhooks", help="Name of the WebhookSettings block.")
 
+    worker = commands.add_parser("worker", help="Run the work pool's flow runs in this process (a long-lived runner).")
+    worker.add_argument("--pool", default="sdlc-process", help="Work pool to serve (default sdlc-process).")
+    worker.add_argument("--limit", type=int, default=50, help="Flow runs at once (default 50).")
+    worker.add_argument("--query-seconds", type=float, default=1.0, help="How often to look for due runs.")
+
     server = commands.add_parser("server", help="The embedded Prefect server.")
     server.add_argument("action", choices=("start", "stop", "status"))
     return parser
@@ -456,6 +461,31 @@ def command_status(args: argparse.Namespace) -> int:
 # --- server and demo ---------------------------------------------------------
 
 
+def command_worker(args: argparse.Namespace) -> int:
+    import logging
+
+    from sdlc.server import ensure_prefect_api
+
+    if args.limit < 1 or args.query_seconds <= 0:
+        raise UsageError("--limit must be at least 1 and --query-seconds above 0")
+    ensure_prefect_api(get_settings())
+    from sdlc.worker import InProcessWorker
+
+    # Prefect has configured logging by now; the worker's own lines go to stdout beside its runs' logs.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | sdlc worker - %(message)s"))
+    worker_logger = logging.getLogger("sdlc.worker")
+    worker_logger.addHandler(handler)
+    worker_logger.setLevel(logging.INFO)
+    worker_logger.propagate = False
+    worker = InProcessWorker(args.pool, limit=args.limit, query_seconds=args.query_seconds)
+    try:
+        worker.serve()
+    except KeyboardInterrupt:
+        worker.stopping.set()
+    return EXIT_OK
+
+
 def command_server(args: argparse.Namespace) -> int:
     from sdlc import server
 
@@ -547,6 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "answer": command_answer,
         "status": command_status,
         "server": command_server,
+        "worker": command_worker,
         "webhooks": command_webhooks,
     }
     try:

@@ -26,6 +26,8 @@ START_TIMEOUT_SECONDS = 90.0
 QUIET_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+    # The V1 UI by default: 3.8.8's V2 UI calls Amplitude even with analytics off.
+    "PREFECT_SERVER_UI_V2_ENABLED": "false",
 }
 
 

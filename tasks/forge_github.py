@@ -86,7 +86,7 @@ class GitHubForge(RestRepository):
             return self._to_ref(response.json())
         # GitHub answers a duplicate with 422 "A pull request already exists"; any other 422 is an error.
         if not any(DUPLICATE_MESSAGE in message.lower() for message in _error_messages(response)):
-            raise ForgeHTTPError("POST", self._base + path, 422, forge_message(response))
+            raise ForgeHTTPError("POST", self._base + path, 422, forge_message(response), self.forge_name)
         return forge_message(response)
 
     def get_pull_request(self, *, number: int) -> PullRequestRef:

@@ -39,12 +39,18 @@ class HttpRetry(BaseModel):
 class ForgeHTTPError(PermanentError):
     """A 4xx the forge meant: wrong token, missing repository, invalid request."""
 
-    def __init__(self, method: str, path: str, status: int, message: str) -> None:
+    def __init__(self, method: str, path: str, status: int, message: str, service: str = "") -> None:
         self.method, self.path, self.status, self.forge_message = method, path, status, message
-        super().__init__(f"{method} {path} answered {status}: {message}")
+        self.service = service
+        super().__init__(f"{_call_name(service, method, path)} answered {status}: {message}")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.method, self.path, self.status, self.forge_message))
+        return (type(self), (self.method, self.path, self.status, self.forge_message, self.service))
+
+
+def _call_name(service: str, method: str, path: str) -> str:
+    """How an error names the call: ``Gitea GET /repos/team/app``, so a reason says which API failed."""
+    return f"{service} {method} {path}" if service else f"{method} {path}"
 
 
 def forge_message(response: httpx.Response) -> str:
@@ -97,11 +103,13 @@ def call(
     retry: HttpRetry | None = None,
     sleep: Callable[[float], None] = time.sleep,
     describe: Callable[[httpx.Response], str] = forge_message,
+    service: str = "",
 ) -> httpx.Response:
     """Send one request, retrying transient failures; returns a response whose status is expected.
 
     ``describe`` reads the API's own explanation out of an error answer (another
-    API than a forge, e.g. Plane, words its errors differently).
+    API than a forge, e.g. Plane, words its errors differently); ``service`` (``Gitea``,
+    ``GitHub``) starts every error message, so a work item's reason names the API.
     """
     retry = retry or HttpRetry()
     wanted = set(expected)
@@ -116,7 +124,7 @@ def call(
             if response.status_code in wanted:
                 return response
             if not _is_transient(response):
-                raise ForgeHTTPError(method, path, response.status_code, describe(response))
+                raise ForgeHTTPError(method, path, response.status_code, describe(response), service)
             last = f"{response.status_code}: {describe(response)}"
             retry_after = _retry_after(response, time.time())
         if attempt + 1 == retry.max_attempts:
@@ -124,9 +132,12 @@ def call(
         wait = backoff_seconds(
             attempt, base=retry.backoff_base_seconds, cap=retry.backoff_cap_seconds, retry_after=retry_after
         )
-        logger.warning("%s %s failed (%s); retry %d of %d in %.1f s", method, path, last, attempt + 1, retry.max_attempts - 1, wait)
+        logger.warning(
+            "%s failed (%s); retry %d of %d in %.1f s",
+            _call_name(service, method, path), last, attempt + 1, retry.max_attempts - 1, wait,
+        )
         sleep(wait)
-    raise TransientError(f"{method} {path} kept failing after {retry.max_attempts} attempts: {last}")
+    raise TransientError(f"{_call_name(service, method, path)} kept failing after {retry.max_attempts} attempts: {last}")
 
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -188,7 +199,7 @@ class RestRepository:
     ) -> httpx.Response:
         return call(
             self._client, method, self._base + path, params=params, json=json,
-            expected=expected, retry=self._retry, sleep=self._sleep,
+            expected=expected, retry=self._retry, sleep=self._sleep, service=self.forge_name,
         )
 
     def find_open_pull_request(self, *, branch: str, base: str) -> PullRequestRef | None:

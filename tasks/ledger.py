@@ -6,19 +6,23 @@ attempt number, and the pull requests of the local forge), so that ``sdlc
 status``, retry budgets and the forge survive restarts and can be read by any
 process. SQLite by default (WAL, long busy timeout, every transaction ``BEGIN
 IMMEDIATE`` so concurrent writers queue instead of failing); any SQLAlchemy URL
-works.
+works, PostgreSQL (``postgresql+psycopg://``) when several machines share it.
+Every process creates the tables it misses on first use; on PostgreSQL it does so
+under an advisory lock, so processes starting at once on an empty database queue
+instead of colliding in the catalog.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, UniqueConstraint, event, func
+from sqlalchemy import Engine, UniqueConstraint, event, func, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Field, Session, SQLModel, create_engine, select
@@ -27,6 +31,9 @@ from sdlc.models import AgentResult, WorkItemRequest, WorkItemState
 from sdlc.settings import get_settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30000
+# Key of the PostgreSQL advisory lock held while a process creates the ledger's tables.
+SCHEMA_LOCK_KEY = 0x5D1C_1ED6
+SCHEMA_ATTEMPTS = 5
 
 
 def utcnow() -> datetime:
@@ -185,7 +192,7 @@ def _build_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         engine = create_engine(url, pool_pre_ping=True)
-        SQLModel.metadata.create_all(engine)
+        _create_tables(engine)
         return engine
 
     sqlite_file = _sqlite_file(url)
@@ -217,6 +224,29 @@ def _build_engine(url: str) -> Engine:
 
     SQLModel.metadata.create_all(engine)
     return engine
+
+
+def _create_tables(engine: Engine) -> None:
+    """Create missing tables when many processes may start at once on an empty database.
+
+    Concurrent ``CREATE TABLE`` of one name fails in all but one session (PostgreSQL:
+    unique violation on ``pg_type``), whatever ``checkfirst`` saw. PostgreSQL's DDL is
+    transactional, so one transaction-scoped advisory lock makes the others wait and
+    then find the tables; elsewhere a failed attempt is simply made again.
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as connection:
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            SQLModel.metadata.create_all(connection)
+        return
+    for attempt in range(1, SCHEMA_ATTEMPTS + 1):
+        try:
+            SQLModel.metadata.create_all(engine)
+            return
+        except DBAPIError:
+            if attempt == SCHEMA_ATTEMPTS:
+                raise
+            time.sleep(0.2 * attempt)
 
 
 def engine_for(url: str) -> Engine:

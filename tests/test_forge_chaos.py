@@ -155,10 +155,27 @@ def finish_run(run: Run) -> Outcome:
     return o
 
 
+def wanted_runs(items: list[pytest.Item]) -> list[RunKey]:
+    """The runs the selected tests of this module read; outages first (they wait longest)."""
+    chaos = [(forge, seed) for forge in sorted(FORGES) for seed in SEEDS]
+    keys: set[RunKey] = set()
+    for item in items:
+        if item.module is None or item.module.__name__ != __name__:
+            continue
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "forge" in params:
+            keys.add((params["forge"], params.get("seed")))
+        elif item.name.startswith("test_the_retry_policy"):
+            keys.update(chaos)
+    return sorted(keys, key=lambda key: (key[1] is not None, key[0], key[1] or 0))
+
+
 @pytest.fixture(scope="module")
-def runs(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[RunKey, Run]]:
-    """Every run of this module, started at once."""
-    keys: list[RunKey] = [(forge, seed) for forge in sorted(FORGES) for seed in (*SEEDS, None)]
+def runs(
+    prefect_api: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[dict[RunKey, Run]]:
+    """The runs of the selected tests, started at once."""
+    keys = wanted_runs(request.session.items)
     started: dict[RunKey, Run] = {}
     try:
         for forge, seed in keys:

@@ -18,6 +18,7 @@ the plain-data values share two pipeline runs.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -276,7 +277,7 @@ BY_DATA = "$(touch {C}) \U0001f389 Zo\u00eb"
 
 RECORDING_AGENT = """\
 import json, os, runpy, sys
-with open(os.environ["SDLC_TASK_FILE"], encoding="utf-8") as handle:
+with open(os.environ["SDLC_TASK_FILE"], encoding="utf-8", newline="") as handle:
     task = handle.read()
 with open({record!r}, "a", encoding="utf-8") as handle:
     handle.write(json.dumps({{"role": os.environ["SDLC_ROLE"], "argv": sys.argv[1:], "task": task}}) + "\\n")
@@ -293,6 +294,7 @@ def recording_agent(arena: Arena, name: str) -> tuple[Path, Path]:
     """A B5 agent that records its argv and task file, then does the scripted agent's work."""
     home = arena.root / f"a {name} $(touch c-rel-{name}) ;&|"
     home.mkdir()
+    arena.allowed.append(home)  # type: ignore[attr-defined]
     record = home / "seen.jsonl"
     script = home / "agent.py"
     script.write_text(RECORDING_AGENT.format(record=str(record)), encoding="utf-8")
@@ -319,7 +321,7 @@ def test_hostile_text_in_a_whole_pipeline_is_plain_data(
     cwd = root / "cwd"
     cwd.mkdir()
     agent, record = recording_agent(watched, "one")
-    watched.allowed += [data, origin.parent, record]  # type: ignore[attr-defined]
+    watched.allowed += [data, origin.parent]  # type: ignore[attr-defined]
     title = " ".join(fill_all(watched, TITLE_DATA, "t"))
     description = "\n".join(fill_all(watched, DESCRIPTION_DATA, "d"))
     agent_args = " ".join(fill_all(watched, AGENT_ARGS_DATA, "a"))
@@ -349,7 +351,7 @@ def test_hostile_text_in_a_whole_pipeline_is_plain_data(
     assert [r["role"] for r in runs] == ["analyst", "architect", "developer", "reviewer", "tester", "deployer"]
     assert all(r["argv"] == shlex.split(agent_args) for r in runs)
     assert f"- Title: {title}\n" in runs[0]["task"]
-    assert description in runs[0]["task"].replace("\r\n", "\n") or description.replace("\r\n", "\n") in runs[0]["task"]
+    assert description in runs[0]["task"]
 
     log = git_out(origin, "log", "--format=%B", "main")
     assert f"analyst({work_item}): analysis for {title[:40]}" in log  # the subject holds the title's start
@@ -359,25 +361,46 @@ def test_hostile_text_in_a_whole_pipeline_is_plain_data(
     assert sorted(p.name for p in data.iterdir()) <= sorted(["ledger.db", "ledger.db-wal", "ledger.db-shm", "repos", "worktrees", "logs", "runs"])
 
 
-@pytest.fixture
-def receiver_app(prefect_api: str, data_dir: Path) -> Iterator[Any]:
-    from starlette.testclient import TestClient
+class InProcessReceiver:
+    """The receiver app called in-process through httpx's ASGI transport, on one event-loop thread."""
 
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __enter__(self) -> "InProcessReceiver":
+        import httpx
+        from anyio.from_thread import start_blocking_portal
+
+        self._portal_context = start_blocking_portal()
+        self.portal = self._portal_context.__enter__()
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://receiver")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.portal.call(self.client.aclose)
+        self._portal_context.__exit__(*exc)
+
+    def post(self, path: str, *, content: bytes, headers: dict[str, str]) -> Any:
+        return self.portal.call(functools.partial(self.client.post, path, content=content, headers=headers))
+
+
+@pytest.fixture
+def receiver_app(prefect_api: str, data_dir: Path) -> Iterator[InProcessReceiver]:
     from blocks.webhooks import WebhookSettings
     from sdlc.webhooks import create_app
 
     settings = WebhookSettings(gitea_secret=GITEA_SECRET, approvers=["alice"], project_keys={"team/app": "HX"})
-    with TestClient(create_app(settings)) as client:
-        yield client
+    with InProcessReceiver(create_app(settings)) as receiver:
+        yield receiver
 
 
-def deliver(client: Any, event: str, payload: dict[str, Any]) -> Any:
+def deliver(receiver: InProcessReceiver, event: str, payload: dict[str, Any]) -> Any:
     from sdlc.webhooks import signature_for
 
     body = json.dumps(payload).encode()
     headers = {"content-type": "application/json", "x-gitea-event": event, "x-gitea-delivery": str(uuid.uuid4()),
                "x-gitea-signature": signature_for(GITEA_SECRET, body)}
-    return client.post("/webhooks/gitea", content=body, headers=headers)
+    return receiver.post("/webhooks/gitea", content=body, headers=headers)
 
 
 def comment(origin: Path, number: int, text: str, by: str = "alice") -> dict[str, Any]:
@@ -387,15 +410,26 @@ def comment(origin: Path, number: int, text: str, by: str = "alice") -> dict[str
     }
 
 
+def approval_inputs(flow_run_id: str) -> list[dict[str, Any]]:
+    """What people answered the run's approval forms, as Prefect stored it."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        inputs = client.filter_flow_run_input(UUID(flow_run_id), key_prefix="", limit=100, exclude_keys=set())
+    return [json.loads(item.value) for item in inputs if item.key.endswith("-response")]
+
+
 def test_hostile_approval_comments_are_plain_data_and_bad_ones_change_nothing(
-    watched: Arena, cli_env: dict[str, str], data_dir: Path, receiver_app: Any,
+    watched: Arena, cli_env: dict[str, str], data_dir: Path, receiver_app: InProcessReceiver,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from tasks.ledger import Ledger
 
     origin = create_sample_repo(watched.root / "o2")
     agent, record = recording_agent(watched, "two")
-    watched.allowed += [origin.parent, record]  # type: ignore[attr-defined]
+    watched.allowed += [origin.parent]  # type: ignore[attr-defined]
     title = " ".join(fill_all(watched, TITLE_DATA_2, "u"))
     work_item = "HX-62"
     run = subprocess.Popen(
@@ -405,10 +439,12 @@ def test_hostile_approval_comments_are_plain_data_and_bad_ones_change_nothing(
     )
     try:
         ledger = Ledger.from_settings
+        T = time.monotonic()
         wait_for_state(data_dir, work_item, "waiting_approval", run)
+        print("TIMING waiting", time.monotonic() - T, file=sys.stderr)
         transitions = len(ledger().transitions(work_item))
 
-        # Refused while the run really waits: exit 2 or 422, the run goes on waiting, nothing recorded.
+        # Refused while the run really waits: exit 2 or 422, it goes on waiting, nothing is recorded.
         for bad in ("x\x00y", "C" * 20001, "\x1b[2J"):
             assert run_cli(["approve", work_item, f"--comment={bad}"]) == 2
             assert deliver(receiver_app, "issue_comment", comment(origin, 62, f"/approve {bad}")).status_code == 422
@@ -416,32 +452,36 @@ def test_hostile_approval_comments_are_plain_data_and_bad_ones_change_nothing(
         assert ledger().get_work_item(work_item).state == "waiting_approval"
         assert len(ledger().transitions(work_item)) == transitions
 
+        # Hostile but valid: a rejection from the command line, an approval from a webhook comment.
         by, first = watched.fill(BY_DATA, "b"), watched.fill(COMMENT_DATA, "k")
+        print("TIMING refusals", time.monotonic() - T, file=sys.stderr)
         assert run_cli(["reject", work_item, f"--by={by}", f"--comment={first}"]) == 0
+        print("TIMING rejected", time.monotonic() - T, file=sys.stderr)
         time.sleep(1)
         wait_for_state(data_dir, work_item, "waiting_approval", run)
+        print("TIMING waiting2", time.monotonic() - T, file=sys.stderr)
         second = watched.fill(WEBHOOK_COMMENT_DATA, "w")
-        answer = deliver(receiver_app, "issue_comment", comment(origin, 62, f"/reject {second}"))
+        answer = deliver(receiver_app, "issue_comment", comment(origin, 62, f"/approve {second}"))
         assert answer.status_code == 202, answer.text
-        time.sleep(1)
-        wait_for_state(data_dir, work_item, "waiting_approval", run)
-        assert run_cli(["approve", work_item, "--by=dana", f"--comment={first}"]) == 0
+        print("TIMING approved", time.monotonic() - T, file=sys.stderr)
         out, err = run.communicate(timeout=180)
+        print("TIMING ended", time.monotonic() - T, file=sys.stderr)
     finally:
         if run.poll() is None:
             run.kill()
             run.communicate()
     assert run.returncode == 0, out + err
 
-    reasons = [t.reason for t in Ledger.from_settings().transitions(work_item)]
-    assert f"rejected by {by}: {first}" in reasons
-    assert f"rejected by alice: {second}" in reasons
-    assert "approved by dana" in reasons
+    row = ledger().get_work_item(work_item)
+    reasons = [t.reason for t in ledger().transitions(work_item)]
+    assert f"rejected by {by}: {first}" in reasons and "approved by alice" in reasons
+    answers = approval_inputs(row.flow_run_id)
+    assert {"approve": False, "approver": by, "comment": first} in answers
+    assert {"approve": True, "approver": "alice", "comment": second} in answers
     analysts = [r for r in seen(record) if r["role"] == "analyst"]
-    assert len(analysts) == 3
-    assert first in analysts[1]["task"] and second in analysts[2]["task"]
-    assert f"- Title: {title}\n" in analysts[0]["task"]
-    (pr,) = Ledger.from_settings().pull_requests(work_item)
+    assert len(analysts) == 2
+    assert f"- Title: {title}\n" in analysts[0]["task"] and first in analysts[1]["task"]
+    (pr,) = ledger().pull_requests(work_item)
     assert pr.title == f"{work_item}: {title}" and pr.state == "merged"
 
 
@@ -467,7 +507,7 @@ WEBHOOK_REFUSED = [
 
 @pytest.mark.parametrize(("field", "value"), WEBHOOK_REFUSED, ids=[f"{f}={v[:20]!r}" for f, v in WEBHOOK_REFUSED])
 def test_webhook_refuses_hostile_values_with_422_and_records_nothing(
-    field: str, value: str, watched: Arena, receiver_app: Any, data_dir: Path, prefect_api: str
+    field: str, value: str, watched: Arena, receiver_app: InProcessReceiver, data_dir: Path, prefect_api: str
 ) -> None:
     value = watched.fill(value, f"h{abs(hash(value)) % 10_000}")
     if field == "comment":
@@ -480,7 +520,7 @@ def test_webhook_refuses_hostile_values_with_422_and_records_nothing(
     assert events_for(prefect_api, "HX-70", "sdlc.work-item.requested", wait=0) == []
 
 
-def test_webhook_titles_with_hostile_text_are_plain_data(watched: Arena, receiver_app: Any, prefect_api: str) -> None:
+def test_webhook_titles_with_hostile_text_are_plain_data(watched: Arena, receiver_app: InProcessReceiver, prefect_api: str) -> None:
     titles = [
         " ".join(fill_all(watched, TITLE_DATA, "x")),
         " ".join(fill_all(watched, TITLE_DATA_2, "y")),

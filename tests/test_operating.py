@@ -8,20 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
-from typing import Any
 
 from sdlc.sample import create_sample_repo
 from gitrepo import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
-
-SDLC = [sys.executable, "-m", "sdlc.cli"]
-PREFECT = str(Path(sys.executable).with_name("prefect"))
+from operating import SDLC, deploy_all, prefect_cli, start_worker, stop_worker, wait_for_end, wait_for_state
 
 
 def test_demo_starts_its_own_server_and_ends_with_the_pr_merged(tmp_path: Path) -> None:
@@ -57,44 +49,15 @@ def test_demo_starts_its_own_server_and_ends_with_the_pr_merged(tmp_path: Path) 
         subprocess.run([*SDLC, "--data-dir", str(data), "server", "stop"], env=env, capture_output=True)
 
 
-def wait_for_state(work_item: str, states: str | tuple[str, ...], data_dir: Path, timeout: float = 180) -> Any:
-    from tasks.ledger import Ledger
-
-    wanted = (states,) if isinstance(states, str) else states
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (data_dir / "ledger.db").exists():
-            row = Ledger.from_settings().get_work_item(work_item)
-            if row is not None and row.state in wanted:
-                return row
-        time.sleep(0.5)
-    raise AssertionError(f"{work_item} did not reach {wanted} within {timeout:.0f} s")
-
-
-def wait_for_end(work_item: str, data_dir: Path) -> Any:
-    return wait_for_state(work_item, ("done", "blocked", "failed"), data_dir)
-
-
 def test_deploy_all_then_deployment_run_through_a_process_worker(
     tmp_path: Path, cli_env: dict[str, str], data_dir: Path
 ) -> None:
     origin = create_sample_repo(tmp_path / "repos")
-
-    def prefect(*args: str) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([PREFECT, "--no-prompt", *args], env=cli_env, cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, result.stdout + result.stderr
-        return result
-
-    prefect("work-pool", "create", "sdlc-process", "--type", "process", "--overwrite")
-    prefect("deploy", "--all")
-    worker = subprocess.Popen(
-        [PREFECT, "worker", "start", "--pool", "sdlc-process"],
-        env={**cli_env, "PREFECT_WORKER_QUERY_SECONDS": "1"}, cwd=tmp_path,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
+    deploy_all(cli_env)
+    worker = start_worker(cli_env, tmp_path)
     try:
         params = {"request": {"work_item": "ET-40", "title": "Via deployment", "repo": str(origin), "auto_approve": True}}
-        prefect("deployment", "run", "sdlc-pipeline/sdlc-pipeline", "--params", json.dumps(params))
+        prefect_cli(cli_env, "deployment", "run", "sdlc-pipeline/sdlc-pipeline", "--params", json.dumps(params))
         row = wait_for_end("ET-40", data_dir)
         assert row.state == "done", row.reason
         assert row.pr_number == 1
@@ -140,5 +103,4 @@ def test_deploy_all_then_deployment_run_through_a_process_worker(
             log = subprocess.run(["git", "-C", str(gitea_origin), "log", "-1", "--format=%s", "main"], capture_output=True, text=True).stdout
             assert log.startswith(f"Merge pull request #{pr['number']}")
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=30)
+        stop_worker(worker)

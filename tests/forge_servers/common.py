@@ -61,10 +61,10 @@ CHAOS_KINDS = ("timeout", "lost")  # besides any HTTP status such as 500 or 429
 class Chaos:
     """Random faults on every request: each fails with probability ``rate``, as one of ``kinds``.
 
-    ``timeout``: the server sleeps ``sleep_seconds`` (past the client's timeout), does nothing and
-    answers 504; ``lost``: the operation is carried out and its answer replaced by a 502 (a proxy
-    lost it); a status (``500``, ``429``, ...): answered at once, nothing done; a 429 carries
-    ``Retry-After``.
+    ``timeout``: the server sleeps ``sleep_seconds`` (past the client's timeout) and answers 504;
+    whether the operation was carried out first is a coin flip, as the client cannot know.
+    ``lost``: the operation is carried out and its answer replaced by a 502 (a proxy lost it).
+    A status (``500``, ``429``, ...): answered at once, nothing done; a 429 carries ``Retry-After``.
     """
 
     rate: float
@@ -193,7 +193,8 @@ class ThreadedForgeServer:
 
     def _chaos_fault(self, kind: ChaosKind, chaos: Chaos) -> Fault:
         if kind == "timeout":
-            return Fault("*", "", 504, chaos.sleep_seconds, 1, {}, False, "injected timeout")
+            done = chaos.rng.random() < 0.5
+            return Fault("*", "", 504, chaos.sleep_seconds, 1, {}, done, "injected timeout")
         if kind == "lost":
             return Fault("*", "", 502, None, 1, {}, True, "Bad Gateway (the answer was lost)")
         assert isinstance(kind, int)

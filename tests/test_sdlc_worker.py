@@ -1,0 +1,52 @@
+"""`sdlc worker`: deployment runs executed in one long-lived process (B60, B21, B64).
+
+The worker claims due runs of the `sdlc-process` pool and runs them in threads; a
+run that waits for approval is suspended (its thread ends) and comes back through
+the pool after `sdlc approve`, with every finished agent replayed, not rerun.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from operating import POOL, SDLC, deploy_all, stop_worker, wait_for_end, wait_for_state
+from sdlc.sample import create_sample_repo
+
+
+def test_the_sdlc_worker_runs_deployments_in_its_own_process_and_resumes_suspended_runs(
+    tmp_path: Path, cli_env: dict[str, str], data_dir: Path
+) -> None:
+    from prefect.deployments import run_deployment
+
+    from tasks.ledger import Ledger
+
+    deploy_all(cli_env)
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(
+            [*SDLC, "worker", "--pool", POOL, "--query-seconds", "0.5"],
+            env=cli_env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        items = {"WRK-1": False, "WRK-2": True, "WRK-3": True}  # work item -> auto-approve
+        for work_item, auto in items.items():
+            origin = create_sample_repo(tmp_path / work_item)
+            request = {"work_item": work_item, "title": f"Through the worker {work_item}", "repo": str(origin),
+                       "auto_approve": auto}
+            run_deployment("sdlc-pipeline/sdlc-pipeline", parameters={"request": request}, timeout=0)
+
+        wait_for_state("WRK-1", "waiting_approval", data_dir)
+        approved = subprocess.run([*SDLC, "approve", "WRK-1", "--by", "erin"], env=cli_env, capture_output=True,
+                                  text=True, timeout=120)
+        assert approved.returncode == 0, approved.stderr
+        assert "sdlc resume" not in approved.stdout  # the worker goes on with it; nobody needs to drive it
+        rows = {work_item: wait_for_end(work_item, data_dir) for work_item in items}
+    finally:
+        stop_worker(worker)
+    worker_log = log.read_text(errors="replace")
+    assert all(row.state == "done" and row.pr_number == 1 for row in rows.values()), (rows, worker_log[-3000:])
+    roles = [run.role for run in Ledger.from_settings().agent_runs("WRK-1")]
+    assert roles == ["analyst", "architect", "developer", "reviewer", "tester", "deployer"]
+    # Four runs went through this one process: three started, and WRK-1 again after its approval.
+    assert worker_log.count("started flow run") == 4, worker_log[-3000:]
