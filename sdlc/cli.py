@@ -79,18 +79,18 @@ def build_parser() -> OneLineParser:
 
     approve = commands.add_parser("approve", help="Approve a work item's analysis.")
     approve.add_argument("work_item")
-    approve.add_argument("--by", default=os.environ.get("USER", "cli"))
+    approve.add_argument("--by", default=os.environ.get("USER") or "cli")
     approve.add_argument("--comment", default="")
 
     reject = commands.add_parser("reject", help="Send the analysis back to the analyst.")
     reject.add_argument("work_item")
-    reject.add_argument("--by", default=os.environ.get("USER", "cli"))
+    reject.add_argument("--by", default=os.environ.get("USER") or "cli")
     reject.add_argument("--comment", required=True)
 
     answer = commands.add_parser("answer", help="Answer the analyst's questions.")
     answer.add_argument("work_item")
     answer.add_argument("--file", required=True, help="File with the answers ('-' for stdin).")
-    answer.add_argument("--by", default=os.environ.get("USER", "cli"))
+    answer.add_argument("--by", default=os.environ.get("USER") or "cli")
 
     status = commands.add_parser("status", help="Work items, stages, PRs and agent runs.")
     status.add_argument("work_item", nargs="?")
@@ -352,8 +352,7 @@ def command_answer(args: argparse.Namespace) -> int:
 
 
 def _ledger_exists(settings: SdlcSettings) -> bool:
-    url = settings.resolved_ledger_url
-    return not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).exists()
+    return settings.ledger_url is not None or settings.ledger_path.exists()
 
 
 def status_report(work_item: str | None) -> list[dict[str, Any]]:

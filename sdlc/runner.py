@@ -99,14 +99,16 @@ def _read(flow_run_id: UUID) -> FlowRun:
         return client.read_flow_run(flow_run_id)
 
 
-def _execute(flow_run: FlowRun) -> None:
-    """One execution of the flow run in this process, until it ends or suspends."""
-    from flows.pipeline import sdlc_pipeline
+def execute(flow: Any, flow_run: FlowRun) -> None:
+    """One execution of the flow run in this process, until it ends or suspends.
 
+    A suspended run (waiting for a person or for a usage-limit reset) holds nothing
+    until it is rescheduled; whoever runs it next replays its finished work.
+    """
     try:
-        run_flow(sdlc_pipeline, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
+        run_flow(flow, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
     except Pause:
-        pass  # suspended for a person: the run holds no process until they answer
+        pass
 
 
 def _due(state: Any) -> bool:
@@ -123,7 +125,9 @@ def drive(flow_run_id: UUID, work_item: str, *, on_wait: Callable[[FlowRun], Non
             flow_run = _read(flow_run_id)
             state = flow_run.state
             if state is None or state.type == StateType.PENDING or (state.type == StateType.SCHEDULED and _due(state)):
-                _execute(flow_run)
+                from flows.pipeline import sdlc_pipeline
+
+                execute(sdlc_pipeline, flow_run)
                 continue
             if state.is_final():
                 return flow_run

@@ -83,7 +83,17 @@ class SdlcSettings(BaseSettings):
 
     @property
     def resolved_ledger_url(self) -> str:
-        return self.ledger_url or f"sqlite:///{self.root / 'ledger.db'}"
+        if self.ledger_url:
+            return self.ledger_url
+        from sqlalchemy.engine import URL
+
+        # Built, not formatted: a "?" or "%41" in the data dir's name stays part of the path.
+        return URL.create("sqlite", database=str(self.ledger_path)).render_as_string(hide_password=False)
+
+    @property
+    def ledger_path(self) -> Path:
+        """Where the default SQLite ledger lives."""
+        return self.root / "ledger.db"
 
 
 def get_settings() -> SdlcSettings:

@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
-from prefect.exceptions import Abort, Pause
-from prefect.flow_engine import run_flow
+from prefect.exceptions import Abort
 from prefect.states import Pending
 from prefect.utilities.engine import propose_state_sync
+
+from sdlc.runner import execute
 
 logger = logging.getLogger("sdlc.worker")
 
@@ -69,9 +69,7 @@ class InProcessWorker:
         try:
             with get_client(sync_client=True) as client:
                 flow_run = client.read_flow_run(flow_run_id)
-            run_flow(flow, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
-        except Pause:
-            pass  # suspended: it comes back through the pool when it is rescheduled
+            execute(flow, flow_run)  # a suspended run comes back through the pool when it is rescheduled
         except Exception:  # noqa: BLE001 - the engine has recorded the state; the worker goes on
             logger.exception("flow run %s ended with an error", flow_run_id)
         finally:

@@ -45,7 +45,9 @@ class ForgeHTTPError(PermanentError):
         super().__init__(f"{_call_name(service, method, path)} answered {status}: {message}")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.method, self.path, self.status, self.forge_message, self.service))
+        # Subclasses (Plane's PlaneAuthError) take the four arguments and name no service.
+        args = (self.method, self.path, self.status, self.forge_message)
+        return (type(self), (*args, self.service) if self.service else args)
 
 
 def _call_name(service: str, method: str, path: str) -> str:
@@ -205,6 +207,25 @@ class RestRepository:
     def find_open_pull_request(self, *, branch: str, base: str) -> PullRequestRef | None:
         raise NotImplementedError
 
+    def get_pull_request(self, *, number: int) -> PullRequestRef:
+        raise NotImplementedError
+
+    def _merged_despite(self, error: TransientError, number: int) -> PullRequestRef:
+        """After a merge call that kept failing: the PR, if one of its lost attempts merged it; else ``error``.
+
+        :func:`call` gives up after its last attempt, and that attempt may have merged the PR
+        with its answer lost. A retry would find it merged, but the last one has no retry: one
+        look decides, so a merged PR is never reported as a failed merge.
+        """
+        try:
+            current = self.get_pull_request(number=number)
+        except TransientError:
+            raise error from None
+        if current.state != "merged":
+            raise error
+        logger.warning("%s: #%d is merged although the merge call kept failing (%s)", self.forge_name, number, error)
+        return current
+
     def _create_pull_request(self, *, branch: str, base: str, title: str, body: str) -> PullRequestRef | str:
         """Create the PR; the forge's answer when it says one already exists."""
         raise NotImplementedError
@@ -213,7 +234,8 @@ class RestRepository:
         """The one open PR of ``branch`` into ``base``; created only when there is none.
 
         A 5xx or timeout on the create is retried by :func:`call`; if the lost attempt did
-        create the PR, the retry is answered "already exists" and that PR is found again.
+        create the PR, the retry is answered "already exists" and that PR is found again, and
+        when the last attempt fails the PR is looked for once more before giving up.
         """
         validate_branch(branch)
         validate_branch(base)
@@ -221,7 +243,17 @@ class RestRepository:
         existing = self.find_open_pull_request(branch=branch, base=base)
         if existing is not None:
             return existing
-        created = self._create_pull_request(branch=branch, base=base, title=title, body=body)
+        try:
+            created = self._create_pull_request(branch=branch, base=base, title=title, body=body)
+        except TransientError as error:
+            # The create's last attempt may have made the PR, its answer lost: look once more.
+            try:
+                existing = self.find_open_pull_request(branch=branch, base=base)
+            except TransientError:
+                raise error from None
+            if existing is None:
+                raise
+            return existing
         if not isinstance(created, str):
             return created
         for attempt in range(REFIND_ATTEMPTS):

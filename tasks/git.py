@@ -215,7 +215,13 @@ def commit_and_push(
     else:
         log.info("%s changed nothing under %s; no commit", role, ", ".join(allowed))
     if result.sha or unpushed_commits(path) > 0:
-        push_branch(path, branch)
+        # The push also moves refs/remotes/origin/<branch> in the main clone, which every fetch
+        # there rewrites: without the clone's lock a concurrent fetch fails with "cannot lock ref".
+        from tasks.worktree import clone_lock  # tasks.worktree imports this module
+
+        common_dir = repo_at(path).git.rev_parse("--path-format=absolute", "--git-common-dir", env=git_env())
+        with clone_lock(Path(common_dir.strip()).parent):
+            push_branch(path, branch)
         result.pushed = True
         log.info("pushed %s to origin", branch)
     return result

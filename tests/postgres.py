@@ -149,7 +149,7 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
     """A private cluster with the databases ``prefect`` (Prefect's server) and ``ledger``; removed at the end."""
     bindir = find_bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL is not installed (make install installs it): no initdb on PATH or in /usr/lib/postgresql")
+        pytest.fail("PostgreSQL is not installed (make install installs it): no initdb on PATH or in /usr/lib/postgresql")
     cluster = start_cluster(bindir)
     try:
         for name in ("prefect", "ledger"):

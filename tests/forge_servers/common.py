@@ -16,8 +16,9 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Self
@@ -36,6 +37,7 @@ class RecordedRequest:
     operation: str | None = None
     status: int | None = None
     injected: bool = False
+    at: float = field(default_factory=time.monotonic)  # when it arrived (time.monotonic)
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Fault:
     headers: dict[str, str]
     after: bool
     message: str | None
+    skip: int = 0  # matching requests let through before the fault applies
 
     def matches(self, method: str, path: str) -> bool:
         return self.times > 0 and self.method in ("*", method) and re.search(self.path_regex, path) is not None
@@ -148,16 +151,18 @@ class ThreadedForgeServer:
         headers: dict[str, str] | None = None,
         after: bool = False,
         message: str | None = None,
+        skip: int = 0,
     ) -> None:
         """Fail the next ``times`` requests ``method`` (or ``*``) whose path matches ``path_regex`` (searched):
         with ``status``, and/or after sleeping ``timeout`` seconds. With ``after=True`` the operation is
-        carried out first and only its answer is replaced, as when a response is lost.
+        carried out first and only its answer is replaced, as when a response is lost. The first
+        ``skip`` matching requests are answered normally.
         """
         if status is None and timeout is None:
             raise ValueError("inject needs a status, a timeout or both")
         extra = self._fault_headers(status, headers or {})
         with self._lock:
-            self._faults.append(Fault(method.upper(), path_regex, status, timeout, times, extra, after, message))
+            self._faults.append(Fault(method.upper(), path_regex, status, timeout, times, extra, after, message, skip))
 
     def _fault_headers(self, status: int | None, headers: dict[str, str]) -> dict[str, str]:
         """Headers of an injected answer; a forge adds what its real faults carry."""
@@ -205,6 +210,9 @@ class ThreadedForgeServer:
         with self._lock:
             for fault in self._faults:
                 if fault.matches(method, path):
+                    if fault.skip > 0:
+                        fault.skip -= 1
+                        continue
                     fault.times -= 1
                     return fault
             if self._chaos is not None:
