@@ -271,7 +271,10 @@ def sdlc_pipeline(request: WorkItemRequest) -> PipelineResult:
             ]
 
         if route.merge_pull_request and pull_request is not None:
-            pull_request = merge_pull_request(request.repo, request.forge, pull_request.number)
+            try:
+                pull_request = merge_pull_request(request.repo, request.forge, pull_request.number)
+            except SdlcError as exc:
+                return block(stage, f"merging PR #{pull_request.number} failed: {exc}")
         if route.block or route.to == BLOCKED:
             at = route.to if route.to != BLOCKED else stage
             return block(at, result.gate.reason)
