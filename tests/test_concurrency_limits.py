@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from sdlc.sample import create_sample_repo
@@ -46,31 +45,40 @@ def run_all(env: dict[str, str], agent: Path, items: list[tuple[str, Path]]) -> 
         assert run.returncode == 0, out + err
 
 
+def most_at_once(intervals: list[dict[str, float]]) -> int:
+    events = sorted([(i["start"], 1) for i in intervals] + [(i["end"], -1) for i in intervals])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
 def overlaps(intervals: list[dict[str, float]]) -> int:
     ordered = sorted(intervals, key=lambda i: i["start"])
     return sum(1 for a, b in zip(ordered, ordered[1:]) if b["start"] < a["end"])
 
 
-def test_a_provider_limit_of_one_serialises_agents_of_all_work_items(
+def test_provider_and_repository_limits_hold_across_processes(
     tmp_path: Path, cli_env: dict[str, str], data_dir: Path
 ) -> None:
-    agent, record = agent_recording_intervals(tmp_path)
-    items = [(f"LIM-{n}", create_sample_repo(tmp_path / f"repo{n}")) for n in range(1, 3)]
-    started = time.monotonic()
-    run_all({**cli_env, "SDLC_PROVIDER_CONCURRENCY": json.dumps({"custom": 1})}, agent, items)
-    intervals = [json.loads(line) for line in record.read_text().splitlines()]
-    assert len(intervals) == 12  # six roles for each of two work items
-    assert overlaps(intervals) == 0
-    assert time.monotonic() - started >= 12 * 0.4
+    """Three work items, two on one repository: that repository's agents never overlap (its limit
+    is 1), and never more than two agents of the provider run at once (its limit is 2)."""
+    from prefect.client.orchestration import get_client
 
-
-def test_a_repository_limit_holds_per_repository_only(tmp_path: Path, cli_env: dict[str, str], data_dir: Path) -> None:
     agent, record = agent_recording_intervals(tmp_path)
     shared = create_sample_repo(tmp_path / "shared")
     other = create_sample_repo(tmp_path / "other")
-    run_all({**cli_env, "SDLC_REPO_CONCURRENCY": "1"}, agent, [("REP-1", shared), ("REP-2", shared), ("REP-3", other)])
+    env = {**cli_env, "SDLC_REPO_CONCURRENCY": "1", "SDLC_PROVIDER_CONCURRENCY": json.dumps({"custom": 2})}
+    run_all(env, agent, [("REP-1", shared), ("REP-2", shared), ("REP-3", other)])
     intervals = [json.loads(line) for line in record.read_text().splitlines()]
+    assert len(intervals) == 18  # six roles for each of three work items
     on_shared = [i for i in intervals if i["item"] in ("REP-1", "REP-2")]
-    assert len(on_shared) == 12 and overlaps(on_shared) == 0
-    # The other repository's agents were not held back by the shared one's limit.
-    assert overlaps(intervals) > 0
+    assert overlaps(on_shared) == 0
+    assert most_at_once(intervals) <= 2
+    # Each repository has its own limit on the server, beside the provider's.
+    with get_client(sync_client=True) as client:
+        limits = {limit.name: limit.limit for limit in client.read_global_concurrency_limits(limit=200)}
+    repo_limits = {name: size for name, size in limits.items() if name.startswith("sdlc-repo-sample-origin")}
+    assert len(repo_limits) >= 2 and set(repo_limits.values()) == {1}
+    assert limits["sdlc-provider-custom"] == 2

@@ -100,7 +100,9 @@ def test_retry_after_is_honoured_before_the_next_attempt(tmp_path: Path) -> None
 
 
 @pytest.mark.usefixtures("prefect_api", "data_dir")
-def test_transient_failures_do_not_spend_the_permanent_budget(tmp_path: Path) -> None:
+def test_transient_failures_do_not_spend_the_permanent_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Three transient failures in a row would open the provider's breaker (its own test is below).
+    monkeypatch.setenv("SDLC_BREAKER_THRESHOLD", "10")
     state = run_pipeline(
         tmp_path, {"architect": {"rate_limit_times": 3}}, max_attempts=1, backoff_base_seconds=0.05
     )
