@@ -28,6 +28,10 @@ QUIET_ENV = {
     "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
     # The V1 UI by default: 3.8.8's V2 UI calls Amplitude even with analytics off.
     "PREFECT_SERVER_UI_V2_ENABLED": "false",
+    # Many pipelines at once make SQLite busy: wait longer for its lock before answering 503,
+    # and let clients retry a 503 for longer (measured: 20 concurrent work items on one worker).
+    "PREFECT_SERVER_DATABASE_TIMEOUT": "30",
+    "PREFECT_CLIENT_MAX_RETRIES": "10",
 }
 
 
