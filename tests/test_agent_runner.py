@@ -105,3 +105,21 @@ def test_environment_allowlist() -> None:
         {"EXTRA": "1"},
     )
     assert env == {"PATH": "/bin", "HOME": "/root", "ANTHROPIC_BASE_URL": "http://127.0.0.1:1", "SDLC_ROLE": "tester", "EXTRA": "1"}
+
+
+def test_a_json_result_with_is_error_fails_the_run_even_with_exit_0(tmp_path: Path) -> None:
+    """B31: a CLI's JSON result decides, not its exit code alone (Claude Code 2.1.330 exits 1 with
+    is_error itself, so a process that prints its result and exits 0 stands in for one that does not)."""
+    from tasks.agent import assess_run
+
+    result_line = json.dumps({
+        "type": "result", "subtype": "error_max_budget_usd", "is_error": True, "num_turns": 1,
+        "total_cost_usd": 0.02, "errors": ["Reached maximum budget ($0.01)"], "session_id": "s-9",
+    })
+    code = f"print({result_line!r})"
+    run = invocation(tmp_path, python(code))
+    executed = execute_agent(run, attempt=1, log_path=tmp_path / "run.log")
+    assert executed.exit_code == 0
+    assessed, decision = assess_run(executed, run, earlier=[])
+    assert decision is not None, "exit 0 with is_error must be a failure"
+    assert assessed.failure_kind == "permanent" and assessed.cost_usd == 0.02 and assessed.session_id == "s-9"
