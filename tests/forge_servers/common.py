@@ -11,9 +11,11 @@ sequence can be replayed).
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -23,6 +25,30 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Self
 from urllib.parse import parse_qs, urlsplit
+
+
+def server_git(
+    cwd: Path, *args: str, identity: tuple[str, str], check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """git as a forge server runs it on its bare repositories: no user config, the forge's identity."""
+    name, email = identity
+    env = {
+        **os.environ,
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_AUTHOR_NAME": name,
+        "GIT_AUTHOR_EMAIL": email,
+        "GIT_COMMITTER_NAME": name,
+        "GIT_COMMITTER_EMAIL": email,
+    }
+    done = subprocess.run(
+        ["git", "-c", "commit.gpgsign=false", "-c", "init.defaultBranch=main", *args],
+        cwd=str(cwd), env=env, capture_output=True, text=True, check=False, input=stdin,
+    )
+    if check and done.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} failed in {cwd}: {done.stderr.strip()}")
+    return done
 
 
 @dataclass

@@ -28,7 +28,6 @@ Faults are injected per request with :meth:`GiteaTestServer.inject`.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -40,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from forge_servers.common import Fault, ForgeRequestHandler, RecordedRequest, ThreadedForgeServer
+from forge_servers.common import Fault, ForgeRequestHandler, RecordedRequest, ThreadedForgeServer, server_git
 from forge_servers.swagger_contract import DEFAULT_DOCUMENT, Match, SwaggerContract
 
 DEFAULT_TOKEN = "gitea-test-token"
@@ -66,27 +65,8 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _git_env() -> dict[str, str]:
-    return {
-        **os.environ,
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "GIT_TERMINAL_PROMPT": "0",
-        "GIT_AUTHOR_NAME": "Gitea",
-        "GIT_AUTHOR_EMAIL": "gitea@example.test",
-        "GIT_COMMITTER_NAME": "Gitea",
-        "GIT_COMMITTER_EMAIL": "gitea@example.test",
-    }
-
-
 def git(cwd: Path, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        ["git", "-c", "commit.gpgsign=false", "-c", "init.defaultBranch=main", *args],
-        cwd=str(cwd), env=_git_env(), capture_output=True, text=True, check=False, input=stdin,
-    )
-    if check and done.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed in {cwd}: {done.stderr.strip()}")
-    return done
+    return server_git(cwd, *args, identity=("Gitea", "gitea@example.test"), check=check, stdin=stdin)
 
 
 @dataclass

@@ -16,7 +16,6 @@ contract is logged in :attr:`GitHubTestServer.violations`.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -29,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from forge_servers.common import Fault, ForgeRequestHandler, RecordedRequest, ThreadedForgeServer
+from forge_servers.common import Fault, ForgeRequestHandler, RecordedRequest, ThreadedForgeServer, server_git
 from forge_servers.github_contract import API_VERSIONS, Checked, check_request
 
 DEFAULT_TOKEN = "test-token"
@@ -50,27 +49,8 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _git_env() -> dict[str, str]:
-    return {
-        **os.environ,
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "GIT_TERMINAL_PROMPT": "0",
-        "GIT_AUTHOR_NAME": "GitHub",
-        "GIT_AUTHOR_EMAIL": "noreply@github.com",
-        "GIT_COMMITTER_NAME": "GitHub",
-        "GIT_COMMITTER_EMAIL": "noreply@github.com",
-    }
-
-
-def _git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        ["git", "-c", "commit.gpgsign=false", *args],
-        cwd=str(cwd), env=_git_env(), capture_output=True, text=True, check=False,
-    )
-    if check and done.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed in {cwd}: {done.stderr.strip()}")
-    return done
+def _git(cwd: Path, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return server_git(cwd, *args, identity=("GitHub", "noreply@github.com"), check=check, stdin=stdin)
 
 
 @dataclass
