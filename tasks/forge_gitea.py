@@ -27,6 +27,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import httpx
+
 from sdlc.models import PullRequestRef, validate_branch
 from tasks.ci_status import CiStatus
 from tasks.failures import PermanentError, TransientError
@@ -117,26 +119,20 @@ class GiteaForge(RestRepository):
     def get_pull_request(self, *, number: int) -> PullRequestRef:
         return pull_request_ref(self._call("GET", f"/pulls/{int(number)}").json())
 
-    def merge_pull_request(self, *, number: int) -> PullRequestRef:
-        """Merge PR ``number`` with a merge commit; a PR already merged is returned unchanged."""
-        number = int(number)
-        current = self.get_pull_request(number=number)
-        if current.state == "merged":
-            return current
-        if current.state != "open":
-            raise PermanentError(f"pull request #{number} of {self.owner}/{self.repo} is closed; it cannot be merged")
-        try:
-            response = self._call(
-                "POST", f"/pulls/{number}/merge",
-                json={
-                    "Do": "merge",
-                    "MergeTitleField": f"Merge pull request #{number} from {current.branch}",
-                    "MergeMessageField": current.title,
-                },
-                expected=(200, 405),
-            )
-        except TransientError as error:
-            return self._merged_despite(error, number)
+    def _send_merge(self, current: PullRequestRef) -> httpx.Response:
+        number = current.number
+        return self._call(
+            "POST", f"/pulls/{number}/merge",
+            json={
+                "Do": "merge",
+                "MergeTitleField": f"Merge pull request #{number} from {current.branch}",
+                "MergeMessageField": current.title,
+            },
+            expected=(200, 405),
+        )
+
+    def _merged_from(self, current: PullRequestRef, response: httpx.Response) -> PullRequestRef:
+        number = current.number
         try:
             merged = self.get_pull_request(number=number)
         except TransientError:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
+
 from sdlc.models import PullRequestRef, validate_branch
 from tasks.ci_status import CiStatus
 from tasks.failures import PermanentError, TransientError
@@ -95,19 +97,11 @@ class GitHubForge(RestRepository):
     def is_merged(self, *, number: int) -> bool:
         return self._call("GET", f"/pulls/{int(number)}/merge", expected=(204, 404)).status_code == 204
 
-    def merge_pull_request(self, *, number: int) -> PullRequestRef:
-        """Merge PR ``number`` with a merge commit; a PR already merged is returned unchanged."""
-        number = int(number)
-        current = self.get_pull_request(number=number)
-        if current.state == "merged":
-            return current
-        if current.state != "open":
-            raise PermanentError(f"pull request #{number} of {self.owner}/{self.repo} is closed; it cannot be merged")
-        path = f"/pulls/{number}/merge"
-        try:
-            response = self._call("PUT", path, json={"merge_method": "merge"}, expected=(200, 405))
-        except TransientError as error:
-            return self._merged_despite(error, number)
+    def _send_merge(self, current: PullRequestRef) -> httpx.Response:
+        return self._call("PUT", f"/pulls/{current.number}/merge", json={"merge_method": "merge"}, expected=(200, 405))
+
+    def _merged_from(self, current: PullRequestRef, response: httpx.Response) -> PullRequestRef:
+        number = current.number
         if response.status_code == 405:
             # A retried PUT whose first answer was lost finds the PR merged already.
             if self.is_merged(number=number):

@@ -230,6 +230,31 @@ class RestRepository:
         """Create the PR; the forge's answer when it says one already exists."""
         raise NotImplementedError
 
+    def get_pull_request(self, *, number: int) -> PullRequestRef:
+        raise NotImplementedError
+
+    def _send_merge(self, current: PullRequestRef) -> httpx.Response:
+        """The forge's merge call for the open PR ``current``."""
+        raise NotImplementedError
+
+    def _merged_from(self, current: PullRequestRef, response: httpx.Response) -> PullRequestRef:
+        """The merged PR, from the forge's answer to the merge call; raises when it did not merge."""
+        raise NotImplementedError
+
+    def merge_pull_request(self, *, number: int) -> PullRequestRef:
+        """Merge PR ``number`` with a merge commit; a PR already merged is returned unchanged."""
+        number = int(number)
+        current = self.get_pull_request(number=number)
+        if current.state == "merged":
+            return current
+        if current.state != "open":
+            raise PermanentError(f"pull request #{number} of {self.owner}/{self.repo} is closed; it cannot be merged")
+        try:
+            response = self._send_merge(current)
+        except TransientError as error:
+            return self._merged_despite(error, number)
+        return self._merged_from(current, response)
+
     def ensure_pull_request(self, *, branch: str, base: str, title: str, body: str, work_item: str) -> PullRequestRef:
         """The one open PR of ``branch`` into ``base``; created only when there is none.
 
