@@ -84,6 +84,22 @@ SERVER_ERROR = Reply.error(500, "api_error", "Internal server error")
 UNAUTHORIZED = Reply.error(401, "authentication_error", "invalid x-api-key")
 
 
+def claude_cli_env(home: str, api_url: str, *, timeout_ms: int) -> dict[str, str]:
+    """What the real Claude Code CLI needs to talk to a fake API and nothing else: a private HOME,
+    a dummy key, no updater, telemetry or error reports, and no retries of its own."""
+    return {
+        "HOME": home,
+        "ANTHROPIC_BASE_URL": api_url,
+        "ANTHROPIC_API_KEY": "sk-test-dummy",
+        "DISABLE_AUTOUPDATER": "1",
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_ERROR_REPORTING": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "CLAUDE_CODE_MAX_RETRIES": "0",
+        "API_TIMEOUT_MS": str(timeout_ms),
+    }
+
+
 class FakeAnthropic:
     """The fake API server; a context manager that serves on ``url`` until exit."""
 

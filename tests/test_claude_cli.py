@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from fake_anthropic import OVERLOADED, RATE_LIMITED, SERVER_ERROR, UNAUTHORIZED, FakeAnthropic, Reply
+from fake_anthropic import OVERLOADED, RATE_LIMITED, SERVER_ERROR, UNAUTHORIZED, FakeAnthropic, Reply, claude_cli_env
 from gitrepo import git
 
 from blocks.agent_profile import AgentProfile
@@ -69,17 +69,7 @@ def run_claude(claude: str, api: FakeAnthropic, repo: Path, tmp_path: Path) -> t
     profile = AgentProfile(
         kind="claude",
         binary=claude,
-        env={
-            "HOME": str(home),
-            "ANTHROPIC_BASE_URL": api.url,
-            "ANTHROPIC_API_KEY": "sk-test-dummy",
-            "DISABLE_AUTOUPDATER": "1",
-            "DISABLE_TELEMETRY": "1",
-            "DISABLE_ERROR_REPORTING": "1",
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-            "CLAUDE_CODE_MAX_RETRIES": "0",
-            "API_TIMEOUT_MS": "10000",
-        },
+        env=claude_cli_env(str(home), api.url, timeout_ms=10000),
     )
     argv = profile.build_command(role="developer", task_file=".task-developer.md", system_prompt_file=str(prompt_file))
     invocation = AgentInvocation(

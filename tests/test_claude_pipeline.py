@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import pytest
 
 from blocks.agent_profile import AgentProfile
-from fake_anthropic import FakeAnthropic, Reply
+from fake_anthropic import FakeAnthropic, Reply, claude_cli_env
 from sdlc.models import AgentSpec, WorkItemRequest
 from sdlc.sample import create_sample_repo
 
@@ -78,17 +78,7 @@ def save_claude_profile(tmp_path: Path, fake_api: FakeAnthropic) -> str:
         kind="claude",
         binary=str(CLAUDE),
         allowed_tools={role: ["Bash", "Read", "Write", "Edit"] for role in [*WRITES, "reviewer"]},
-        env={
-            "HOME": str(home),
-            "ANTHROPIC_BASE_URL": fake_api.url,
-            "ANTHROPIC_API_KEY": "sk-test-dummy",
-            "DISABLE_AUTOUPDATER": "1",
-            "DISABLE_TELEMETRY": "1",
-            "DISABLE_ERROR_REPORTING": "1",
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-            "CLAUDE_CODE_MAX_RETRIES": "0",
-            "API_TIMEOUT_MS": "20000",
-        },
+        env=claude_cli_env(str(home), fake_api.url, timeout_ms=20000),
         default_timeout_seconds=120,
     ).save(block_name)
     return block_name
