@@ -312,27 +312,27 @@ def command_approve(args: argparse.Namespace, approve: bool) -> int:
         validate_person(args.by, "--by")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    _known_work_item(args.work_item)
+    row = _known_work_item(args.work_item)
     resume_waiting_run(
         args.work_item,
         WorkItemState.waiting_approval,
         {"approve": approve, "approver": args.by, "comment": args.comment},
     )
     print(f"{args.work_item} {'approved' if approve else 'rejected'} by {args.by}")
-    _hint_when_nobody_drives(args.work_item)
+    _hint_when_nobody_drives(row)
     return EXIT_OK
 
 
-def _hint_when_nobody_drives(work_item: str) -> None:
+def _hint_when_nobody_drives(row: Any) -> None:
+    """After an answer: say so when the run belongs to `sdlc run` and no such process is left to go on."""
     from sdlc import runner
 
-    row = _known_work_item(work_item)
-    if row.flow_run_id and runner.waits_for_a_driver(work_item, row.flow_run_id):
-        print(f"no `sdlc run` is waiting for {work_item} any more: run `sdlc resume {work_item}` to go on")
+    if row.flow_run_id and runner.waits_for_a_driver(row.id, row.flow_run_id):
+        print(f"no `sdlc run` is waiting for {row.id} any more: run `sdlc resume {row.id}` to go on")
 
 
 def command_answer(args: argparse.Namespace) -> int:
-    _known_work_item(args.work_item)
+    row = _known_work_item(args.work_item)
     if args.file == "-":
         answers = sys.stdin.read()
     else:
@@ -344,7 +344,7 @@ def command_answer(args: argparse.Namespace) -> int:
         raise UsageError("the answers are empty")
     resume_waiting_run(args.work_item, WorkItemState.needs_input, {"answers": answers, "answered_by": args.by})
     print(f"{args.work_item} answered by {args.by}")
-    _hint_when_nobody_drives(args.work_item)
+    _hint_when_nobody_drives(row)
     return EXIT_OK
 
 

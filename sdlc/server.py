@@ -23,7 +23,8 @@ from pathlib import Path
 from sdlc.settings import SdlcSettings
 
 START_TIMEOUT_SECONDS = 90.0
-QUIET_ENV = {
+# Prefect settings sdlc gives the server it starts, and its own clients where the environment sets none.
+PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
     # The V1 UI by default: 3.8.8's V2 UI calls Amplitude even with analytics off.
@@ -62,7 +63,7 @@ def _prefect_executable() -> str:
 
 def configure_client_environment(settings: SdlcSettings) -> None:
     """Quiet, isolated Prefect client settings for this process (before prefect is imported)."""
-    for name, value in QUIET_ENV.items():
+    for name, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(name, value)
     os.environ.setdefault("PREFECT_HOME", str(settings.root / "prefect"))
 
@@ -72,7 +73,7 @@ def start_server(settings: SdlcSettings) -> str:
     api_url = api_url_for(settings.prefect_port)
     home = settings.root / "prefect"
     home.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **QUIET_ENV, "PREFECT_HOME": str(home)}
+    env = {**os.environ, **PREFECT_DEFAULTS, "PREFECT_HOME": str(home)}
     env.pop("PREFECT_API_URL", None)
     if not (env.get("PREFECT_SERVER_UI_API_URL") or env.get("PREFECT_UI_API_URL")):
         # `prefect server start --port N` points its UI at PREFECT_API_URL or port 4200, not at N.
