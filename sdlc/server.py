@@ -56,11 +56,6 @@ def _pid_file(settings: SdlcSettings) -> Path:
     return settings.root / "prefect" / "server.pid"
 
 
-def _prefect_executable() -> str:
-    candidate = Path(sys.executable).with_name("prefect")
-    return str(candidate) if candidate.exists() else "prefect"
-
-
 def configure_client_environment(settings: SdlcSettings) -> None:
     """Quiet, isolated Prefect client settings for this process (before prefect is imported)."""
     for name, value in PREFECT_DEFAULTS.items():
@@ -73,14 +68,16 @@ def start_server(settings: SdlcSettings) -> str:
     api_url = api_url_for(settings.prefect_port)
     home = settings.root / "prefect"
     home.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **PREFECT_DEFAULTS, "PREFECT_HOME": str(home)}
+    # Unbuffered: the log must hold the server's last lines when it is stopped or dies.
+    env = {**os.environ, **PREFECT_DEFAULTS, "PREFECT_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     env.pop("PREFECT_API_URL", None)
     if not (env.get("PREFECT_SERVER_UI_API_URL") or env.get("PREFECT_UI_API_URL")):
-        # `prefect server start --port N` points its UI at PREFECT_API_URL or port 4200, not at N.
+        # Prefect's UI points at PREFECT_API_URL or port 4200, not at the port it is served on.
         env["PREFECT_SERVER_UI_API_URL"] = api_url
     log = open(home / "server.log", "ab")  # noqa: SIM115 - handed to the child
     process = subprocess.Popen(
-        [_prefect_executable(), "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect_port)],
+        # Prefect's server app, retrying in-server what SQLite refused as locked (sdlc/prefect_server.py).
+        [sys.executable, "-m", "sdlc.prefect_server", "--host", "127.0.0.1", "--port", str(settings.prefect_port)],
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -1,0 +1,142 @@
+"""The Prefect server sdlc starts: Prefect's own app (API, UI, services), run again on a busy SQLite.
+
+    python -m sdlc.prefect_server --host 127.0.0.1 --port 4200
+
+It serves exactly what ``prefect server start`` serves (``create_app(final=True)``
+under uvicorn), with one difference. On SQLite, Prefect answers 503 when a write
+finds the database locked by another of its own connections (the task-run recorder
+writing a batch of task runs while a flow run creates its subflow's task run, for
+instance). Prefect's client then backs off 2, 4, 8, ... seconds: with twenty work
+items at once that stalled single pipelines for minutes (measured: one waited 233 s
+between two stages). The lock is held for milliseconds, so this server runs such a
+request again itself after a short random pause, for up to
+``SDLC_SERVER_LOCKED_RETRY_SECONDS`` (default 20 s); only then does the client see
+the 503. A request that failed this way changed nothing (its transaction was rolled
+back), which is why Prefect's client may send it again too.
+
+PostgreSQL does not answer 503 for locks; there the middleware only passes responses through.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+import anyio
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
+
+DEFAULT_RETRY_SECONDS = 20.0
+
+
+class RetryBusyRequests:
+    """ASGI middleware: a request answered 503 (Prefect's "retry me") runs again, within a time budget."""
+
+    def __init__(self, app: ASGIApp, *, budget_seconds: float = DEFAULT_RETRY_SECONDS) -> None:
+        self.app = app
+        self.budget_seconds = budget_seconds
+        self.retried = 0  # requests answered only after at least one retry (for tests and logs)
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.budget_seconds <= 0:
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        deadline = time.monotonic() + self.budget_seconds
+        attempt = 0
+        while True:
+            attempt += 1
+            busy = False
+
+            async def forward_unless_busy(message: Message) -> None:
+                nonlocal busy
+                if message["type"] == "http.response.start" and message["status"] == 503 and time.monotonic() < deadline:
+                    busy = True
+                if not busy:
+                    await send(message)
+
+            # A fresh scope each time: routing writes into it (a mounted app's root_path and path).
+            try:
+                await self.app(dict(scope), _replay(body, receive), forward_unless_busy)
+            except Exception:
+                # Starlette re-raises what its error handler answered; an answer held back is retried.
+                if not busy:
+                    raise
+            if not busy:
+                if attempt > 1:
+                    self.retried += 1
+                return
+            # Short, random and growing a little: the lock is held for milliseconds.
+            await anyio.sleep(random.uniform(0.02, 0.1) * min(attempt, 10))
+
+
+async def _read_body(receive: Receive) -> list[Message]:
+    """The request's body messages, kept so that each attempt reads the same body."""
+    messages: list[Message] = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return messages
+
+
+def _replay(body: list[Message], receive: Receive) -> Receive:
+    """A receive that hands out the kept body, then waits on the real one (for a disconnect)."""
+    pending = list(body)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
+
+
+def retry_budget() -> float:
+    raw = os.environ.get("SDLC_SERVER_LOCKED_RETRY_SECONDS", "").strip()
+    try:
+        return float(raw) if raw else DEFAULT_RETRY_SECONDS
+    except ValueError:
+        raise SystemExit(f"SDLC_SERVER_LOCKED_RETRY_SECONDS must be a number of seconds, not {raw!r}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sdlc.prefect_server", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    budget = retry_budget()
+
+    import uvicorn
+    from prefect.server.api.server import create_app
+    from prefect.settings import (
+        PREFECT_SERVER_API_KEEPALIVE_TIMEOUT,
+        PREFECT_SERVER_API_WEBSOCKET_PING_INTERVAL,
+        PREFECT_SERVER_API_WEBSOCKET_PING_TIMEOUT,
+        PREFECT_SERVER_LOGGING_LEVEL,
+    )
+
+    # As `prefect server start` runs it with one worker process: API, UI and services in one app.
+    app = RetryBusyRequests(create_app(final=True), budget_seconds=budget)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        timeout_keep_alive=PREFECT_SERVER_API_KEEPALIVE_TIMEOUT.value(),
+        ws_ping_interval=PREFECT_SERVER_API_WEBSOCKET_PING_INTERVAL.value(),
+        ws_ping_timeout=PREFECT_SERVER_API_WEBSOCKET_PING_TIMEOUT.value(),
+        log_level=PREFECT_SERVER_LOGGING_LEVEL.value().lower(),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The server sdlc starts retries, in-server, the requests Prefect answers 503 (SQLite locked).
+
+Prefect registers its "retryable or not" handler for every exception on Starlette's
+ServerErrorMiddleware, which answers and then raises the exception again; the
+Starlette app below is built the same way, so the middleware meets what it meets
+in Prefect's app. A whole Prefect server behind it runs in every pipeline test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+
+from sdlc.prefect_server import RetryBusyRequests
+
+
+class DatabaseLocked(Exception):
+    pass
+
+
+def prefect_like_app(locked_times: int, seen: list[dict[str, Any]]) -> Starlette:
+    """`POST /api/flows/` fails as locked ``locked_times`` times, then answers; `/api/broken` always fails."""
+
+    async def create_flow(request: Request) -> JSONResponse:
+        seen.append(await request.json())
+        if len(seen) <= locked_times:
+            raise DatabaseLocked("database is locked")
+        return JSONResponse({"created": seen[-1]["name"], "attempts": len(seen)}, status_code=201)
+
+    async def broken(request: Request) -> JSONResponse:
+        seen.append({})
+        raise ValueError("a bug, not a lock")
+
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        # As prefect.server.api.server.custom_internal_exception_handler: 503 for what a client may retry.
+        if isinstance(exc, DatabaseLocked):
+            return JSONResponse({"exception_message": "Service Unavailable"}, status_code=503)
+        return JSONResponse({"exception_message": "Internal Server Error"}, status_code=500)
+
+    api = Starlette(
+        routes=[Route("/flows/", create_flow, methods=["POST"]), Route("/broken", broken, methods=["POST"])],
+        exception_handlers={Exception: handler},  # on the API app, as Prefect's create_api_app does
+    )
+    # Mounted, as Prefect mounts its API: routing rewrites the scope's path on each pass.
+    return Starlette(routes=[Mount("/api", app=api)])
+
+
+def post(app: Any, path: str, payload: dict[str, Any] | None = None) -> tuple[httpx.Response, float]:
+    async def go() -> tuple[httpx.Response, float]:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://server") as client:
+            started = time.monotonic()
+            response = await client.post(path, content=json.dumps(payload or {}), headers={"content-type": "application/json"})
+            return response, time.monotonic() - started
+
+    return asyncio.run(go())
+
+
+def test_a_request_refused_as_locked_is_answered_after_the_server_runs_it_again() -> None:
+    seen: list[dict[str, Any]] = []
+    server = RetryBusyRequests(prefect_like_app(locked_times=3, seen=seen), budget_seconds=10)
+    response, _ = post(server, "/api/flows/", {"name": "sdlc-stage"})
+    assert response.status_code == 201, response.text
+    assert response.json() == {"created": "sdlc-stage", "attempts": 4}
+    assert seen == [{"name": "sdlc-stage"}] * 4  # every attempt read the whole body
+    assert server.retried == 1
+
+
+def test_the_client_gets_the_503_when_the_lock_outlasts_the_budget() -> None:
+    seen: list[dict[str, Any]] = []
+    server = RetryBusyRequests(prefect_like_app(locked_times=10_000, seen=seen), budget_seconds=0.5)
+    response, took = post(server, "/api/flows/", {"name": "x"})
+    assert response.status_code == 503
+    assert response.json() == {"exception_message": "Service Unavailable"}
+    assert 0.5 <= took < 5
+    assert 2 <= len(seen) < 100
+
+
+def test_other_errors_and_answers_pass_through_once() -> None:
+    seen: list[dict[str, Any]] = []
+    server = RetryBusyRequests(prefect_like_app(locked_times=0, seen=seen), budget_seconds=10)
+    broken, _ = post(server, "/api/broken")
+    assert broken.status_code == 500 and len(seen) == 1  # a bug is not retried
+    missing, _ = post(server, "/api/nothing-here")
+    assert missing.status_code == 404
+    created, _ = post(server, "/api/flows/", {"name": "y"})
+    assert created.status_code == 201 and created.json()["attempts"] == 2
+    assert server.retried == 0
