@@ -21,9 +21,7 @@ from tasks.worktree import branch_lock
 
 # Finished steps are not redone when the stage runs again after a crash (B21).
 prepare_worktree = replayed(worktree.prepare_worktree)
-archive_stale_artifacts = replayed(gates.archive_stale_artifacts)
-write_task_file = replayed(taskfile.write_task_file)
-prepare_agent_invocation = replayed(taskfile.prepare_agent_invocation)
+prepare_agent_run = replayed(taskfile.prepare_agent_run)
 run_agent = replayed(agent.run_agent)
 commit_and_push = replayed(git.commit_and_push)
 ensure_pull_request = replayed(forge.ensure_pull_request)
@@ -51,9 +49,7 @@ def stage_flow(stage_input: StageInput) -> StageResult:
 def _run_stage(stage_input: StageInput, worktree: str) -> StageResult:
     spec = current_graph().stage(stage_input.stage)
     request = stage_input.request
-    moved = archive_stale_artifacts(worktree, request.work_item, spec)
-    task_file = write_task_file(worktree, stage_input, spec, moved)
-    invocation = prepare_agent_invocation(worktree, stage_input, spec, task_file)
+    invocation = prepare_agent_run(worktree, stage_input, spec)
 
     agent: AgentResult
     try:

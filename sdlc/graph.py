@@ -20,6 +20,11 @@ BLOCKED = "blocked"
 TERMINALS = (DONE, BLOCKED)
 
 
+def artifacts_dir(work_item: str) -> str:
+    """Where agents write their artifacts and gates read them, relative to the worktree (B10)."""
+    return f"docs/work-items/{work_item}"
+
+
 class Route(BaseModel):
     """Where a gate outcome sends the work item."""
 

@@ -2,7 +2,7 @@
 
 Each gate kind is one function from a :class:`GateContext` to a
 :class:`GateResult`; the stage graph names the kind and maps outcomes to routes.
-Before an agent runs, :func:`archive_stale_artifacts` moves the files its gate
+Before an agent runs, :func:`archive_stale_artifacts_in` moves the files its gate
 reads into ``history/`` with a round number, so a verdict or a question from an
 earlier run can never decide the gate again, while the history stays readable.
 """
@@ -18,13 +18,12 @@ from typing import Callable
 from prefect import task
 from pydantic import BaseModel, ConfigDict
 
-from sdlc.graph import StageSpec
+from sdlc.graph import StageSpec, artifacts_dir
 from sdlc.models import AgentResult, ForgeSpec, GateResult
 from sdlc.repo_config import load_repo_config
 from sdlc.settings import get_settings
 from tasks.agent import describe_failure
 from tasks.classify import read_tail
-from tasks.taskfile import artifacts_dir
 
 MAX_DETAILS = 8000
 
@@ -218,11 +217,6 @@ def archive_stale_artifacts_in(worktree: Path, work_item: str, spec: StageSpec) 
         path.rename(target)
         moved[str(path.relative_to(worktree))] = str(target.relative_to(worktree))
     return moved
-
-
-@task(name="archive-stale-artifacts")
-def archive_stale_artifacts(worktree: str, work_item: str, spec: StageSpec) -> dict[str, str]:
-    return archive_stale_artifacts_in(Path(worktree), work_item, spec)
 
 
 @task(name="run-gate")

@@ -11,19 +11,15 @@ from pathlib import Path
 from prefect import task
 
 from blocks.agent_profile import AgentProfile, profile_for
-from sdlc.graph import StageSpec
+from sdlc.graph import StageSpec, artifacts_dir
 from sdlc.models import Feedback, StageInput
 from tasks.agent import AgentInvocation, check_budget
+from tasks.gates import archive_stale_artifacts_in
 from tasks.worktree import base_repo_config, main_clone_path
 from tasks.ledger import Ledger
 from tasks.retry_policy import RetryPolicy
 
 BUILTIN_PROMPTS = Path(__file__).resolve().parent.parent / "sdlc" / "prompts"
-
-
-def artifacts_dir(work_item: str) -> str:
-    """Where agents write their artifacts, relative to the worktree (B10)."""
-    return f"docs/work-items/{work_item}"
 
 
 def task_file_name(role: str) -> str:
@@ -78,8 +74,7 @@ def relocate_feedback(feedback: list[Feedback], moved: dict[str, str]) -> list[F
     return [item.model_copy(update={"file": moved.get(item.file, item.file)}) if item.file else item for item in feedback]
 
 
-@task(name="write-task-file")
-def write_task_file(worktree: str, stage_input: StageInput, spec: StageSpec, moved: dict[str, str]) -> str:
+def write_task(worktree: str, stage_input: StageInput, spec: StageSpec, moved: dict[str, str]) -> str:
     """Write `.task-<role>.md` into the worktree; returns its name relative to the worktree."""
     attempt = Ledger.from_settings().count_agent_runs(stage_input.request.work_item, spec.role) + 1
     stage_input = stage_input.model_copy(update={"feedback": relocate_feedback(stage_input.feedback, moved)})
@@ -101,8 +96,7 @@ def load_profile(stage_input: StageInput) -> AgentProfile:
     return profile_for(agent.kind, agent.command, agent.timeout_seconds)
 
 
-@task(name="prepare-agent-invocation")
-def prepare_agent_invocation(worktree: str, stage_input: StageInput, spec: StageSpec, task_file: str) -> AgentInvocation:
+def agent_invocation(worktree: str, stage_input: StageInput, spec: StageSpec, task_file: str) -> AgentInvocation:
     """The command line and the B5 environment for this stage's agent."""
     request = stage_input.request
     profile = load_profile(stage_input)
@@ -153,3 +147,21 @@ def prepare_agent_invocation(worktree: str, stage_input: StageInput, spec: Stage
         protocol_env=protocol_env,
         profile_env=profile.env,
     )
+
+
+@task(name="prepare-agent-run")
+def prepare_agent_run(worktree: str, stage_input: StageInput, spec: StageSpec) -> AgentInvocation:
+    """Everything before the agent starts, as one task: archive the gate's stale files (B10),
+    write the task file (B3) and return the invocation (B5).
+
+    One task rather than three because every task run costs the Prefect server its
+    events (about 28 ms of its CPU each), which adds up with many work items at once.
+    The invocation is built first: it checks the budget and loads the profile, so when
+    that fails nothing in the worktree has moved yet and running this again (a resumed
+    or retried stage, B21) finds the stale files where they were.
+    """
+    task_file = task_file_name(spec.role)
+    invocation = agent_invocation(worktree, stage_input, spec, task_file)
+    moved = archive_stale_artifacts_in(Path(worktree), stage_input.request.work_item, spec)
+    write_task(worktree, stage_input, spec, moved)
+    return invocation

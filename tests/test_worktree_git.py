@@ -1,17 +1,23 @@
-"""Worktrees, commits and pushes against a real bare origin (B2, B40, B41)."""
+"""Worktrees, commits and pushes against a real bare origin (B2, B40, B41); preparing an agent run in one."""
 
 from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from gitrepo import clone_of, commit_file, git, isolate, make_origin
 
+from sdlc.graph import DEFAULT_GRAPH
+from sdlc.models import AgentResult, Feedback, StageInput, WorkItemRequest
 from sdlc.settings import get_settings
+from tasks.agent import BudgetExceeded
 from tasks.failures import PushRejected
 from tasks.git import commit_and_push, commit_role_changes
+from tasks.ledger import Ledger
+from tasks.taskfile import prepare_agent_run
 from tasks.worktree import (
     branch_lock,
     default_branch,
@@ -234,3 +240,54 @@ def test_branch_lock_serialises_runs(origin: Path) -> None:
     lock_file = path.with_name(path.name + ".lock")
     assert lock_file.exists() and not (path / ".lock").exists()
     assert git(path, "status", "--porcelain") == ""
+
+
+def _review_input(origin: Path, budget_usd: float | None = None) -> StageInput:
+    request = WorkItemRequest(
+        work_item="ET-11", title="Prepare a run", repo=str(origin), branch="feature/ET-11-prepare", budget_usd=budget_usd
+    )
+    stale = "docs/work-items/ET-11/12-review.md"
+    return StageInput(request=request, stage="review", visit=2, feedback=[Feedback(source="review", summary="redo", file=stale)])
+
+
+def test_preparing_a_run_archives_writes_the_task_file_and_returns_the_invocation(origin: Path) -> None:
+    stage_input = _review_input(origin)
+    path = ensure_worktree(str(origin), stage_input.request.feature_branch)
+    out = path / "docs" / "work-items" / "ET-11"
+    out.mkdir(parents=True)
+    (out / "12-review.md").write_text("Verdict: REQUEST_CHANGES\n")
+
+    invocation = prepare_agent_run.fn(str(path), stage_input, DEFAULT_GRAPH.stage("review"))
+
+    # The stale verdict moved to history, and the task file points the feedback at it.
+    assert not (out / "12-review.md").exists()
+    assert (out / "history" / "12-review.1.md").read_text() == "Verdict: REQUEST_CHANGES\n"
+    task = (path / ".task-reviewer.md").read_text()
+    assert "docs/work-items/ET-11/history/12-review.1.md" in task and "- Attempt: 1" in task
+    env = invocation.protocol_env
+    assert env["SDLC_TASK_FILE"] == ".task-reviewer.md" and env["SDLC_ARTIFACTS_DIR"] == "docs/work-items/ET-11"
+    assert (invocation.role, invocation.stage, invocation.visit, invocation.worktree) == (
+        "reviewer", "review", "review-2", str(path),
+    )
+
+
+def test_a_run_over_its_budget_moves_nothing(origin: Path) -> None:
+    stage_input = _review_input(origin, budget_usd=0.5)
+    ledger = Ledger.from_settings()
+    ledger.upsert_work_item(stage_input.request, flow_run_id=None)
+    run_id, _ = ledger.start_agent_run("ET-11", stage="development", role="developer", log_path="x", flow_run_id=None)
+    now = datetime.now(timezone.utc)
+    ledger.finish_agent_run(
+        run_id,
+        AgentResult(role="developer", attempt=1, exit_code=0, duration_seconds=1, log_path="x", started_at=now, ended_at=now, cost_usd=0.75),
+    )
+    path = ensure_worktree(str(origin), stage_input.request.feature_branch)
+    out = path / "docs" / "work-items" / "ET-11"
+    out.mkdir(parents=True)
+    (out / "12-review.md").write_text("Verdict: REQUEST_CHANGES\n")
+
+    with pytest.raises(BudgetExceeded):
+        prepare_agent_run.fn(str(path), stage_input, DEFAULT_GRAPH.stage("review"))
+    # Running it again (the stage resumed with a larger budget) still finds the stale file to archive.
+    assert (out / "12-review.md").exists() and not (out / "history").exists()
+    assert not (path / ".task-reviewer.md").exists()
