@@ -6,10 +6,13 @@ Tests import this module directly (``from operating import ...``); it is not a c
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections import defaultdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SDLC = [sys.executable, "-m", "sdlc.cli"]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 POOL = "sdlc-process"
+ROLES = ("analyst", "architect", "developer", "reviewer", "tester", "deployer")
+# An agent log's first line names the worktree the agent ran in.
+WORKTREE = re.compile(r"^--- \w+ attempt \d+ started \S+ in (\S+): ")
+
+Interval = tuple[datetime, datetime]
 
 
 def prefect_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -79,5 +87,49 @@ def wait_for_state(work_item: str, states: str | tuple[str, ...], data_dir: Path
     raise AssertionError(f"{work_item} did not reach {wanted} within {timeout:.0f} s")
 
 
-def wait_for_end(work_item: str, data_dir: Path) -> Any:
-    return wait_for_state(work_item, ("done", "blocked", "failed"), data_dir)
+def wait_for_end(work_item: str, data_dir: Path, timeout: float = 180) -> Any:
+    return wait_for_state(work_item, ("done", "blocked", "failed"), data_dir, timeout=timeout)
+
+
+def most_at_once(intervals: list[Interval]) -> int:
+    """The largest number of intervals open at one instant (an end and a start at the same instant do not overlap)."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    peak = running = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def check_done_apart(items: dict[str, Path], ledger: Any) -> tuple[list[Interval], dict[Path, list[Interval]]]:
+    """Every work item done on its own branch and worktree, each role run once, each PR merged once into its
+    repository (numbered 1..n there); returns the agents' intervals, all and per repository."""
+    rows = {row.id: row for row in ledger.list_work_items() if row.id in items}
+    assert sorted(rows) == sorted(items)
+    assert {row.id: (row.state, row.reason) for row in rows.values() if row.state != "done"} == {}
+    assert len({row.branch for row in rows.values()}) == len(items)
+    intervals: list[Interval] = []
+    by_repo: dict[Path, list[Interval]] = defaultdict(list)
+    worktree_of: dict[str, str] = {}
+    for work_item, origin in items.items():
+        agent_runs = ledger.agent_runs(work_item)
+        assert sorted(run.role for run in agent_runs) == sorted(ROLES), work_item
+        assert all(run.exit_code == 0 and run.ended_at is not None for run in agent_runs), work_item
+        paths = {WORKTREE.search(Path(run.log_path).read_text()).group(1) for run in agent_runs}  # type: ignore[union-attr]
+        assert len(paths) == 1, (work_item, paths)
+        worktree_of[work_item] = paths.pop()
+        spans = [(run.started_at, run.ended_at) for run in agent_runs if run.ended_at is not None]
+        intervals += spans
+        by_repo[origin] += spans
+        (pr,) = ledger.pull_requests(work_item)
+        assert (pr.state, pr.branch, pr.number) == ("merged", rows[work_item].branch, rows[work_item].pr_number)
+    assert len(set(worktree_of.values())) == len(items), worktree_of
+    for origin in set(items.values()):
+        mine = [w for w, o in items.items() if o == origin]
+        assert sorted(rows[w].pr_number for w in mine) == list(range(1, len(mine) + 1)), origin
+        merges = subprocess.run(
+            ["git", "-C", str(origin), "log", "--merges", "--first-parent", "--format=%s", "main"],
+            capture_output=True, text=True, check=True,
+        ).stdout.splitlines()
+        assert sorted(merges) == sorted(f"Merge pull request #{rows[w].pr_number} from {rows[w].branch}" for w in mine)
+    return intervals, by_repo

@@ -18,14 +18,13 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import pytest
 
 from gitrepo import free_port
-from operating import deploy_all, start_worker, stop_worker
+from operating import check_done_apart, deploy_all, most_at_once, start_worker, stop_worker
 from postgres import PostgresCluster, postgres_cluster  # noqa: F401 - the fixture
 from sdlc.sample import create_sample_repo
 from sdlc.settings import SdlcSettings
@@ -35,11 +34,9 @@ ITEMS_PER_REPOSITORY = 5
 PROVIDER_LIMIT = 4
 REPO_LIMIT = 2
 WORKERS = ("sdlc-pg-a", "sdlc-pg-b")
-ROLES = ("analyst", "architect", "developer", "reviewer", "tester", "deployer")
 RUNS_TIMEOUT_SECONDS = 300
 SUBMITTED = re.compile(r"Worker '([^']+)' submitting flow run '([0-9a-f-]{36})'")
 ABORTED = re.compile(r"Aborted submission of flow run '([0-9a-f-]{36})'")
-WORKTREE = re.compile(r"^--- \w+ attempt \d+ started \S+ in (\S+): ")
 
 
 def test_the_ledger_creates_its_tables_from_many_processes_at_once_on_postgresql(
@@ -147,16 +144,6 @@ class Sampler(threading.Thread):
             group: {"rss": round(self.peak[group] / 2**20), "pss": round(self.peak_pss[group] / 2**20)}
             for group in self.groups
         }
-
-
-def most_at_once(intervals: list[tuple[datetime, datetime]]) -> int:
-    """The largest number of intervals open at one instant (an end and a start at the same instant do not overlap)."""
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    peak = running = 0
-    for _, step in events:
-        running += step
-        peak = max(peak, running)
-    return peak
 
 
 def tail(path: Path, chars: int = 4000) -> str:
@@ -303,36 +290,7 @@ def test_twenty_work_items_on_two_workers_with_prefect_and_the_ledger_on_postgre
         print("postgres e2e figures:", json.dumps(figures))
 
     # 5b. Every work item done, on its own branch and worktree, each role run once, each PR merged once.
-    ledger = Ledger(ledger_url)
-    rows = {row.id: row for row in ledger.list_work_items()}
-    assert sorted(rows) == sorted(items)
-    assert {row.id: (row.state, row.reason) for row in rows.values() if row.state != "done"} == {}
-    assert len({row.branch for row in rows.values()}) == len(items)
-    intervals: list[tuple[datetime, datetime]] = []
-    by_repo: dict[Path, list[tuple[datetime, datetime]]] = defaultdict(list)
-    worktree_of: dict[str, str] = {}
-    for work_item, origin in items.items():
-        agent_runs = ledger.agent_runs(work_item)
-        assert sorted(run.role for run in agent_runs) == sorted(ROLES), work_item
-        assert all(run.exit_code == 0 and run.ended_at is not None for run in agent_runs), work_item
-        # An agent log's first line names the worktree the agent ran in.
-        paths = {WORKTREE.search(Path(run.log_path).read_text()).group(1) for run in agent_runs}  # type: ignore[union-attr]
-        assert len(paths) == 1, (work_item, paths)
-        worktree_of[work_item] = paths.pop()
-        spans = [(run.started_at, run.ended_at) for run in agent_runs if run.ended_at is not None]
-        intervals += spans
-        by_repo[origin] += spans
-        (pr,) = ledger.pull_requests(work_item)
-        assert (pr.state, pr.branch, pr.number) == ("merged", rows[work_item].branch, rows[work_item].pr_number)
-    assert len(set(worktree_of.values())) == len(items), worktree_of
-    for origin in origins:
-        mine = [w for w, o in items.items() if o == origin]
-        assert sorted(rows[w].pr_number for w in mine) == list(range(1, ITEMS_PER_REPOSITORY + 1)), origin
-        merges = subprocess.run(
-            ["git", "-C", str(origin), "log", "--merges", "--first-parent", "--format=%s", "main"],
-            capture_output=True, text=True, check=True,
-        ).stdout.splitlines()
-        assert sorted(merges) == sorted(f"Merge pull request #{rows[w].pr_number} from {rows[w].branch}" for w in mine)
+    intervals, by_repo = check_done_apart(items, Ledger(ledger_url))
 
     # 5c. Both workers ran flow runs, each run exactly one: both may try a run, the server gives it to one.
     assert sampler is not None

@@ -7,10 +7,13 @@ the pool after `sdlc approve`, with every finished agent replayed, not rerun.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
-from operating import POOL, SDLC, deploy_all, stop_worker, wait_for_end, wait_for_state
+import pytest
+
+from operating import POOL, SDLC, check_done_apart, deploy_all, most_at_once, stop_worker, wait_for_end, wait_for_state
 from sdlc.sample import create_sample_repo
 
 
@@ -50,3 +53,47 @@ def test_the_sdlc_worker_runs_deployments_in_its_own_process_and_resumes_suspend
     assert roles == ["analyst", "architect", "developer", "reviewer", "tester", "deployer"]
     # Four runs went through this one process: three started, and WRK-1 again after its approval.
     assert worker_log.count("started flow run") == 4, worker_log[-3000:]
+
+
+PROVIDER_LIMIT = 6
+REPO_LIMIT = 3
+
+
+@pytest.mark.timeout(600)
+def test_twenty_work_items_at_once_on_one_sdlc_worker_stay_apart_and_within_the_limits(
+    tmp_path: Path, cli_env: dict[str, str], data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B64 on the default setup (Prefect on SQLite, the ledger on SQLite): one worker process, twenty
+    pipelines in its threads, five per repository; nothing collides and the limits hold."""
+    from prefect.deployments import run_deployment
+
+    from tasks.ledger import Ledger
+
+    limits = {"SDLC_PROVIDER_CONCURRENCY": json.dumps({"scripted": PROVIDER_LIMIT}), "SDLC_REPO_CONCURRENCY": str(REPO_LIMIT)}
+    for name, value in limits.items():
+        monkeypatch.setenv(name, value)
+    deploy_all(cli_env)
+    origins = [create_sample_repo(tmp_path / f"repo{n}") for n in range(1, 5)]
+    items = {f"ONE-{r}{i}": origin for r, origin in enumerate(origins, 1) for i in range(1, 6)}
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(
+            [*SDLC, "worker", "--pool", POOL, "--query-seconds", "0.5"],
+            env={**cli_env, **limits}, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        for work_item, origin in items.items():
+            request = {"work_item": work_item, "title": f"Greeting {work_item}", "repo": str(origin),
+                       "agent": {"kind": "scripted"}, "auto_approve": True}
+            run_deployment("sdlc-pipeline/sdlc-pipeline", parameters={"request": request}, timeout=0)
+        rows = {work_item: wait_for_end(work_item, data_dir, timeout=420) for work_item in items}
+    finally:
+        stop_worker(worker)
+    worker_log = log.read_text(errors="replace")
+    assert {w: (r.state, r.reason) for w, r in rows.items() if r.state != "done"} == {}, worker_log[-3000:]
+    assert worker_log.count("started flow run") == len(items), worker_log[-3000:]  # all in this one process
+
+    intervals, by_repo = check_done_apart(items, Ledger.from_settings())
+    assert most_at_once(intervals) <= PROVIDER_LIMIT
+    assert max(most_at_once(spans) for spans in by_repo.values()) <= REPO_LIMIT
+    assert most_at_once(intervals) > 1  # agents of different work items did run side by side
