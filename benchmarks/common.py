@@ -39,9 +39,24 @@ from sdlc.settings import SdlcSettings  # noqa: E402
 SERVER_SETTINGS = SdlcSettings(data_dir=ROOT / "server", prefect_port=PORT)
 
 
-def start_server() -> None:
+_clusters: list[Any] = []
+
+
+def start_server(database: str = "sqlite") -> None:
+    """sdlc's Prefect server on SQLite (the default) or on a private PostgreSQL cluster (as tests/postgres.py starts it)."""
     from sdlc.server import start_server as start
 
+    if database == "postgres":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from postgres import find_bindir, start_cluster
+
+        bindir = find_bindir()
+        if bindir is None:
+            raise SystemExit("PostgreSQL is not installed (make install installs it)")
+        cluster = start_cluster(bindir)
+        _clusters.append(cluster)
+        cluster.create_database("prefect")
+        os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = cluster.url("prefect", "postgresql+asyncpg")
     start(SERVER_SETTINGS)
 
 
@@ -49,6 +64,10 @@ def stop_server() -> None:
     from sdlc.server import stop_server as stop
 
     stop(SERVER_SETTINGS)
+    if _clusters:
+        from postgres import remove_cluster
+
+        remove_cluster(_clusters.pop())
 
 
 def timing_agent(record: Path, seconds: float = 0.0) -> Path:

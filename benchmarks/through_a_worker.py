@@ -100,6 +100,26 @@ def tree_rss_kib(pid: int) -> int:
     return total
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time of a process itself, and of its children it has waited for (utime+stime, cutime+cstime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """Busy and total CPU seconds of the whole machine since boot (all cores, from /proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(values) - values[3] - values[4]) / tick, sum(values) / tick
+
+
+def server_pid() -> int:
+    from common import SERVER_SETTINGS
+
+    return int((SERVER_SETTINGS.root / "prefect" / "server.pid").read_text())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--triggers", type=int, default=5)
@@ -107,8 +127,10 @@ def main() -> int:
     parser.add_argument("--agent-seconds", type=float, default=5.0)
     parser.add_argument("--worker", choices=("sdlc", "prefect"), default="sdlc",
                         help="`sdlc worker` (runs in one process) or `prefect worker start` (a process per run).")
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite",
+                        help="The Prefect server's database: SQLite (sdlc's default) or a private PostgreSQL cluster.")
     args = parser.parse_args()
-    start_server()
+    start_server(args.database)
     from sdlc.sample import create_sample_repo
 
     prefect("work-pool", "create", "sdlc-process", "--type", "process", "--overwrite")
@@ -152,6 +174,7 @@ def main() -> int:
         baseline = tree_rss_kib(worker.pid)
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
+        cpu_before = (cpu_seconds(server_pid()), cpu_seconds(worker.pid), machine_cpu_seconds())
         started = time.time()
         items = [f"LOAD-{n}" for n in range(1, args.items + 1)]
         from prefect.deployments import run_deployment
@@ -161,6 +184,7 @@ def main() -> int:
                            timeout=0)
         wait_for_done(items, 1800)
         makespan = max(i["end"] for i in read_intervals(record)) - started
+        cpu_after = (cpu_seconds(server_pid()), cpu_seconds(worker.pid), machine_cpu_seconds())
         sampling.set()
         sampler.join()
     finally:
@@ -169,11 +193,16 @@ def main() -> int:
         stop_server()
 
     ideal = 6 * args.agent_seconds
-    print(f"worker: {args.worker}; machine: {os.cpu_count()} cores; {datetime.now():%Y-%m-%d}")
+    print(f"worker: {args.worker}; database: {args.database}; machine: {os.cpu_count()} cores; {datetime.now():%Y-%m-%d}")
     print(f"trigger to first agent, from `prefect deployment run`: {summary(from_command)}")
     print(f"trigger to first agent, from the flow run's creation: {summary(from_creation)}")
     print(f"makespan of {args.items} work items, agents {args.agent_seconds:g} s: {makespan:.1f} s; "
           f"ideal {ideal:.0f} s; ratio {makespan / ideal:.2f} (target <= 1.3)")
+    (server_before, _), (worker_before, children_before), (busy_before, all_before) = cpu_before
+    (server_after, _), (worker_after, children_after), (busy_after, all_after) = cpu_after
+    print(f"CPU during the makespan: machine {busy_after - busy_before:.0f} of {all_after - all_before:.0f} CPU-s busy; "
+          f"Prefect server {server_after - server_before:.0f} s, worker {worker_after - worker_before:.0f} s, "
+          f"its processes (agents, git, gate commands) {children_after - children_before:.0f} s")
     print(f"memory: worker tree {baseline / 1024:.0f} MiB idle, peak {peak[0] / 1024:.0f} MiB with {args.items} "
           f"work items: {(peak[0] - baseline) / 1024 / args.items:.0f} MiB per work item")
     print(f"targets: trigger median <= 3 s -> {'met' if statistics.median(from_command) <= 3 else 'NOT met'}")

@@ -10,7 +10,7 @@ instance). Prefect's client then backs off 2, 4, 8, ... seconds: with twenty wor
 items at once that stalled single pipelines for minutes (measured: one waited 233 s
 between two stages). The lock is held for milliseconds, so this server runs such a
 request again itself after a short random pause, for up to
-``SDLC_SERVER_LOCKED_RETRY_SECONDS`` (default 20 s); only then does the client see
+``SDLC_SERVER_LOCKED_RETRY_SECONDS`` (default 20 s, 0 turns it off); only then does the client see
 the 503. A request that failed this way changed nothing (its transaction was rolled
 back), which is why Prefect's client may send it again too.
 
@@ -20,7 +20,6 @@ PostgreSQL does not answer 503 for locks; there the middleware only passes respo
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
 import time
@@ -29,18 +28,19 @@ from typing import Any
 
 import anyio
 
+from sdlc.settings import get_settings
+
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
 
-DEFAULT_RETRY_SECONDS = 20.0
 
 
 class RetryBusyRequests:
     """ASGI middleware: a request answered 503 (Prefect's "retry me") runs again, within a time budget."""
 
-    def __init__(self, app: ASGIApp, *, budget_seconds: float = DEFAULT_RETRY_SECONDS) -> None:
+    def __init__(self, app: ASGIApp, *, budget_seconds: float = 20.0) -> None:
         self.app = app
         self.budget_seconds = budget_seconds
         self.retried = 0  # requests answered only after at least one retry (for tests and logs)
@@ -100,20 +100,12 @@ def _replay(body: list[Message], receive: Receive) -> Receive:
     return replay
 
 
-def retry_budget() -> float:
-    raw = os.environ.get("SDLC_SERVER_LOCKED_RETRY_SECONDS", "").strip()
-    try:
-        return float(raw) if raw else DEFAULT_RETRY_SECONDS
-    except ValueError:
-        raise SystemExit(f"SDLC_SERVER_LOCKED_RETRY_SECONDS must be a number of seconds, not {raw!r}") from None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sdlc.prefect_server", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
-    budget = retry_budget()
+    budget = get_settings().server_locked_retry_seconds
 
     import uvicorn
     from prefect.server.api.server import create_app

@@ -38,6 +38,9 @@ class SdlcSettings(BaseSettings):
         description="SQLAlchemy URL of the ledger; default sqlite:///<data_dir>/ledger.db.",
     )
     prefect_port: int = Field(default=4200, description="Port of the embedded Prefect server.")
+    server_locked_retry_seconds: float = Field(
+        default=20, ge=0, description="How long the embedded server retries a request SQLite refused as locked (0: never)."
+    )
     breaker_threshold: int = Field(
         default=3, ge=1, description="Consecutive transient failures of a provider that open its circuit breaker."
     )
