@@ -24,6 +24,7 @@ from sdlc.repo_config import load_repo_config
 from sdlc.settings import get_settings
 from tasks.agent import describe_failure
 from tasks.classify import read_tail
+from tasks.failures import retry_on_transient
 
 MAX_DETAILS = 8000
 
@@ -219,7 +220,9 @@ def archive_stale_artifacts_in(worktree: Path, work_item: str, spec: StageSpec) 
     return moved
 
 
-@task(name="run-gate")
+# A CI read that still fails after the forge client's own retries (TransientError) is read
+# again later rather than blocking a work item whose developer's work is already pushed.
+@task(name="run-gate", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_transient)
 def run_gate(
     worktree: str,
     work_item: str,

@@ -66,3 +66,25 @@ def test_gate_without_ci_on_the_forge_runs_the_local_tests(gitea: GiteaTestServe
     ctx, sha = context(gitea, tmp_path)
     result = evaluate_gate(ctx)
     assert result.passed and result.reason.startswith(f"no CI reported for {sha[:12]}; no test command configured")
+
+
+def test_a_ci_read_that_keeps_failing_is_read_again_by_the_gate_task_not_the_end_of_the_work_item(
+    gitea: GiteaTestServer, tmp_path: Path
+) -> None:
+    from prefect import flow
+
+    from tasks.gates import run_gate
+
+    ctx, sha = context(gitea, tmp_path)
+    gitea.add_status("team", "app", sha, "success", context="ci/build")
+    gitea.inject("GET", r"/commits/[0-9a-f]+/status$", status=500, times=5)  # every attempt of the first read
+
+    @flow
+    def development_gate() -> object:
+        gate = run_gate.with_options(retry_delay_seconds=0)  # the task's retries and condition, without the wait
+        return gate(str(ctx.worktree), ctx.work_item, 1, ctx.spec, None, ctx.repo, ctx.forge)
+
+    result = development_gate()
+    assert result.outcome == "pass" and result.reason == f"CI green on {sha[:12]}"
+    status_reads = [r for r in gitea.requests if r.method == "GET" and r.path.endswith(f"/commits/{sha}/status")]
+    assert len(status_reads) == 6  # five failed in the first gate run, the retried run read green
