@@ -73,8 +73,9 @@ class CircuitBreaker:
         return state
 
     def record_success(self) -> None:
-        if self.read() != BreakerState():
-            self._write(after_success(self.read()))
+        state = self.read()
+        if state != BreakerState():
+            self._write(after_success(state))
 
     def wait_until_closed(
         self, logger: logging.Logger | logging.LoggerAdapter[Any], sleep: Callable[[float], None] = time.sleep
