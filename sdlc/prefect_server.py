@@ -20,6 +20,7 @@ PostgreSQL does not answer 503 for locks; there the middleware only passes respo
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import sys
 import time
@@ -35,6 +36,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
 
+logger = logging.getLogger("sdlc.prefect_server")
 
 
 class RetryBusyRequests:
@@ -43,7 +45,7 @@ class RetryBusyRequests:
     def __init__(self, app: ASGIApp, *, budget_seconds: float = 20.0) -> None:
         self.app = app
         self.budget_seconds = budget_seconds
-        self.retried = 0  # requests answered only after at least one retry (for tests and logs)
+        self.retried = 0  # requests answered only after at least one retry
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self.budget_seconds <= 0:
@@ -55,11 +57,13 @@ class RetryBusyRequests:
         while True:
             attempt += 1
             busy = False
+            status = 0
 
             async def forward_unless_busy(message: Message) -> None:
-                nonlocal busy
-                if message["type"] == "http.response.start" and message["status"] == 503 and time.monotonic() < deadline:
-                    busy = True
+                nonlocal busy, status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    busy = status == 503 and time.monotonic() < deadline
                 if not busy:
                     await send(message)
 
@@ -69,13 +73,22 @@ class RetryBusyRequests:
             except Exception:
                 # Starlette re-raises what its error handler answered; an answer held back is retried.
                 if not busy:
+                    self._answered(scope, attempt, status)
                     raise
             if not busy:
-                if attempt > 1:
-                    self.retried += 1
+                self._answered(scope, attempt, status)
                 return
             # Short, random and growing a little: the lock is held for milliseconds.
             await anyio.sleep(random.uniform(0.02, 0.1) * min(attempt, 10))
+
+
+    def _answered(self, scope: MutableMapping[str, Any], attempts: int, status: int) -> None:
+        if attempts == 1:
+            return
+        self.retried += 1
+        if status == 503:
+            logger.warning("%s %s still answered 503 after %d attempts in %.0f s",
+                           scope.get("method"), scope.get("path"), attempts, self.budget_seconds)
 
 
 async def _read_body(receive: Receive) -> list[Message]:

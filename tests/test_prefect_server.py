@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -74,7 +75,7 @@ def test_a_request_refused_as_locked_is_answered_after_the_server_runs_it_again(
     assert server.retried == 1
 
 
-def test_the_client_gets_the_503_when_the_lock_outlasts_the_budget() -> None:
+def test_the_client_gets_the_503_when_the_lock_outlasts_the_budget(caplog: pytest.LogCaptureFixture) -> None:
     seen: list[dict[str, Any]] = []
     server = RetryBusyRequests(prefect_like_app(locked_times=10_000, seen=seen), budget_seconds=0.5)
     response, took = post(server, "/api/flows/", {"name": "x"})
@@ -82,6 +83,7 @@ def test_the_client_gets_the_503_when_the_lock_outlasts_the_budget() -> None:
     assert response.json() == {"exception_message": "Service Unavailable"}
     assert 0.5 <= took < 5
     assert 2 <= len(seen) < 100
+    assert f"POST /api/flows/ still answered 503 after {len(seen)} attempts" in caplog.text
 
 
 def test_other_errors_and_answers_pass_through_once() -> None:
