@@ -16,7 +16,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-WORK_ITEM_ID_PATTERN = re.compile(r"^[A-Z][A-Z0-9]{0,15}-[0-9]{1,9}$")
+# Defined in the stdlib-only sdlc.ids (the scripted agent checks IDs without pydantic); re-exported here.
+from sdlc.ids import WORK_ITEM_ID_PATTERN as WORK_ITEM_ID_PATTERN
+from sdlc.ids import validate_work_item_id as validate_work_item_id
+
 BRANCH_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 URL_PATTERN = re.compile(r"^(https?|ssh|git|file)://[^\s]+$")
 SCP_PATTERN = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._/~-]+$")
@@ -29,15 +32,6 @@ def _no_control_chars(value: str, what: str, allow_newlines: bool = False) -> st
     for ch in value:
         if unicodedata.category(ch) == "Cc" and ch not in allowed:
             raise ValueError(f"{what} must not contain control characters (found {ch!r})")
-    return value
-
-
-def validate_work_item_id(value: str) -> str:
-    # fullmatch: with match(), "$" also matches before a trailing newline ("ET-1\n" passed).
-    if not WORK_ITEM_ID_PATTERN.fullmatch(value):
-        raise ValueError(
-            f"work item ID {value[:40]!r} is not of the form PROJECT-NUMBER, e.g. ET-12"
-        )
     return value
 
 

@@ -20,6 +20,12 @@ Generic options (any role, and ``"*"``): ``exit_code`` + ``exit_times``,
 ``spawn_background_sleep``. A role's own entry overrides ``"*"`` option by option.
 "N times" always means attempts 1..N, counted by ``SDLC_ATTEMPT``.
 
+The options are the stdlib dataclass ``RoleScenario`` below; a run without a
+scenario file uses its defaults and imports only the standard library (the agent
+is a new process for every run, and pydantic + yaml cost ~0.13 s of CPU to import).
+Scenario files are read and validated by ``sdlc.scenario`` (pydantic), imported
+only when ``SDLC_SCENARIO_FILE`` is set.
+
 Values from the environment and the task file are data: they are written into
 markdown files and printed, never run, and paths are checked to stay inside the
 worktree. Exit codes: 0 done, 1 failed on purpose (scenario), 2 bad invocation
@@ -28,21 +34,17 @@ worktree. Exit codes: 0 done, 1 failed on purpose (scenario), 2 bad invocation
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
 import sys
 import time
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from sdlc.models import validate_work_item_id
+from sdlc.ids import validate_work_item_id
 
 REQUIRED_ENV = (
     "SDLC_ROLE",
@@ -82,87 +84,45 @@ class UsageError(Exception):
 # --------------------------------------------------------------------------- scenario
 
 
-class RoleScenario(BaseModel):
-    """What one role does; every "times"/count option means attempts 1..N."""
+def _option(default: Any, description: str, **constraints: float) -> Any:
+    """A dataclass field whose metadata holds pydantic ``Field`` keywords, used by sdlc.scenario."""
+    return field(default=default, metadata={"description": description, **constraints})
 
-    model_config = ConfigDict(extra="forbid")
+
+@dataclass(frozen=True)
+class RoleScenario:
+    """What one role does; every "times"/count option means attempts 1..N.
+
+    The one definition of the options: types, defaults (used as they are when no
+    scenario file is given) and constraints. It is plain stdlib so that an agent run
+    without a scenario never imports pydantic; ``sdlc.scenario`` builds the pydantic
+    validator for scenario files from these fields.
+    """
 
     # generic
-    exit_code: int = Field(default=1, ge=1, le=255, description="Exit code used on attempts 1..exit_times.")
-    exit_times: int = Field(default=0, ge=0, description="Attempts 1..N exit with exit_code.")
-    sleep_seconds: float = Field(default=0, ge=0, le=86400, description="Sleep before working.")
-    rate_limit_times: int = Field(default=0, ge=0, description="Attempts 1..N print a 429 and exit 1.")
-    retry_after_seconds: int | None = Field(default=None, ge=0, description="Adds a `retry-after: N` line.")
-    spawn_background_sleep: bool = Field(default=False, description="Start `sleep 600` and leave it running.")
-    # role-specific
-    questions: int = Field(default=0, ge=0, description="analyst: attempts 1..N write 01-questions.md.")
-    conflicts: int = Field(default=0, ge=0, description="architect: attempts 1..N write 10-conflict.md.")
-    break_tests: int = Field(default=0, ge=0, description="developer: attempts 1..N write a failing test.")
-    request_changes: int = Field(default=0, ge=0, description="reviewer: attempts 1..N request changes.")
-    fail: int = Field(default=0, ge=0, description="tester: Result: FAIL; deployer: smoke check fails (exit 1).")
+    exit_code: int = _option(1, "Exit code used on attempts 1..exit_times.", ge=1, le=255)
+    exit_times: int = _option(0, "Attempts 1..N exit with exit_code.", ge=0)
+    sleep_seconds: float = _option(0, "Sleep before working.", ge=0, le=86400)
+    rate_limit_times: int = _option(0, "Attempts 1..N print a 429 and exit 1.", ge=0)
+    retry_after_seconds: int | None = _option(None, "Adds a `retry-after: N` line.", ge=0)
+    spawn_background_sleep: bool = _option(False, "Start `sleep 600` and leave it running.")
+    # role-specific (see ROLE_OPTIONS)
+    questions: int = _option(0, "analyst: attempts 1..N write 01-questions.md.", ge=0)
+    conflicts: int = _option(0, "architect: attempts 1..N write 10-conflict.md.", ge=0)
+    break_tests: int = _option(0, "developer: attempts 1..N write a failing test.", ge=0)
+    request_changes: int = _option(0, "reviewer: attempts 1..N request changes.", ge=0)
+    fail: int = _option(0, "tester: Result: FAIL; deployer: smoke check fails (exit 1).", ge=0)
 
 
-class Scenario(BaseModel):
-    """Role name (or "*") -> options."""
+def load_role_scenario(path: Path, role: str) -> RoleScenario:
+    """The role's options from a scenario file; UsageError (exit 2) if it is unreadable or invalid."""
+    # Lazy: pydantic + yaml add ~0.13 s CPU to the start of every agent process (measured); only scenario runs pay it.
+    from sdlc.scenario import ScenarioError, load_scenario
 
-    model_config = ConfigDict(extra="forbid")
-
-    roles: dict[str, RoleScenario] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _check_roles(self) -> "Scenario":
-        for role, options in self.roles.items():
-            if role != WILDCARD and not ROLE_PATTERN.match(role):
-                raise ValueError(f"{role!r} is not a role name (lower-case letters, digits, '-', '_') or '*'")
-            for option in options.model_fields_set & ROLE_OPTIONS.keys():
-                allowed = ROLE_OPTIONS[option].split("|")
-                if role not in allowed:
-                    raise ValueError(
-                        f"option {option!r} is for the {' or '.join(allowed)} only, not for {role!r}"
-                    )
-        return self
-
-    def for_role(self, role: str) -> RoleScenario:
-        """The role's options on top of the "*" options, option by option."""
-        merged: dict[str, Any] = {}
-        for key in (WILDCARD, role):
-            entry = self.roles.get(key)
-            if entry is not None:
-                merged.update({name: getattr(entry, name) for name in entry.model_fields_set})
-        return RoleScenario.model_validate(merged)
-
-
-def parse_scenario(data: Any) -> Scenario:
-    """Validate already-loaded scenario data (a mapping of role -> options)."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ValueError("a scenario must be a mapping of role name -> options")
-    roles: dict[str, Any] = {}
-    for key, value in data.items():
-        roles[str(key)] = {} if value is None else value
-    return Scenario.model_validate({"roles": roles})
-
-
-def load_scenario(path: Path) -> Scenario:
-    """Read and validate a scenario file; raises UsageError with a clear message."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot read scenario file {path}: {exc.strerror or exc}") from exc
-    try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise UsageError(f"scenario file {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}") from exc
-    try:
-        return parse_scenario(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'][1:]) or 'scenario'}: {err['msg']}" for err in exc.errors()
-        )
-        raise UsageError(f"invalid scenario file {path}: {problems}") from exc
-    except ValueError as exc:
-        raise UsageError(f"invalid scenario file {path}: {exc}") from exc
+        return load_scenario(path).for_role(role)
+    except ScenarioError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 # --------------------------------------------------------------------------- invocation
@@ -224,7 +184,7 @@ def read_invocation(env: dict[str, str] | os._Environ[str], cwd: Path) -> Invoca
         scenario_path = Path(scenario_value)
         if not scenario_path.is_absolute():
             scenario_path = worktree / scenario_path
-        scenario = load_scenario(scenario_path).for_role(role)
+        scenario = load_role_scenario(scenario_path, role)
     return Invocation(
         role=role,
         stage=_one_line(env["SDLC_STAGE"]),

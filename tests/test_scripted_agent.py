@@ -21,7 +21,8 @@ import pytest
 
 from sdlc.graph import DEFAULT_GRAPH
 from sdlc.sample import TEST_COMMAND, create_sample_repo
-from sdlc.scripted_agent import RATE_LIMIT_LINE, parse_scenario
+from sdlc.scenario import parse_scenario
+from sdlc.scripted_agent import RATE_LIMIT_LINE
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 WORK_ITEM = "ET-12"
