@@ -375,6 +375,11 @@ class Ledger:
             session.add(row)
             session.commit()
 
+    def tracker_link(self, work_item: str) -> TrackerLinkRecord | None:
+        """The tracker item the work item is linked to: spares the tracker sync looking it up again."""
+        with self._session() as session:
+            return session.get(TrackerLinkRecord, work_item)
+
     def work_item_of_tracker_item(self, tracker: str, tracker_item_id: str) -> TrackerLinkRecord | None:
         with self._session() as session:
             statement = select(TrackerLinkRecord).where(

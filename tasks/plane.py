@@ -10,8 +10,10 @@ does that a client must not get wrong (``tests/contracts/plane-endpoints.md``):
   items (the docs say 20): every list here sends ``per_page`` and follows
   ``next_cursor`` while ``next_page_results`` is true;
 * states are UUIDs, and "In Review", "Needs Input" and "Blocked" are not among a
-  new project's states: names are resolved once per client, and missing ones are
-  created (``create_missing_states``) or reported together in one error;
+  new project's states: missing ones are created (``create_missing_states``) or
+  reported together in one error. Resolved names are shared by every tracker of the
+  process for ``STATES_TTL_SECONDS`` (:class:`StateCache`), since Plane allows 60
+  requests a minute per key; a cached id Plane refuses is resolved again once;
 * comments are HTML only: plain text is escaped here, and read back as text;
 * a comment posted with ``external_source``/``external_id`` is refused with 409
   and the existing id when posted again, so a post retried after a lost answer
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import html
 import re
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -38,6 +41,7 @@ from tasks.failures import PermanentError
 from tasks.forge_http import ForgeHTTPError, HttpRetry, call, forge_message
 
 PER_PAGE = 100  # the documented maximum
+STATES_TTL_SECONDS = 300.0  # how soon states renamed or added in Plane are seen by a running process
 MAX_PAGES = 100
 EXTERNAL_SOURCE = "sdlc-flows"
 HUMAN_ID_PATTERN = re.compile(r"^[A-Za-z0-9]{1,12}-[0-9]{1,9}$")
@@ -199,11 +203,100 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
+StatesKey = tuple[str, str, str, tuple[tuple[str, str], ...], bool]
+
+
+def states_key(credentials: PlaneCredentials) -> StatesKey:
+    """Everything that decides which state ids a block resolves to (the API key does not)."""
+    return (
+        credentials.api_url, credentials.workspace_slug, credentials.project_id,
+        tuple(sorted(credentials.state_names.items())), credentials.create_missing_states,
+    )
+
+
+class StateCache:
+    """Resolved state ids per project and block settings, shared by the trackers of one process.
+
+    Every tracker update used to list the project's states again, out of Plane's 60
+    requests a minute per key. Entries expire after ``ttl_seconds`` so states renamed
+    or added in Plane are picked up. Pipelines run in threads of one worker process:
+    a lock guards the entries, and one thread resolves a key while the others wait for
+    its answer instead of each listing the states. Failures (missing states) are not kept.
+    """
+
+    def __init__(self, ttl_seconds: float = STATES_TTL_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._entries: dict[StatesKey, tuple[float, dict[str, str]]] = {}
+        self._resolving: dict[StatesKey, threading.Lock] = {}
+
+    def get(self, key: StatesKey) -> dict[str, str] | None:
+        """The cached states of ``key`` while they are fresh, else None."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if self.clock() - entry[0] >= self.ttl_seconds:
+                del self._entries[key]
+                return None
+            return dict(entry[1])
+
+    def get_or_resolve(self, key: StatesKey, resolve: Callable[[], dict[str, str]]) -> dict[str, str]:
+        """The cached states of ``key``, else ``resolve()``'s, kept; one resolver per key at a time."""
+        cached = self.get(key)
+        if cached is not None:
+            return cached
+        with self._lock:
+            gate = self._resolving.setdefault(key, threading.Lock())
+        with gate:
+            cached = self.get(key)  # another thread resolved it while this one waited
+            if cached is not None:
+                return cached
+            states = dict(resolve())
+            with self._lock:
+                self._entries[key] = (self.clock(), states)
+            return dict(states)
+
+    def drop(self, key: StatesKey, stale: dict[str, str] | None = None) -> None:
+        """Forget ``key``; with ``stale``, only while the entry still holds those ids (a fresher one stays)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and (stale is None or entry[1] == stale):
+                del self._entries[key]
+
+    def clear(self) -> None:
+        """Forget every entry: the next update of each project lists its states again."""
+        with self._lock:
+            self._entries.clear()
+
+
+_STATE_CACHE = StateCache()
+
+
+def clear_state_cache() -> None:
+    """Forget every resolved state of the process (tests; or after changing states in Plane)."""
+    _STATE_CACHE.clear()
+
+
+_STALE_STATE_SUBJECT = re.compile(r"\bstate", re.IGNORECASE)
+_STALE_STATE_VERDICT = re.compile(r"not valid|invalid|does not exist|not found", re.IGNORECASE)
+
+
+def _is_stale_state(exc: ForgeHTTPError) -> bool:
+    """Plane refused the state id itself (deleted, or not this project's): a cached id that went stale."""
+    if isinstance(exc, PlaneAuthError) or not 400 <= exc.status < 500 or exc.status == 429:
+        return False
+    message = exc.forge_message
+    return bool(_STALE_STATE_SUBJECT.search(message) and _STALE_STATE_VERDICT.search(message))
+
+
 class PlaneTracker:
     """Work items of the one Plane project a :class:`PlaneCredentials` block names; close it (or use ``with``).
 
-    ``ref`` is a work item's human id (``ENG-42``) or its UUID. State UUIDs and
-    human-id lookups are cached per instance: one tracker per pipeline run.
+    ``ref`` is a work item's human id (``ENG-42``) or its UUID. Human-id lookups are
+    cached per instance; state UUIDs per process in ``states_cache`` (default: the
+    process-wide :class:`StateCache`), so trackers made per update do not list states.
     """
 
     def __init__(
@@ -213,6 +306,7 @@ class PlaneTracker:
         transport: httpx.BaseTransport | None = None,
         retry: HttpRetry | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        states_cache: StateCache | None = None,
     ) -> None:
         self.credentials = credentials
         self._retry = retry or HttpRetry()
@@ -220,7 +314,8 @@ class PlaneTracker:
         self._client = credentials.get_client(transport=transport)
         self._workspace = f"/workspaces/{credentials.workspace_slug}"
         self._project = f"{self._workspace}/projects/{credentials.project_id}"
-        self._states: dict[str, str] | None = None
+        self._states_cache = states_cache if states_cache is not None else _STATE_CACHE
+        self._states_key = states_key(credentials)
         self._ids: dict[str, str] = {}
 
     def close(self) -> None:
@@ -270,10 +365,11 @@ class PlaneTracker:
     # -- states --------------------------------------------------------------------
 
     def resolve_states(self) -> dict[str, str]:
-        """UUID of each pipeline state (``in_progress`` ... ``done``), by the block's ``state_names``."""
-        if self._states is None:
-            self._states = self._resolve_states()
-        return dict(self._states)
+        """UUID of each pipeline state (``in_progress`` ... ``done``), by the block's ``state_names``.
+
+        Read from Plane at most once per ``STATES_TTL_SECONDS`` per project and block settings.
+        """
+        return self._states_cache.get_or_resolve(self._states_key, self._resolve_states)
 
     def _resolve_states(self) -> dict[str, str]:
         path = f"{self._project}/states/"
@@ -331,15 +427,41 @@ class PlaneTracker:
             return canonical_uuid(ref, "work item")
         return self._ids.get(ref) or self.work_item(ref).id
 
-    def set_state(self, ref: str, key: StateKey) -> PlaneWorkItem:
-        """Move the work item to the pipeline state ``key``; no PATCH when it is there already."""
-        if key not in STATE_KEYS:
-            raise ValueError(f"state key {key!r} is not one of {list(STATE_KEYS)}")
-        state = self.resolve_states()[key]
-        item = self.work_item(ref)
-        if item.state == state:
+    def set_state(self, ref: str, key: StateKey, *, current: PlaneWorkItem | None = None) -> PlaneWorkItem:
+        """Move the work item to the pipeline state ``key``; no PATCH when it is there already.
+
+        ``current`` is the item as just read (by :meth:`work_item`), which saves reading it again.
+        """
+        _check_key(key)
+        states = self.resolve_states()  # first: missing states fail before any work item request
+        item = current if current is not None else self.work_item(ref)
+        if item.state == states[key]:
             return item
-        data = self._call("PATCH", f"{self._project}/work-items/{item.id}/", json={"state": state}).json()
+        return self._patch_state(item.id, key, states)
+
+    def move(self, item_id: str, key: StateKey) -> PlaneWorkItem:
+        """Move the work item (by UUID) to ``key`` with one PATCH and no read first.
+
+        For callers that already know the item's id (the ledger's link): a read first
+        costs a request every time and only spares a PATCH to the state the item has.
+        """
+        _check_key(key)
+        return self._patch_state(canonical_uuid(item_id, "work item"), key, self.resolve_states())
+
+    def _patch_state(self, item_id: str, key: StateKey, states: dict[str, str]) -> PlaneWorkItem:
+        """PATCH the state; an id Plane refuses as no valid state (deleted since it was cached) is resolved
+        again and the PATCH retried once, with the new id."""
+        path = f"{self._project}/work-items/{item_id}/"
+        try:
+            data = self._call("PATCH", path, json={"state": states[key]}).json()
+        except ForgeHTTPError as exc:
+            if not _is_stale_state(exc):
+                raise
+            self._states_cache.drop(self._states_key, states)
+            fresh = self.resolve_states()  # PlaneStateMissing when the state is gone for good
+            if fresh[key] == states[key]:
+                raise  # Plane lists the state it refuses: not a stale cache, retrying will not help
+            data = self._call("PATCH", path, json={"state": fresh[key]}).json()
         return PlaneWorkItem.model_validate(data)
 
     # -- comments ------------------------------------------------------------------
@@ -403,6 +525,11 @@ class PlaneTracker:
                 kind=kind, actor=comment.actor, text=rest, comment_id=comment.id, created_at=comment.created_at
             )
         return None
+
+
+def _check_key(key: str) -> None:
+    if key not in STATE_KEYS:
+        raise ValueError(f"state key {key!r} is not one of {list(STATE_KEYS)}")
 
 
 def _state_named(states: list[dict[str, Any]], name: str) -> str | None:

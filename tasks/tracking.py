@@ -5,6 +5,8 @@ The tracker sync (Plane) hooks in here, so the pipeline flow has one call per ch
 
 from __future__ import annotations
 
+import uuid
+
 from prefect import task
 
 from blocks.plane import StateKey
@@ -46,29 +48,60 @@ def sync_tracker(
     Optional: without a tracker nothing happens. A tracker that fails (down,
     wrong key, missing states) is logged with its reason and never stops the
     pipeline. Returns whether the tracker was updated.
+
+    Plane allows 60 requests a minute per key, so an update spends as few as it
+    can: the item is read (ref to id, and its state) only until the ledger links
+    it, after which an update is a PATCH of the state and a comment; state ids
+    come from the process-wide cache in :mod:`tasks.plane`.
     """
     if request.tracker is None:
         return False
     from prefect.logging import get_run_logger
 
     from blocks.plane import PlaneCredentials
-    from tasks.plane import PlaneStateMissing, PlaneTracker
+    from tasks.plane import PlaneStateMissing, PlaneTracker, PlaneWorkItem
 
     spec = request.tracker
     ref = spec.ref or request.work_item
     try:
         credentials = PlaneCredentials.load(spec.credentials_block)
+        ledger = Ledger.from_settings()
         with PlaneTracker(credentials) as plane:
-            item = plane.work_item(ref)
-            Ledger.from_settings().link_tracker_item(request.work_item, "plane", item.id, spec.credentials_block)
+            item_id = _linked_item_id(ledger, request.work_item, spec.credentials_block, ref)
+            current: PlaneWorkItem | None = None
+            if item_id is None:  # the first update: find the item (and check its project), then link it
+                current = plane.work_item(ref)
+                item_id = current.id
+                ledger.link_tracker_item(request.work_item, "plane", item_id, spec.credentials_block)
             if state is not None:
                 try:
-                    plane.set_state(item.id, state)
+                    if current is not None:
+                        plane.set_state(item_id, state, current=current)
+                    else:
+                        plane.move(item_id, state)
                 except PlaneStateMissing as missing:  # reported clearly; the comment still goes out
                     get_run_logger().warning("Plane work item %s keeps its state: %s", ref, missing)
             if comment:
-                plane.add_comment(item.id, comment, link=link, external_id=external_id)
+                plane.add_comment(item_id, comment, link=link, external_id=external_id)
     except Exception as exc:  # noqa: BLE001 - the tracker is optional (B50, B51)
         get_run_logger().warning("Plane work item %s not updated: %s", ref, exc)
         return False
     return True
+
+
+def _linked_item_id(ledger: Ledger, work_item: str, credentials_block: str, ref: str) -> str | None:
+    """The Plane item id the ledger links the work item to through this block, unless it cannot be ``ref``.
+
+    A link made through another block may be another project's item; a UUID ref is
+    checked against the link. A human ref (ENG-42) is trusted: comparing it would
+    take the very GET the link spares.
+    """
+    link = ledger.tracker_link(work_item)
+    if link is None or link.tracker != "plane" or link.credentials_block != credentials_block:
+        return None
+    try:
+        if str(uuid.UUID(ref)) != link.tracker_item_id:
+            return None
+    except ValueError:
+        pass  # a human id
+    return link.tracker_item_id

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import threading
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -19,9 +20,19 @@ import pytest
 
 from blocks.plane import PlaneCredentials
 from forge_servers.plane import DEFAULT_API_KEY, PlaneServer
+from sdlc.models import TrackerSpec, WorkItemRequest
 from tasks.failures import PermanentError
 from tasks.forge_http import ForgeHTTPError, HttpRetry
-from tasks.plane import PlaneAuthError, PlaneStateMissing, PlaneTracker
+from tasks.ledger import Ledger
+from tasks.plane import (
+    STATES_TTL_SECONDS,
+    PlaneAuthError,
+    PlaneStateMissing,
+    PlaneTracker,
+    StateCache,
+    clear_state_cache,
+)
+from tasks.tracking import sync_tracker
 
 FAST_RETRY = HttpRetry(max_attempts=4, backoff_base_seconds=0.01, backoff_cap_seconds=0.05)
 PIPELINE_ONLY_STATES = ("In Review", "Needs Input", "Blocked")  # not among a new project's states
@@ -33,6 +44,14 @@ T0 = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
 def check_contract(server: PlaneServer) -> None:
     assert [r.path for r in server.requests if not r.path.endswith("/")] == []
     assert server.unpaged_lists == [], "list requests without per_page"
+
+
+@pytest.fixture(autouse=True)
+def fresh_state_cache() -> Iterator[None]:
+    """Resolved states are shared by the whole process: no test sees another's."""
+    clear_state_cache()
+    yield
+    clear_state_cache()
 
 
 @pytest.fixture
@@ -78,6 +97,23 @@ def item(plane: PlaneServer, ready_project: str) -> dict[str, Any]:
 
 def statuses(plane: PlaneServer, method: str, path_end: str) -> list[int | None]:
     return [r.status for r in plane.requests if r.method == method and r.path.endswith(path_end)]
+
+
+def calls(plane: PlaneServer) -> list[tuple[str, str]]:
+    """Each request as (method, what it named): ``states``, ``comments``, ``ENG-1`` or ``item``."""
+    named = []
+    for r in plane.requests:
+        last = r.path.rstrip("/").rsplit("/", 1)[-1]
+        named.append((r.method, "item" if last not in ("states", "comments") and "-" in last and len(last) == 36 else last))
+    return named
+
+
+def delete_state(plane: PlaneServer, project: str, name: str) -> str:
+    """Delete the state called ``name`` as a person would in Plane's UI; returns its former id."""
+    states = plane.projects[project].states
+    [gone] = [state for state in states if state["name"] == name]
+    states.remove(gone)
+    return str(gone["id"])
 
 
 # -- the block ---------------------------------------------------------------------------
@@ -152,6 +188,98 @@ def test_missing_states_are_created_when_allowed(plane: PlaneServer, project: st
     with PlaneTracker(block, retry=FAST_RETRY) as again:
         assert again.resolve_states() == states
     assert statuses(plane, "POST", "/states/") == [502, 400, 201, 201]
+
+
+def test_trackers_of_one_process_share_resolved_states(plane: PlaneServer, ready_project: str,
+                                                       item: dict[str, Any]) -> None:
+    """A tracker per update (as sync_tracker makes) does not list the states each time."""
+    block = credentials(plane, ready_project)
+    with PlaneTracker(block, retry=FAST_RETRY) as first, PlaneTracker(block, retry=FAST_RETRY) as second:
+        first.set_state("ENG-1", "in_progress")
+        second.set_state("ENG-1", "in_review")
+        assert first.resolve_states() == second.resolve_states()
+    assert plane.work_item(item["id"])["state"] == plane.state_id(ready_project, "In Review")
+    assert statuses(plane, "GET", "/states/") == [200]
+    # Other block settings may resolve to other ids: they are read for themselves.
+    with PlaneTracker(credentials(plane, ready_project, state_names={"done": "Cancelled"}), retry=FAST_RETRY) as other:
+        assert other.resolve_states()["done"] == plane.state_id(ready_project, "Cancelled")
+    assert statuses(plane, "GET", "/states/") == [200, 200]
+
+
+def test_trackers_in_threads_resolve_states_once(plane: PlaneServer, ready_project: str) -> None:
+    """Pipelines run in threads of one worker: the first resolves, the others wait for its answer."""
+    block = credentials(plane, ready_project)
+    plane.inject("GET", r"/states/$", timeout=0.3)  # slow enough that every thread asks before the answer
+    start, answers = threading.Barrier(8), []
+
+    def update() -> None:
+        with PlaneTracker(block, retry=FAST_RETRY) as tracker:
+            start.wait()
+            answers.append(tracker.resolve_states())
+
+    threads = [threading.Thread(target=update) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(answers) == 8 and all(answer == answers[0] for answer in answers)
+    assert statuses(plane, "GET", "/states/") == [200]
+
+
+def test_states_are_read_again_after_their_time_to_live(plane: PlaneServer, ready_project: str,
+                                                        item: dict[str, Any]) -> None:
+    assert STATES_TTL_SECONDS == 300
+    now = [1000.0]
+    cache = StateCache(clock=lambda: now[0])
+    assert cache.ttl_seconds == STATES_TTL_SECONDS
+    block = credentials(plane, ready_project, state_names={"in_review": "Review"})
+    plane.add_state(ready_project, "Review")
+    with PlaneTracker(block, retry=FAST_RETRY, states_cache=cache) as tracker:
+        tracker.set_state("ENG-1", "in_review")
+        renamed = plane.state_id(ready_project, "Review")
+        assert plane.work_item(item["id"])["state"] == renamed
+        plane.projects[ready_project].states[-1]["name"] = "Old Review"  # renamed in Plane, and a new one made
+        fresh = plane.add_state(ready_project, "Review")
+        now[0] += STATES_TTL_SECONDS - 1
+    with PlaneTracker(block, retry=FAST_RETRY, states_cache=cache) as later:
+        assert later.resolve_states()["in_review"] == renamed  # still fresh: no request
+        assert statuses(plane, "GET", "/states/") == [200]
+        now[0] += 1
+        later.set_state("ENG-1", "in_review")
+    assert statuses(plane, "GET", "/states/") == [200, 200]
+    assert plane.work_item(item["id"])["state"] == fresh
+
+
+def test_a_state_deleted_after_caching_is_resolved_again(plane: PlaneServer, ready_project: str,
+                                                         item: dict[str, Any]) -> None:
+    block = credentials(plane, ready_project)
+    with PlaneTracker(block, retry=FAST_RETRY) as first:
+        first.set_state("ENG-1", "in_progress")
+    old = delete_state(plane, ready_project, "In Review")
+    made_again = plane.add_state(ready_project, "In Review")
+    plane.reset_log()
+    with PlaneTracker(block, retry=FAST_RETRY) as second:
+        moved = second.move(item["id"], "in_review")  # the cached id is the deleted state's
+    assert moved.state == made_again == plane.work_item(item["id"])["state"]
+    assert calls(plane) == [("PATCH", "item"), ("GET", "states"), ("PATCH", "item")]
+    assert [r.body["state"] for r in plane.requests if r.method == "PATCH"] == [old, made_again]
+    assert statuses(plane, "PATCH", f"/work-items/{item['id']}/") == [400, 200]  # one retry
+
+    # A state gone for good is reported as missing, after one listing; no PATCH is tried with nothing.
+    delete_state(plane, ready_project, "Blocked")
+    plane.reset_log()
+    with PlaneTracker(block, retry=FAST_RETRY) as third, pytest.raises(PlaneStateMissing) as caught:
+        third.move(item["id"], "blocked")
+    assert caught.value.missing == {"blocked": "Blocked"}
+    assert calls(plane) == [("PATCH", "item"), ("GET", "states")]
+
+    # Any other 4xx is Plane's answer, not a stale cache: no listing, no retry.
+    plane.add_state(ready_project, "Blocked")
+    stray = plane.add_work_item(plane.add_project("OPS"), "Elsewhere")
+    plane.reset_log()
+    with PlaneTracker(block, retry=FAST_RETRY) as fourth, pytest.raises(ForgeHTTPError) as refused:
+        fourth.move(stray["id"], "done")
+    assert refused.value.status == 404 and calls(plane) == [("GET", "states"), ("PATCH", "item")]
 
 
 # -- work items and state changes ---------------------------------------------------------
@@ -335,3 +463,39 @@ def test_decisions_count_only_approvers_after_the_given_time(plane: PlaneServer,
     assert oldest is not None and oldest.created_at == T0 - timedelta(minutes=5)
     with PlaneTracker(credentials(plane, item["project"], approvers=[]), retry=FAST_RETRY) as nobody:
         assert nobody.decision_since("ENG-1", None, wanted="approval") is None
+
+
+# -- the pipeline's tracker update -----------------------------------------------------------
+
+
+def test_sync_tracker_reads_the_work_item_only_until_the_ledger_links_it(
+    plane: PlaneServer, ready_project: str, item: dict[str, Any], prefect_api: str, data_dir: Path
+) -> None:
+    block = f"plane-{uuid.uuid4().hex[:8]}"
+    credentials(plane, ready_project).save(block, overwrite=True)
+    request = WorkItemRequest(work_item="ENG-1", title="Login page", repo="https://git.example.com/team/app.git",
+                              tracker=TrackerSpec(credentials_block=block))
+
+    assert sync_tracker.fn(request, "in_progress", "starts at analysis", external_id="run-1:start")
+    assert calls(plane) == [("GET", "ENG-1"), ("GET", "states"), ("PATCH", "item"), ("POST", "comments")]
+    link = Ledger.from_settings().tracker_link("ENG-1")
+    assert link is not None and (link.tracker, link.tracker_item_id, link.credentials_block) == ("plane", item["id"], block)
+
+    plane.reset_log()
+    assert sync_tracker.fn(request, "in_review", "analysis -> architecture", external_id="run-1:review")
+    assert calls(plane) == [("PATCH", "item"), ("POST", "comments")]  # no GET of the work item, no states
+    plane.reset_log()
+    assert sync_tracker.fn(request, None, "waiting for approval")
+    assert calls(plane) == [("POST", "comments")]
+    assert plane.work_item(item["id"])["state"] == plane.state_id(ready_project, "In Review")
+    assert [c["external_id"] for c in plane.comments(item["id"])] == ["run-1:start", "run-1:review", None]
+
+    # A link made through another block is not trusted: the item is looked up and linked again.
+    other = f"plane-{uuid.uuid4().hex[:8]}"
+    credentials(plane, ready_project).save(other, overwrite=True)
+    plane.reset_log()
+    moved = request.model_copy(update={"tracker": TrackerSpec(credentials_block=other)})
+    assert sync_tracker.fn(moved, None, "moved to another block")
+    assert calls(plane) == [("GET", "ENG-1"), ("POST", "comments")]
+    relinked = Ledger.from_settings().tracker_link("ENG-1")
+    assert relinked is not None and relinked.credentials_block == other
