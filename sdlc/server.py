@@ -71,6 +71,9 @@ def start_server(settings: SdlcSettings) -> str:
     # Unbuffered: the log must hold the server's last lines when it is stopped or dies.
     env = {**os.environ, **PREFECT_DEFAULTS, "PREFECT_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     env.pop("PREFECT_API_URL", None)
+    # The server imports sdlc.prefect_server from where this sdlc is, installed or not.
+    project = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (project, env.get("PYTHONPATH", "")) if p)
     if not (env.get("PREFECT_SERVER_UI_API_URL") or env.get("PREFECT_UI_API_URL")):
         # Prefect's UI points at PREFECT_API_URL or port 4200, not at the port it is served on.
         env["PREFECT_SERVER_UI_API_URL"] = api_url

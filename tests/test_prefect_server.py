@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -96,3 +97,50 @@ def test_other_errors_and_answers_pass_through_once() -> None:
     created, _ = post(server, "/api/flows/", {"name": "y"})
     assert created.status_code == 201 and created.json()["attempts"] == 2
     assert server.retried == 0
+
+
+def test_on_sqlite_a_server_transaction_holds_the_write_lock_from_its_first_statement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So a writer waits for the lock instead of failing when another wrote since it began reading."""
+    import sqlite3
+
+    from prefect.server.database.configurations import AioSqliteConfiguration
+    from prefect.server.database.dependencies import MODELS_DEPENDENCIES
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, temporary_settings
+    from sqlalchemy import text
+
+    from sdlc.prefect_server import write_lock_first_on_sqlite
+
+    database = tmp_path / "prefect.db"
+    url = f"sqlite+aiosqlite:///{database}"
+
+    def others_can_write_during_a_read(config: AioSqliteConfiguration) -> bool:
+        async def go() -> bool:
+            engine = await config.engine()
+            try:
+                session = await config.session(engine)
+                async with session, config.begin_transaction(session):
+                    await session.execute(text("SELECT 1"))  # a transaction that has only read so far
+                    other = sqlite3.connect(database, timeout=0, isolation_level=None)
+                    try:
+                        other.execute("BEGIN IMMEDIATE")
+                        other.execute("ROLLBACK")
+                        return True
+                    except sqlite3.OperationalError as exc:
+                        assert "locked" in str(exc)
+                        return False
+                    finally:
+                        other.close()
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(go())
+
+    monkeypatch.setitem(MODELS_DEPENDENCIES, "database_config", None)
+    with temporary_settings({PREFECT_API_DATABASE_CONNECTION_URL: url}):
+        assert others_can_write_during_a_read(AioSqliteConfiguration(connection_url=url))  # Prefect's DEFERRED
+        assert write_lock_first_on_sqlite()
+        assert not others_can_write_during_a_read(MODELS_DEPENDENCIES["database_config"])  # type: ignore[arg-type]
+    with temporary_settings({PREFECT_API_DATABASE_CONNECTION_URL: "postgresql+asyncpg://u@127.0.0.1:1/prefect"}):
+        assert not write_lock_first_on_sqlite()  # PostgreSQL is left as Prefect configures it
