@@ -37,9 +37,19 @@ def prefect_api() -> Iterator[str]:
     settings = SdlcSettings(data_dir=root, prefect_port=_PORT)
     url = start_server(settings)
     assert url == os.environ["PREFECT_API_URL"]
+    _server_roots.append(root)
     yield url
     _drain_prefect_workers()
     stop_server(settings)
+
+
+_server_roots: list[Path] = []
+
+
+@pytest.fixture
+def prefect_server_log(prefect_api: str) -> Path:
+    """The session server's log (sdlc/server.py writes it under the server's data dir)."""
+    return _server_roots[-1] / "prefect" / "server.log"
 
 
 def _drain_prefect_workers() -> None:
