@@ -74,13 +74,11 @@ def relocate_feedback(feedback: list[Feedback], moved: dict[str, str]) -> list[F
     return [item.model_copy(update={"file": moved.get(item.file, item.file)}) if item.file else item for item in feedback]
 
 
-def write_task(worktree: str, stage_input: StageInput, spec: StageSpec, moved: dict[str, str]) -> str:
-    """Write `.task-<role>.md` into the worktree; returns its name relative to the worktree."""
+def write_task(worktree: str, task_file: str, stage_input: StageInput, spec: StageSpec, moved: dict[str, str]) -> None:
+    """Write the task file (`.task-<role>.md`, relative to the worktree) for this attempt."""
     attempt = Ledger.from_settings().count_agent_runs(stage_input.request.work_item, spec.role) + 1
     stage_input = stage_input.model_copy(update={"feedback": relocate_feedback(stage_input.feedback, moved)})
-    name = task_file_name(spec.role)
-    (Path(worktree) / name).write_text(render_task(stage_input, spec, attempt=attempt), encoding="utf-8")
-    return name
+    (Path(worktree) / task_file).write_text(render_task(stage_input, spec, attempt=attempt), encoding="utf-8")
 
 
 def previous_session(work_item: str, role: str) -> str | None:
@@ -163,5 +161,5 @@ def prepare_agent_run(worktree: str, stage_input: StageInput, spec: StageSpec) -
     task_file = task_file_name(spec.role)
     invocation = agent_invocation(worktree, stage_input, spec, task_file)
     moved = archive_stale_artifacts_in(Path(worktree), stage_input.request.work_item, spec)
-    write_task(worktree, stage_input, spec, moved)
+    write_task(worktree, task_file, stage_input, spec, moved)
     return invocation
