@@ -86,7 +86,6 @@ class RetryBusyRequests:
             # Short, random and growing a little: the lock is held for milliseconds.
             await anyio.sleep(random.uniform(0.02, 0.1) * min(attempt, 10))
 
-
     def _answered(self, scope: MutableMapping[str, Any], attempts: int, status: int) -> None:
         if attempts == 1:
             return
@@ -164,9 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         PREFECT_SERVER_LOGGING_LEVEL,
     )
 
-    write_lock_first_on_sqlite()
     # As `prefect server start` runs it with one worker process: API, UI and services in one app.
-    app = RetryBusyRequests(create_app(final=True), budget_seconds=budget)
+    app: ASGIApp = create_app(final=True)
+    if write_lock_first_on_sqlite():  # both changes are for SQLite; PostgreSQL gets Prefect's app as it is
+        app = RetryBusyRequests(app, budget_seconds=budget)
     uvicorn.run(
         app,
         host=args.host,
