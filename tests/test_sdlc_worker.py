@@ -61,7 +61,7 @@ REPO_LIMIT = 3
 
 @pytest.mark.timeout(600)
 def test_twenty_work_items_at_once_on_one_sdlc_worker_stay_apart_and_within_the_limits(
-    tmp_path: Path, cli_env: dict[str, str], data_dir: Path, monkeypatch: pytest.MonkeyPatch, prefect_server_log: Path
+    tmp_path: Path, cli_env: dict[str, str], data_dir: Path, prefect_server_log: Path
 ) -> None:
     """B64 on the default setup (Prefect on SQLite, the ledger on SQLite): one worker process, twenty
     pipelines in its threads, five per repository; nothing collides and the limits hold."""
@@ -70,8 +70,6 @@ def test_twenty_work_items_at_once_on_one_sdlc_worker_stay_apart_and_within_the_
     from tasks.ledger import Ledger
 
     limits = {"SDLC_PROVIDER_CONCURRENCY": json.dumps({"scripted": PROVIDER_LIMIT}), "SDLC_REPO_CONCURRENCY": str(REPO_LIMIT)}
-    for name, value in limits.items():
-        monkeypatch.setenv(name, value)
     deploy_all(cli_env)
     log_start = prefect_server_log.stat().st_size
     origins = [create_sample_repo(tmp_path / f"repo{n}") for n in range(1, 5)]
