@@ -13,6 +13,10 @@ CHROMIUM := /usr/bin/chromium
 # PostgreSQL's server programs (tests/test_postgres.py starts a private cluster with them).
 PG_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
+# The agents' sandbox (issue 13): bubblewrap, pasta for its outbound network, ip for its namespace.
+SANDBOX_MISSING := $(if $(wildcard /usr/bin/bwrap),,bubblewrap) $(if $(wildcard /usr/bin/pasta),,passt) \
+	$(if $(wildcard /usr/sbin/ip /usr/bin/ip /sbin/ip /bin/ip),,iproute2)
+SANDBOX_MISSING := $(strip $(SANDBOX_MISSING))
 
 .PHONY: install demo test clean tools-missing system-packages
 
@@ -40,6 +44,10 @@ endif
 ifeq ($(PG_INITDB),)
 	$(APT_GET) update -q
 	$(APT_GET) install -y -q postgresql
+endif
+ifneq ($(SANDBOX_MISSING),)
+	$(APT_GET) update -q
+	$(APT_GET) install -y -q $(SANDBOX_MISSING)
 endif
 
 install: system-packages $(STAMP) $(TOOLS_STAMP)

@@ -8,7 +8,7 @@ work item by reading the task file, whose *name* is all the command line carries
 from __future__ import annotations
 
 import sys
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from prefect.blocks.core import Block
 from pydantic import Field, model_validator
@@ -69,6 +69,14 @@ profile = AgentProfile.load("BLOCK_NAME")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the agent (no secrets).")
     timeouts: dict[str, float] = Field(default_factory=dict, description="Timeout in seconds per role.")
     default_timeout_seconds: float = Field(default=1800, gt=0, description="Timeout for roles not in `timeouts`.")
+    sandbox: Literal["auto", "bwrap", "none"] | None = Field(
+        default=None, description="Confine this profile's agents: auto, bwrap or none (unset: SDLC_AGENT_SANDBOX)."
+    )
+    sandbox_read_paths: list[str] = Field(
+        default_factory=list, description="Paths its agents may read in the sandbox, e.g. a CLI's login under ~/.claude."
+    )
+    sandbox_write_paths: list[str] = Field(default_factory=list, description="Paths its agents may write in the sandbox.")
+    network: bool = Field(default=True, description="Outbound network in the sandbox (never the worker's loopback); false: none.")
     resume_sessions: bool = Field(
         default=True,
         description="When work comes back to a role, continue its previous CLI session (claude --resume).",

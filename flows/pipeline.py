@@ -265,6 +265,8 @@ def sdlc_pipeline(request: WorkItemRequest) -> PipelineResult:
                 f"{work_item} {stage} gate: {gate.reason}",
                 comment=f"{work_item} {stage} gate: {gate.reason}" + (f"\n\n{gate.details}" if gate.details else ""),
             )
+        elif result.gate.warning:  # passed, but people should know (e.g. it checked nothing)
+            _tell(request, run_id, "gate_warning", f"{work_item} {stage} gate passed: {result.gate.warning}")
 
         if result.gate.passed and spec.requires_approval:
             decision = _wait_for_approval(request, stage, visits[stage], run_id)

@@ -59,6 +59,10 @@ def build_parser() -> OneLineParser:
     run.add_argument("--agent-profile", help="Name of a saved AgentProfile block.")
     run.add_argument("--agent-timeout", type=float, help="Seconds per agent run (default 1800).")
     run.add_argument("--scenario", help="Scenario file of the scripted agent (JSON or YAML).")
+    run.add_argument(
+        "--sandbox", choices=("auto", "bwrap", "none"),
+        help="Confine the agents with bubblewrap: auto (default: where it works), bwrap (or fail), none.",
+    )
     run.add_argument("--forge", choices=("local", "gitea", "github"), default="local", help="Where the PR lives (default local).")
     run.add_argument("--forge-block", help="GiteaCredentials / GitHubCredentials block of --forge gitea|github.")
     run.add_argument("--forge-repo", help="OWNER/NAME of the repository on --forge gitea|github.")
@@ -138,6 +142,14 @@ def request_from_args(args: argparse.Namespace) -> WorkItemRequest:
         if not scenario.is_file():
             raise UsageError(f"scenario file {args.scenario} does not exist")
         agent_fields["scenario_file"] = str(scenario.resolve())
+    if args.sandbox:
+        agent_fields["sandbox"] = args.sandbox
+        if args.sandbox == "bwrap":
+            from tasks.sandbox import sandbox_problem
+
+            problem = sandbox_problem()
+            if problem is not None:
+                raise UsageError(f"--sandbox bwrap cannot work here: {problem}")
     if args.plane_ref and not args.plane_block:
         raise UsageError("--plane-ref needs --plane-block")
     if args.forge == "local" and (args.forge_block or args.forge_repo):
@@ -398,6 +410,7 @@ def status_report(work_item: str | None) -> list[dict[str, Any]]:
                         "output_tokens": r.output_tokens,
                         "num_turns": r.num_turns,
                         "session_id": r.session_id,
+                        "sandbox": r.sandbox,
                         "log_path": r.log_path,
                     }
                     for r in runs
@@ -452,6 +465,9 @@ def command_status(args: argparse.Namespace) -> int:
             duration = "-" if run["duration_seconds"] is None else f"{run['duration_seconds']:.1f} s"
             failure = f"  {run['failure_kind']}: {run['failure_reason']}" if run["failure_kind"] else ""
             print(f"    {run['role']:<10} attempt {run['attempt']}  exit {run['exit_code']}  {duration}{failure}")
+        unconfined = sorted({run["sandbox"] for run in item["agent_runs"] if (run["sandbox"] or "").startswith("unconfined")})
+        for why in unconfined:
+            print(f"    warning: agents ran {why}")
     for line in breaker_lines():
         print(line)
     return EXIT_OK

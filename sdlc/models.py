@@ -129,6 +129,9 @@ class AgentSpec(BaseModel):
     transient_retries: int = Field(
         default=5, ge=0, le=50, description="Transient budget: retries after rate limits, overloads, 5xx, network errors."
     )
+    sandbox: Literal["auto", "bwrap", "none"] | None = Field(
+        default=None, description="Confine the agents: auto, bwrap or none (unset: the profile's, else SDLC_AGENT_SANDBOX)."
+    )
     backoff_base_seconds: float = Field(default=5, gt=0, le=3600, description="Transient wait: min(2^n x base, cap).")
     backoff_cap_seconds: float = Field(default=300, gt=0, le=24 * 3600)
 
@@ -300,6 +303,9 @@ class AgentResult(BaseModel):
     output_tokens: int | None = None
     num_turns: int | None = None
     session_id: str | None = None
+    sandbox: str | None = Field(default=None, description="How the run was confined: bwrap (...), or unconfined and why.")
+    folded_commits: int = Field(default=0, description="Commits the agent made itself, folded back into sdlc's one commit.")
+    left_out: list[str] = Field(default_factory=list, description="Changed paths outside the role's allowlist: never committed.")
 
     @property
     def succeeded(self) -> bool:
@@ -312,6 +318,9 @@ class GateResult(BaseModel):
     reason: str
     details: str = Field(default="", description="Text for the next task: questions, findings, report.")
     artifact: str | None = Field(default=None, description="Artifact the gate read, relative to the worktree.")
+    warning: str | None = Field(
+        default=None, description="What people must know about a gate that passed, e.g. that it checked nothing."
+    )
 
 
 class CommitResult(BaseModel):

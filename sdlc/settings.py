@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -22,6 +22,13 @@ def _block_refs(value: Any) -> Any:
     if text.startswith("["):
         return json.loads(text)
     return [ref.strip() for ref in text.split(",") if ref.strip()]
+
+
+def _colon_paths(value: Any) -> Any:
+    """Paths from the environment as PATH is written: colon-separated."""
+    if not isinstance(value, str):
+        return value
+    return [part.strip() for part in value.split(":") if part.strip()]
 
 
 class SdlcSettings(BaseSettings):
@@ -48,6 +55,11 @@ class SdlcSettings(BaseSettings):
         default="", pattern=r"^[a-z0-9_-]{0,40}$", description="Separates the breakers of installations sharing one Prefect server."
     )
     breaker_cooldown_seconds: float = Field(default=60, gt=0, description="How long an open breaker holds new runs.")
+    git_timeout_seconds: float = Field(
+        default=120,
+        gt=0,
+        description="Longest a git clone, fetch or push may take; a remote that stalls past it is a transient failure.",
+    )
     repo_concurrency: int | None = Field(
         default=None, ge=1, description="Agent runs at once per repository, across all workers (unset: no limit)."
     )
@@ -59,6 +71,20 @@ class SdlcSettings(BaseSettings):
     )
     approval_poll_seconds: int = Field(
         default=1, description="How often a paused pipeline checks for its approval input."
+    )
+    agent_sandbox: Literal["auto", "bwrap", "none"] = Field(
+        default="auto",
+        description="Confine agents with bubblewrap: auto (where it works, else unconfined with a warning), bwrap (or fail), none.",
+    )
+    sandbox_bwrap: str = Field(default="bwrap", description="The bubblewrap program.")
+    sandbox_read_paths: Annotated[list[str], NoDecode, BeforeValidator(_colon_paths)] = Field(
+        default_factory=list, description="Paths every sandboxed agent may read (colon-separated)."
+    )
+    sandbox_write_paths: Annotated[list[str], NoDecode, BeforeValidator(_colon_paths)] = Field(
+        default_factory=list, description="Paths every sandboxed agent may write (colon-separated)."
+    )
+    sandbox_hide_paths: Annotated[list[str], NoDecode, BeforeValidator(_colon_paths)] = Field(
+        default_factory=list, description="Paths no sandboxed agent ever sees, even inside a granted path (colon-separated)."
     )
     notify_blocks: Annotated[list[str], NoDecode, BeforeValidator(_block_refs)] = Field(
         default_factory=list,

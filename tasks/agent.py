@@ -11,16 +11,18 @@ follower thread streams into the Prefect run logs while the agent runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
@@ -34,8 +36,11 @@ from tasks.breaker import CircuitBreaker
 from tasks.classify import classify_output, parse_result_json, read_tail
 from tasks.failures import PermanentError
 from tasks.ledger import Ledger
+from tasks.git import fold_agent_commits, head_commit, paths_outside
 from tasks.limits import agent_slots
+from tasks.processes import end_group, group_alive, process_start_ticks
 from tasks.retry_policy import RetryDecision, RetryPolicy, decide_retry, not_before
+from tasks.sandbox import SandboxSpec, confinement, resolve_mode
 
 TERMINATE_GRACE_SECONDS = 3.0
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -60,6 +65,9 @@ class AgentInvocation(BaseModel):
     budget_usd: float | None = Field(default=None, description="The work item's spend budget (B34).")
     visit: str | None = Field(default=None, description="Stage visit the retry budgets are counted in.")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    sandbox: SandboxSpec = Field(default_factory=SandboxSpec)
+    branch: str | None = Field(default=None, description="The work item's branch: only sdlc moves it (folded after the run).")
+    allowed_paths: list[str] = Field(default_factory=lambda: ["."], description="What the role may change.")
 
 
 class BudgetExceeded(PermanentError):
@@ -143,7 +151,10 @@ def agent_environment(
 
 
 def agent_script(argv: list[str], env_names: list[str], log_path: Path) -> str:
-    """One shell line: quoted arguments, variables by name only, output to the log."""
+    """One shell line: quoted arguments, variables by name only, output to the log.
+
+    ``argv`` starts with the sandbox's own prefix when the run is confined.
+    """
     assignments = " ".join(f'"{name}=${{{name}}}"' for name in env_names)
     return (
         f"exec env -i {assignments} {shlex.join(argv)} "
@@ -197,6 +208,26 @@ class _LogFollower(threading.Thread):
             self._logger.info("%s | %s", self._label, text[:2000])
 
 
+def end_abandoned_agents(ledger: Ledger, work_item: str, logger: logging.LoggerAdapter[Any] | logging.Logger) -> int:
+    """End the process groups of this work item's agents whose driver died, before anything runs again.
+
+    A group whose leader is gone cannot have been reused (its id is taken while it
+    has members); a live leader must have the recorded start time to be ours.
+    """
+    ended = 0
+    for run in ledger.unfinished_agent_runs(work_item):
+        pgid = run.process_group
+        assert pgid is not None
+        started = process_start_ticks(pgid)
+        ours = started is None or run.process_started is None or started == run.process_started
+        if ours and group_alive(pgid):
+            logger.warning("%s attempt %s (process group %s) outlived its driver; ending it", run.role, run.attempt, pgid)
+            end_group(pgid)
+            ended += 1
+        ledger.end_abandoned_run(run.id, "its driver died while it ran" + ("; sdlc ended it" if ours else ""))  # type: ignore[arg-type]
+    return ended
+
+
 def _end_process_group(pid: int, waiter: threading.Thread) -> None:
     """SIGTERM the agent's whole process group, then SIGKILL whatever is left after a grace."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -214,30 +245,60 @@ def _run_logger() -> logging.LoggerAdapter[Any] | logging.Logger:
         return logging.getLogger("sdlc.agent")
 
 
-def execute_agent(invocation: AgentInvocation, *, attempt: int, log_path: Path) -> AgentResult:
-    """Start the agent, wait at most its timeout, end its process group, describe the run."""
+class _NotStarted(Exception):
+    """The command cannot start (not found): the run ends before a process exists."""
+
+
+def execute_agent(
+    invocation: AgentInvocation,
+    *,
+    attempt: int,
+    log_path: Path,
+    on_start: Callable[[int], None] | None = None,
+) -> AgentResult:
+    """Start the agent (confined when it can be), wait at most its timeout, end its process group, describe the run."""
     logger = _run_logger()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = agent_environment(os.environ, invocation.protocol_env, invocation.profile_env)
     env["SDLC_ATTEMPT"] = str(attempt)
-    script = agent_script(invocation.argv, sorted(env), log_path)
     started = datetime.now(timezone.utc)
     clock = time.monotonic()
-    with open(log_path, "ab") as log:
-        log.write(
-            f"--- {invocation.role} attempt {attempt} started {started.isoformat()} "
-            f"in {invocation.worktree}: {shlex.join(invocation.argv)[:2000]}\n".encode()
-        )
-    follower = _LogFollower(log_path, logger, invocation.role)
-    follower.start()
     exit_code: int | None = None
     timed_out = False
     error: str | None = None
+    sandbox = "not started"
+    follower: _LogFollower | None = None
     try:
-        with ShellOperation(
-            commands=[script], env=env, working_dir=Path(invocation.worktree), stream_output=False
-        ) as operation:
+        with contextlib.ExitStack() as stack:
+            confined = stack.enter_context(
+                confinement(invocation.argv, worktree=Path(invocation.worktree), env=env, spec=invocation.sandbox)
+            )
+            sandbox = confined.description
+            env.update(confined.env)
+            script = agent_script([*confined.prefix, *invocation.argv], sorted(env), log_path)
+            with open(log_path, "ab") as log:
+                log.write(
+                    f"--- {invocation.role} attempt {attempt} started {started.isoformat()} "
+                    f"in {invocation.worktree} [{sandbox}]: {shlex.join(invocation.argv)[:2000]}\n".encode()
+                )
+            if not confined.confined:
+                # Turned off on purpose: said once per run; fallen back from `auto`: a warning people must see.
+                log_level = logging.INFO if invocation.sandbox.mode == "none" else logging.WARNING
+                logger.log(log_level, "%s runs UNCONFINED (%s): it can read what this worker can", invocation.role, sandbox)
+            follower = _LogFollower(log_path, logger, invocation.role)
+            follower.start()
+            operation = stack.enter_context(
+                ShellOperation(commands=[script], env=env, working_dir=Path(invocation.worktree), stream_output=False)
+            )
+            if shutil.which(invocation.argv[0], path=env.get("PATH")) is None:
+                # Said here, not by the sandbox's "execvp" line: the same words confined or not.
+                with open(log_path, "ab") as log:
+                    log.write(f"agent command not found: {invocation.argv[0]}\n".encode())
+                exit_code = 127
+                raise _NotStarted
             process = operation.trigger()
+            if on_start is not None:
+                on_start(process.pid)
             waiter = threading.Thread(target=_wait_quietly, args=(process,), daemon=True)
             waiter.start()
             waiter.join(invocation.timeout_seconds)
@@ -248,10 +309,13 @@ def execute_agent(invocation: AgentInvocation, *, attempt: int, log_path: Path) 
                 )
                 _end_process_group(process.pid, waiter)
             exit_code = process.return_code
+    except _NotStarted:
+        pass
     except OSError as exc:
         error = f"could not start the agent: {exc}"
     finally:
-        follower.stop()
+        if follower is not None:
+            follower.stop()
     ended = datetime.now(timezone.utc)
     duration = time.monotonic() - clock
     if timed_out:
@@ -271,6 +335,7 @@ def execute_agent(invocation: AgentInvocation, *, attempt: int, log_path: Path) 
         started_at=started,
         ended_at=ended,
         error=error,
+        sandbox=sandbox,
     )
 
 
@@ -364,6 +429,8 @@ def run_agent(invocation: AgentInvocation) -> AgentResult:
     settings = get_settings()
     ledger = Ledger.from_settings()
     logger = _run_logger()
+    end_abandoned_agents(ledger, invocation.work_item, logger)
+    resolve_mode(invocation.sandbox.mode, invocation.sandbox.network)  # `bwrap` that cannot work: fail before anything runs
     visit_runs = ledger.visit_runs(invocation.work_item, invocation.role, invocation.visit) if invocation.visit else []
     _wait_for_retry_window(visit_runs, ledger, invocation, logger)
     check_budget(ledger, invocation.work_item, invocation.budget_usd)
@@ -387,7 +454,16 @@ def run_agent(invocation: AgentInvocation) -> AgentResult:
             visit=invocation.visit,
         )
         logger.info("%s attempt %s starting: %s (log %s)", invocation.role, attempt, invocation.argv[0], log_path)
-        outcome = execute_agent(invocation, attempt=attempt, log_path=log_path)
+        worktree = Path(invocation.worktree)
+        recorded_head = head_commit(worktree) if invocation.branch else None
+        outcome = execute_agent(
+            invocation,
+            attempt=attempt,
+            log_path=log_path,
+            on_start=lambda pid: ledger.record_process_group(run_id, pid, process_start_ticks(pid)),
+        )
+    if invocation.branch:
+        outcome = _fold_back(outcome, invocation, recorded_head, logger)
     result, decision = assess_run(outcome, invocation, visit_runs)
     ledger.finish_agent_run(run_id, result)
     if result.failure_kind == "transient":
@@ -403,6 +479,30 @@ def run_agent(invocation: AgentInvocation) -> AgentResult:
         raise AgentRunFailed(result, decision)
     logger.info("%s attempt %s finished in %.1f s", invocation.role, attempt, result.duration_seconds)
     return result
+
+
+def _fold_back(
+    result: AgentResult, invocation: AgentInvocation, recorded_head: str | None, logger: logging.LoggerAdapter[Any] | logging.Logger
+) -> AgentResult:
+    """Put the branch back where it was before the run and name what the role may not change (issue 13, item 2)."""
+    assert invocation.branch is not None
+    worktree = Path(invocation.worktree)
+    folded = fold_agent_commits(worktree, invocation.branch, recorded_head)
+    left_out = paths_outside(worktree, invocation.allowed_paths)
+    notes: list[str] = []
+    if folded:
+        notes.append(f"{invocation.role} made {folded} commit(s) itself; folded back: only sdlc commits the branch")
+    if left_out:
+        notes.append(
+            f"{invocation.role} changed {len(left_out)} path(s) outside {', '.join(invocation.allowed_paths)}; "
+            f"not committed: {', '.join(left_out[:50])}"
+        )
+    if notes:
+        with open(result.log_path, "ab") as log:
+            log.write("".join(f"--- {note}\n" for note in notes).encode())
+        for note in notes:
+            logger.warning(note)
+    return result.model_copy(update={"folded_commits": folded, "left_out": left_out})
 
 
 def _current_flow_run_id() -> str | None:
@@ -432,6 +532,9 @@ def _publish_run_artifact(invocation: AgentInvocation, result: AgentResult) -> N
                 "output tokens": result.output_tokens,
                 "turns": result.num_turns,
                 "session": result.session_id,
+                "sandbox": result.sandbox,
+                "own commits folded": result.folded_commits,
+                "left out (not committed)": ", ".join(result.left_out[:50]) or "-",
                 "log": result.log_path,
             }
         ],

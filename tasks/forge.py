@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sdlc.models import ForgeSpec, PullRequestRef, validate_branch, validate_repo, validate_work_item_id
 from tasks.ci_status import CiStatus
 from tasks.failures import GitOperationError, PermanentError, TransientError, retry_on_transient
-from tasks.git import bot_env, describe, git_env, has_ref, push_branch, repo_at
+from tasks.git import bot_env, describe, git_env, has_ref, push_branch, remote_git, repo_at
 from tasks.ledger import Ledger, PullRequestRecord
 from tasks.worktree import clone_lock, default_branch, ensure_main_clone
 
@@ -125,7 +125,9 @@ class LocalForge:
         branch, base = validate_branch(record.branch), validate_branch(record.base)
         clone_repo = repo_at(self.clone)
         try:
-            clone_repo.git.fetch("--prune", "--", "origin", env=git_env())
+            # Bounded by the git timeout: a stalled origin is a TransientError, retried by the merge task.
+            what = f"fetch of {self.repo} before merging #{record.number}"
+            remote_git(self.clone, "fetch", "--prune", "--", "origin", what=what)
         except GitCommandError as exc:
             raise TransientError(f"cannot fetch origin before merging #{record.number}: {describe(exc)}") from exc
         for name in (base, branch):

@@ -9,7 +9,9 @@ earlier run can never decide the gate again, while the history stays readable.
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -20,11 +22,14 @@ from pydantic import BaseModel, ConfigDict
 
 from sdlc.graph import StageSpec, artifacts_dir
 from sdlc.models import AgentResult, ForgeSpec, GateResult
-from sdlc.repo_config import load_repo_config
+from sdlc.repo_config import CONFIG_PATH, RepoConfig
 from sdlc.settings import get_settings
-from tasks.agent import describe_failure
+from tasks.agent import agent_environment, describe_failure
 from tasks.classify import read_tail
 from tasks.failures import retry_on_transient
+from tasks.processes import end_process_group
+from tasks.sandbox import SandboxSpec, confinement, sandbox_spec_for
+from tasks.worktree import base_commit, base_repo_config
 
 MAX_DETAILS = 8000
 
@@ -107,30 +112,71 @@ def exit_code_gate(ctx: GateContext) -> GateResult:
     )
 
 
-def tests_gate(ctx: GateContext) -> GateResult:
-    """The repository's local test command (`.sdlc/config.yaml`) passes on the worktree."""
-    config = load_repo_config(ctx.worktree)
-    if not config.test_command:
-        return GateResult(outcome="pass", passed=True, reason="no test command configured (.sdlc/config.yaml)")
-    log_path = get_settings().logs_dir / ctx.work_item / f"tests-{ctx.spec.name}-{ctx.visit}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as log:
+def gate_repo_config(ctx: GateContext) -> RepoConfig:
+    """`.sdlc/config.yaml` of the default branch at the work item's base commit, never the worktree's.
+
+    The agent can rewrite its worktree, so a test command read there would be its
+    own to choose; the base commit is recorded in the ledger when the work item's
+    first agent run is prepared.
+    """
+    if ctx.repo is None or base_commit(ctx.repo) is None:
+        return RepoConfig()  # no main clone: nothing from origin to read
+    from tasks.ledger import Ledger
+
+    row = Ledger.from_settings().get_work_item(ctx.work_item)
+    return base_repo_config(ctx.repo, row.base_sha if row is not None else None)
+
+
+def run_test_command(
+    argv: list[str], cwd: Path, log_path: Path, timeout: float, sandbox: SandboxSpec | None = None
+) -> int | None:
+    """Run the test command, output to ``log_path``; its exit code, None when it ran out of time.
+
+    The tests are code the agent wrote: they run confined like the agent (same
+    sandbox, no model API port) and with the agent's environment, never the worker's.
+    It runs in a session of its own; on timeout the whole process group ends (a
+    test command's background jobs too, which ``subprocess.run`` would leave), and
+    so do stragglers of a command that exited.
+    """
+    env = agent_environment(os.environ, {}, {})
+    with open(log_path, "wb") as log, confinement(argv, worktree=cwd, env=env, spec=sandbox or SandboxSpec()) as confined:
+        env.update(confined.env)
+        log.write(f"--- test command [{confined.description}]: {shlex.join(argv)}\n".encode())
+        log.flush()
         try:
-            completed = subprocess.run(
-                config.test_command,
-                cwd=ctx.worktree,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                timeout=config.test_timeout_seconds,
-                start_new_session=True,
+            process = subprocess.Popen(
+                [*confined.prefix, *argv], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
             )
-            code: int | None = completed.returncode
-        except subprocess.TimeoutExpired:
-            code = None
         except OSError as exc:
             log.write(f"could not start the test command: {exc}\n".encode())
-            code = 127
+            return 127
+        try:
+            code: int | None = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        except BaseException:
+            end_process_group(process)
+            raise
+        end_process_group(process)
+    return code
+
+
+def tests_gate(ctx: GateContext) -> GateResult:
+    """The test command of the default branch's `.sdlc/config.yaml` passes on the worktree."""
+    config = gate_repo_config(ctx)
+    if not config.test_command:
+        unchecked = (
+            f"no test command configured in {CONFIG_PATH.as_posix()} on the default branch; "
+            f"the {ctx.spec.name} gate checked nothing"
+        )
+        return GateResult(outcome="pass", passed=True, reason=unchecked, warning=unchecked)
+    log_path = get_settings().logs_dir / ctx.work_item / f"tests-{ctx.spec.name}-{ctx.visit}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sandbox = sandbox_spec_for(
+        mode=None, kind="tests", work_item=ctx.work_item, read_paths=[], write_paths=[], network=True, repo=ctx.repo or ""
+    )
+    code = run_test_command(config.test_command, ctx.worktree, log_path, config.test_timeout_seconds, sandbox)
     command = " ".join(config.test_command)
     if code == 0:
         return GateResult(outcome="pass", passed=True, reason=f"tests passed: {command}", artifact=str(log_path))

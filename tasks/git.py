@@ -13,6 +13,7 @@ import fnmatch
 import logging
 import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ from git.exc import GitCommandError
 from prefect import task
 
 from sdlc.models import CommitResult, validate_branch, validate_work_item_id
-from tasks.failures import GitOperationError, PushRejected, TransientError
+from sdlc.settings import get_settings
+from tasks.failures import GitOperationError, PushRejected, TransientError, retry_on_transient
+from tasks.processes import end_process_group
 
 logger = logging.getLogger("sdlc.git")
 
@@ -56,15 +59,25 @@ def bot_env() -> dict[str, str]:
         "GIT_COMMITTER_EMAIL": email,
         # One-off config through the environment (git >= 2.31): a global
         # commit.gpgsign would otherwise make the bot wait for a passphrase.
-        "GIT_CONFIG_COUNT": "1",
-        "GIT_CONFIG_KEY_0": "commit.gpgsign",
-        "GIT_CONFIG_VALUE_0": "false",
+        **_config_env({**SAFE_GIT_CONFIG, "commit.gpgsign": "false"}),
     }
 
 
+# An unconfined agent can write the clone's hooks and config: sdlc's own git commands run none of them.
+SAFE_GIT_CONFIG = {"core.hooksPath": "/dev/null", "core.fsmonitor": "false"}
+
+
+def _config_env(config: dict[str, str]) -> dict[str, str]:
+    env = {"GIT_CONFIG_COUNT": str(len(config))}
+    for index, (key, value) in enumerate(config.items()):
+        env[f"GIT_CONFIG_KEY_{index}"] = key
+        env[f"GIT_CONFIG_VALUE_{index}"] = value
+    return env
+
+
 def git_env() -> dict[str, str]:
-    """Environment for every git command: never prompt, treat pathspecs literally."""
-    return {"GIT_TERMINAL_PROMPT": "0", "GIT_LITERAL_PATHSPECS": "1"}
+    """Environment for every git command: never prompt, treat pathspecs literally, run no hook."""
+    return {"GIT_TERMINAL_PROMPT": "0", "GIT_LITERAL_PATHSPECS": "1", **_config_env(SAFE_GIT_CONFIG)}
 
 
 def repo_at(path: Path | str) -> git.Repo:
@@ -92,6 +105,8 @@ def has_ref(repo: git.Repo, ref: str) -> bool:
 
 
 def _allowed(path: str, allowed: list[str]) -> bool:
+    if path == ".sdlc" or path.startswith(".sdlc/"):
+        return False  # sdlc's own config and prompts judge the agents: never theirs to change, whatever the graph allows
     for prefix in allowed:
         prefix = prefix.strip()
         if prefix in ("", ".", "./", "*"):
@@ -157,12 +172,58 @@ def commit_role_changes(worktree: Path, *, allowed: list[str], message: str) -> 
     return CommitResult(sha=sha.strip(), committed=committed, left_out=left_out)
 
 
-def push_branch(worktree: Path, branch: str) -> None:
-    """Push HEAD to ``origin/<branch>``; never forced. Rejection raises :class:`PushRejected`."""
-    validate_branch(branch)
-    repo = repo_at(worktree)
+def remote_git(cwd: Path | str, *args: str, what: str) -> str:
+    """Run a git command that talks to a remote (clone, fetch, push), bounded by ``SDLC_GIT_TIMEOUT_SECONDS``.
+
+    A remote that accepts the connection and never answers would otherwise hold the
+    task, and the clone's lock, for ever. On timeout the command's whole process
+    group ends (git's ``git-remote-http`` or ``ssh`` child too) and a
+    :class:`TransientError` names ``what`` (the operation and the remote); a failure
+    is a ``GitCommandError`` with git's stderr, as GitPython raises it.
+    """
+    timeout = get_settings().git_timeout_seconds
+    argv = [str(git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git"), *args]
+    # As GitPython runs git: the caller's environment, English messages (TRANSIENT_REMOTE_PATTERNS).
+    env = {**os.environ, "LANGUAGE": "C", "LC_ALL": "C", **git_env()}
+    process = subprocess.Popen(
+        argv,
+        cwd=str(cwd),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
-        repo.git.push("--", "origin", f"HEAD:refs/heads/{branch}", env=git_env())
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        end_process_group(process)
+        try:
+            process.communicate(timeout=5)
+        except subprocess.TimeoutExpired:  # something outside the group still holds the pipes
+            for pipe in (process.stdout, process.stderr):
+                if pipe is not None:
+                    pipe.close()
+        raise TransientError(f"{what} timed out after {timeout:g} s") from None
+    except BaseException:
+        end_process_group(process)
+        raise
+    stdout, stderr = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    if process.returncode != 0:
+        raise GitCommandError(argv, process.returncode, stderr.strip(), stdout.strip())
+    return stdout
+
+
+def push_branch(worktree: Path, branch: str) -> None:
+    """Push HEAD to ``origin/<branch>``; never forced. Rejection raises :class:`PushRejected`.
+
+    A push that stalls past the git timeout is a :class:`TransientError`, as other
+    network failures of a push are.
+    """
+    validate_branch(branch)
+    repo_at(worktree)  # a clear GitOperationError when it is not a checkout
+    try:
+        remote_git(worktree, "push", "--", "origin", f"HEAD:refs/heads/{branch}", what=f"push of {branch} to origin")
     except GitCommandError as exc:
         stderr = str(exc.stderr or "").strip()
         if TRANSIENT_REMOTE_PATTERNS.search(stderr):
@@ -192,7 +253,10 @@ def commit_message(role: str, work_item: str, summary: str) -> str:
     return f"{role}({work_item}): {line}"
 
 
-@task(name="commit-and-push")
+# A push that failed transiently (origin down, stalled past the git timeout) is tried again
+# with backoff; the retry finds the commit made and pushes it. Still failing, the stage
+# raises and the work item ends Blocked with the reason.
+@task(name="commit-and-push", retries=3, retry_delay_seconds=[5, 20, 60], retry_condition_fn=retry_on_transient)
 def commit_and_push(
     worktree: str, *, role: str, work_item: str, summary: str, allowed: list[str], branch: str
 ) -> CommitResult:
@@ -232,3 +296,41 @@ def describe(exc: Any) -> str:
     if isinstance(exc, GitCommandError):
         return str(exc.stderr or exc.stdout or exc).strip()
     return str(exc)
+
+
+def fold_agent_commits(worktree: Path, branch: str, recorded_head: str | None) -> int:
+    """Undo what the agent did to the branch itself, keeping its files; returns how many commits it made.
+
+    Only sdlc writes the branch: HEAD goes back to ``refs/heads/<branch>``, the
+    branch back to the head recorded before the run, the index to that commit. The
+    agent's changes stay in the worktree, for sdlc's one commit of the allowed paths.
+    """
+    if recorded_head is None:
+        return 0
+    validate_branch(branch)
+    repo = repo_at(worktree)
+    env = git_env()
+    expected = f"refs/heads/{branch}"
+    try:
+        current = str(repo.git.symbolic_ref("--quiet", "HEAD", env=env)).strip()
+    except GitCommandError:
+        current = None  # the agent detached HEAD
+    try:
+        head_now = str(repo.git.rev_parse("--verify", "--quiet", "HEAD^{commit}", env=env)).strip()
+        folded = int(str(repo.git.rev_list("--count", f"{recorded_head}..{head_now}", "--", env=env)).strip() or 0)
+    except GitCommandError:
+        folded = 0
+    try:
+        if current != expected:
+            repo.git.symbolic_ref("HEAD", expected, env=env)
+        repo.git.update_ref("-m", "sdlc: fold the agent's own commits", expected, recorded_head, env=env)
+        repo.git.reset("-q", env=env)
+    except GitCommandError as exc:
+        raise GitOperationError(f"cannot put {branch} back to {recorded_head[:12]} in {worktree}: {describe(exc)}") from exc
+    return folded
+
+
+def paths_outside(worktree: Path, allowed: list[str]) -> list[str]:
+    """Changed paths the role may not change: named in the run log and the artifact, never committed."""
+    repo = repo_at(worktree)
+    return [p for p in changed_paths(repo) if not _is_task_file(p) and not _allowed(p, allowed)]

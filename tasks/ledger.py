@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, UniqueConstraint, event, func, text
+from sqlalchemy import Connection, Engine, UniqueConstraint, event, func, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
@@ -84,6 +84,9 @@ class WorkItemRecord(SQLModel, table=True):
     pr_number: int | None = None
     pr_url: str | None = None
     budget_usd: float | None = None
+    base_sha: str | None = Field(
+        default=None, description="Origin's default branch when the work item started: where its gates and prompts come from."
+    )
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
@@ -136,12 +139,16 @@ class AgentRunRecord(SQLModel, table=True):
     output_tokens: int | None = None
     num_turns: int | None = None
     session_id: str | None = None
+    sandbox: str | None = None
+    process_group: int | None = Field(default=None, description="The running agent's process group (ended if its driver died).")
+    process_started: int | None = Field(default=None, description="Its start time in clock ticks since boot: a reused pid is not it.")
 
 
 # Fields an AgentResult brings to its record when the run ends.
 _RESULT_FIELDS = (
     "exit_code", "duration_seconds", "timed_out", "error", "ended_at", "failure_kind", "failure_reason",
     "retry_after_seconds", "retry_not_before", "cost_usd", "input_tokens", "output_tokens", "num_turns", "session_id",
+    "sandbox",
 )
 
 
@@ -223,7 +230,44 @@ def _build_engine(url: str) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     SQLModel.metadata.create_all(engine)
+    _migrate(engine)
     return engine
+
+
+def _add_missing_columns(connection: Connection) -> None:
+    """Add the nullable columns (and their indexes) that a ledger made by an older version lacks.
+
+    ``create_all`` creates missing tables, never missing columns, so a new field
+    would fail every query on an existing ledger. Nullable columns are added with
+    ``ALTER TABLE ... ADD COLUMN`` (SQLite and PostgreSQL alike) and old rows read
+    them as NULL; a new column that cannot be NULL needs a migration of its own.
+    Callers hold the schema's lock (SQLite's write lock, PostgreSQL's advisory lock),
+    so two processes never add one column twice.
+    """
+    inspector = inspect(connection)
+    preparer = connection.dialect.identifier_preparer
+    existing_tables = set(inspector.get_table_names())
+    for table in SQLModel.metadata.sorted_tables:
+        if table.name not in existing_tables:
+            continue
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        added: set[str] = set()
+        for column in table.columns:
+            if column.name in present or not column.nullable or column.primary_key:
+                continue
+            column_type = column.type.compile(dialect=connection.dialect)
+            connection.execute(
+                text(f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {preparer.format_column(column)} {column_type}")
+            )
+            added.add(column.name)
+        for index in table.indexes:
+            if added & {column.name for column in index.columns}:
+                index.create(connection, checkfirst=True)
+
+
+def _migrate(engine: Engine) -> None:
+    with engine.begin() as connection:
+        _add_missing_columns(connection)
 
 
 def _create_tables(engine: Engine) -> None:
@@ -238,10 +282,12 @@ def _create_tables(engine: Engine) -> None:
         with engine.begin() as connection:
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
             SQLModel.metadata.create_all(connection)
+            _add_missing_columns(connection)
         return
     for attempt in range(1, SCHEMA_ATTEMPTS + 1):
         try:
             SQLModel.metadata.create_all(engine)
+            _migrate(engine)
             return
         except DBAPIError:
             if attempt == SCHEMA_ATTEMPTS:
@@ -357,6 +403,17 @@ class Ledger:
             session.add(row)
             session.commit()
 
+    def set_base_sha(self, work_item: str, sha: str) -> str:
+        """Record the commit the work item started from, once: a sha already recorded stays; returns the recorded one."""
+        with self._session() as session:
+            row = self._require(session, work_item)
+            if row.base_sha is not None:
+                return row.base_sha
+            row.base_sha = sha
+            session.add(row)
+            session.commit()
+            return sha
+
     def set_pull_request(self, work_item: str, number: int, url: str) -> None:
         with self._session() as session:
             row = self._require(session, work_item)
@@ -450,6 +507,32 @@ class Ledger:
                 setattr(record, name, getattr(result, name))
             if result.log_path:
                 record.log_path = result.log_path
+            session.add(record)
+            session.commit()
+
+    def record_process_group(self, run_id: int, process_group: int, started: int | None) -> None:
+        """Where a running agent is, so a later run can end it if its driver dies first."""
+        with self._session() as session:
+            record = session.get(AgentRunRecord, run_id)
+            if record is None:
+                raise LookupError(f"agent run {run_id} is not in the ledger")
+            record.process_group = process_group
+            record.process_started = started
+            session.add(record)
+            session.commit()
+
+    def unfinished_agent_runs(self, work_item: str) -> list[AgentRunRecord]:
+        """Runs that started a process and never recorded an end: their driver died."""
+        return [run for run in self.agent_runs(work_item) if run.ended_at is None and run.process_group is not None]
+
+    def end_abandoned_run(self, run_id: int, reason: str) -> None:
+        with self._session() as session:
+            record = session.get(AgentRunRecord, run_id)
+            if record is None:
+                return
+            record.ended_at = utcnow()
+            record.duration_seconds = round((record.ended_at - record.started_at).total_seconds(), 3)
+            record.error = reason  # no failure kind: a dead driver spends none of the agent's budgets
             session.add(record)
             session.commit()
 

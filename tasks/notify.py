@@ -24,12 +24,13 @@ from sdlc.settings import get_settings
 logger = logging.getLogger("sdlc.notify")
 
 Event = Literal[
-    "work_item_started", "stage_changed", "gate_failed", "approval_requested",
+    "work_item_started", "stage_changed", "gate_failed", "gate_warning", "approval_requested",
     "input_requested", "usage_limit", "blocked", "failed", "done",
 ]
 
 _NOTIFY_TYPES: dict[str, Literal["info", "success", "warning", "failure"]] = {
-    "gate_failed": "warning", "approval_requested": "warning", "input_requested": "warning", "usage_limit": "warning",
+    "gate_failed": "warning", "gate_warning": "warning", "approval_requested": "warning",
+    "input_requested": "warning", "usage_limit": "warning",
     "blocked": "failure", "failed": "failure", "done": "success",
 }
 """How Apprise services (a Slack colour, a Telegram icon) show each event; others are info."""
@@ -110,7 +111,7 @@ def notify(event: Event, message: str, *, work_item: str, flow_run_id: str | Non
 
     run_logger = get_run_logger()
     link = flow_run_url(flow_run_id)
-    level = logging.WARNING if event in ("blocked", "failed", "gate_failed") else logging.INFO
+    level = logging.WARNING if event in ("blocked", "failed", "gate_failed", "gate_warning") else logging.INFO
     run_logger.log(level, "[%s] %s%s", event, message, f" ({link})" if link else "")
     failures = send_to_blocks(event, message, work_item=work_item, link=link, log=run_logger)
     deliver(event, message, work_item=work_item, link=link, failed_notifiers=failures)

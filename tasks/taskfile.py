@@ -6,18 +6,21 @@ its worktree, never on a command line. It is excluded from commits.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from prefect import task
 
 from blocks.agent_profile import AgentProfile, profile_for
 from sdlc.graph import StageSpec, artifacts_dir
-from sdlc.models import Feedback, StageInput
+from sdlc.models import Feedback, StageInput, validate_work_item_id
+from sdlc.settings import get_settings
 from tasks.agent import AgentInvocation, check_budget
 from tasks.gates import archive_stale_artifacts_in
-from tasks.worktree import base_repo_config, main_clone_path
+from tasks.worktree import base_commit, base_file, base_repo_config, main_clone_path
 from tasks.ledger import Ledger
 from tasks.retry_policy import RetryPolicy
+from tasks.sandbox import sandbox_spec_for
 
 BUILTIN_PROMPTS = Path(__file__).resolve().parent.parent / "sdlc" / "prompts"
 
@@ -26,10 +29,40 @@ def task_file_name(role: str) -> str:
     return f".task-{role}.md"
 
 
-def system_prompt_path(worktree: Path, role: str) -> Path:
-    """The repository's `.sdlc/agents/<role>.md`, else the built-in prompt."""
-    own = worktree / ".sdlc" / "agents" / f"{role}.md"
-    return own if own.is_file() else BUILTIN_PROMPTS / f"{role}.md"
+def work_item_base(repo: str, work_item: str) -> str | None:
+    """The commit of origin's default branch the work item started from.
+
+    Recorded in the ledger the first time an agent run of the work item is prepared
+    and never moved after: the gates' config and the prompts are read at it, so a
+    change on the default branch later, or in the worktree ever, does not reach them.
+    """
+    ledger = Ledger.from_settings()
+    row = ledger.get_work_item(work_item)
+    if row is not None and row.base_sha:
+        return row.base_sha
+    sha = base_commit(repo)
+    if sha is None or row is None:
+        return sha  # not registered (a stage run on its own): the default branch as it is now
+    return ledger.set_base_sha(work_item, sha)
+
+
+def system_prompt_path(repo: str, work_item: str, role: str, base_sha: str | None) -> Path:
+    """The default branch's `.sdlc/agents/<role>.md` at ``base_sha``, else the built-in prompt.
+
+    Never the worktree's copy, which an agent can rewrite: the file is read from the
+    main clone's objects and written to ``<data dir>/prompts/<work item>/<role>.md``,
+    outside every worktree.
+    """
+    validate_work_item_id(work_item)
+    if not re.fullmatch(r"[a-z][a-z0-9_-]{0,39}", role):
+        raise ValueError(f"{role!r} is not a role name")
+    text = base_file(repo, f".sdlc/agents/{role}.md", base_sha)
+    if text is None:
+        return BUILTIN_PROMPTS / f"{role}.md"
+    path = get_settings().root / "prompts" / work_item / f"{role}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def render_task(stage_input: StageInput, spec: StageSpec, *, attempt: int) -> str:
@@ -98,7 +131,8 @@ def agent_invocation(worktree: str, stage_input: StageInput, spec: StageSpec, ta
     """The command line and the B5 environment for this stage's agent."""
     request = stage_input.request
     profile = load_profile(stage_input)
-    prompt_file = str(system_prompt_path(Path(worktree), spec.role))
+    base_sha = work_item_base(request.repo, request.work_item)
+    prompt_file = str(system_prompt_path(request.repo, request.work_item, spec.role, base_sha))
     model = profile.model_for(spec.role)
     protocol_env = {
         "SDLC_ROLE": spec.role,
@@ -115,7 +149,7 @@ def agent_invocation(worktree: str, stage_input: StageInput, spec: StageSpec, ta
     ledger = Ledger.from_settings()
     budget = request.budget_usd
     if budget is None:  # the repository's default (B34), from its default branch
-        budget = base_repo_config(request.repo).budget_usd
+        budget = base_repo_config(request.repo, base_sha).budget_usd
         if budget is not None:
             ledger.set_budget(request.work_item, budget)
     left = check_budget(ledger, request.work_item, budget)
@@ -144,6 +178,17 @@ def agent_invocation(worktree: str, stage_input: StageInput, spec: StageSpec, ta
         timeout_seconds=profile.timeout_for(spec.role),
         protocol_env=protocol_env,
         profile_env=profile.env,
+        sandbox=sandbox_spec_for(
+            mode=agent.sandbox or profile.sandbox,
+            kind=profile.kind,
+            work_item=request.work_item,
+            read_paths=[*profile.sandbox_read_paths, prompt_file, *filter(None, [agent.scenario_file])],
+            write_paths=profile.sandbox_write_paths,
+            network=profile.network,
+            repo=request.repo,
+        ),
+        branch=request.feature_branch,
+        allowed_paths=spec.commit_paths,
     )
 
 

@@ -34,7 +34,7 @@ from sdlc.models import slugify, validate_branch, validate_repo
 from sdlc.repo_config import CONFIG_PATH, RepoConfig, parse_repo_config
 from sdlc.settings import get_settings
 from tasks.failures import GitOperationError, PermanentError, TransientError, retry_on_transient
-from tasks.git import TRANSIENT_REMOTE_PATTERNS, describe, git_env, has_ref, repo_at
+from tasks.git import TRANSIENT_REMOTE_PATTERNS, describe, git_env, has_ref, remote_git, repo_at
 
 logger = logging.getLogger("sdlc.worktree")
 
@@ -111,7 +111,11 @@ def _is_clone(clone: Path) -> bool:
 
 
 def ensure_main_clone(repo: str) -> Path:
-    """Clone origin on first use, otherwise ``git fetch --prune origin``; returns the clone's path."""
+    """Clone origin on first use, otherwise ``git fetch --prune origin``; returns the clone's path.
+
+    Both are bounded by the git timeout (:func:`tasks.git.remote_git`): a stalled origin
+    is a :class:`TransientError`, and the clone's lock is released either way.
+    """
     repo = validate_repo(repo)
     clone = main_clone_path(repo)
     with clone_lock(clone):
@@ -122,14 +126,17 @@ def ensure_main_clone(repo: str) -> Path:
             if staging.exists():
                 shutil.rmtree(staging)
             try:
-                git.Git(str(clone.parent)).clone("--", repo, str(staging), env=git_env())
+                remote_git(clone.parent, "clone", "--", repo, str(staging), what=f"clone of {repo}")
             except GitCommandError as exc:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise _remote_failure(f"cannot clone {repo}", exc) from exc
+            except TransientError:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
             os.replace(staging, clone)
         else:
             try:
-                repo_at(clone).git.fetch("--prune", "--", "origin", env=git_env())
+                remote_git(clone, "fetch", "--prune", "--", "origin", what=f"fetch of {repo}")
             except GitCommandError as exc:
                 raise _remote_failure(f"cannot fetch {repo}", exc) from exc
         _exclude_task_files(clone)
@@ -152,16 +159,57 @@ def default_branch(clone: Path) -> str:
     return "main"
 
 
-def base_repo_config(repo: str) -> RepoConfig:
-    """`.sdlc/config.yaml` as origin's default branch has it: what agents on a feature branch cannot change."""
+def base_commit(repo: str) -> str | None:
+    """The commit origin's default branch is on, as the main clone last fetched it; None without a clone."""
     clone = main_clone_path(validate_repo(repo))
     if not _is_clone(clone):
-        return RepoConfig()
+        return None
     try:
-        text = repo_at(clone).git.show(f"origin/{default_branch(clone)}:{CONFIG_PATH.as_posix()}", env=git_env())
+        out: str = repo_at(clone).git.rev_parse(
+            "--verify", "--quiet", f"refs/remotes/origin/{default_branch(clone)}^{{commit}}", env=git_env()
+        )
     except GitCommandError:
-        return RepoConfig()  # no config on the default branch
-    return parse_repo_config(text)
+        return None  # an empty origin
+    return out.strip() or None
+
+
+def _base_revision(clone: Path, base_sha: str | None) -> str:
+    """``base_sha`` when the clone has that commit, else origin's default branch (no sha recorded yet)."""
+    fallback = f"origin/{default_branch(clone)}"
+    if not base_sha:
+        return fallback
+    if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", base_sha):
+        raise PermanentError(f"refusing base commit {base_sha!r}: not a full commit sha")
+    if has_ref(repo_at(clone), base_sha):
+        return base_sha
+    logger.warning("base commit %s is not in %s; reading %s instead", base_sha, clone, fallback)
+    return fallback
+
+
+def base_file(repo: str, relative: str, base_sha: str | None = None) -> str | None:
+    """A file as the default branch had it at ``base_sha`` (else as it is now); None when it is not there.
+
+    Read from the main clone's objects, never from a worktree: an agent can rewrite
+    its worktree, not the default branch's history.
+    """
+    clone = main_clone_path(validate_repo(repo))
+    if not _is_clone(clone):
+        return None
+    revision = _base_revision(clone, base_sha)
+    try:
+        text: str = repo_at(clone).git.cat_file(
+            "blob", f"{revision}:{relative}", env=git_env(), strip_newline_in_stdout=False
+        )
+    except GitCommandError:
+        return None  # not a file on the default branch at that commit
+    return text
+
+
+def base_repo_config(repo: str, base_sha: str | None = None) -> RepoConfig:
+    """`.sdlc/config.yaml` as origin's default branch had it at ``base_sha`` (the work item's start),
+    else as it is now: what agents on a feature branch cannot change."""
+    text = base_file(repo, CONFIG_PATH.as_posix(), base_sha)
+    return RepoConfig() if text is None else parse_repo_config(text)
 
 
 def worktree_path(repo: str, branch: str) -> Path:

@@ -23,7 +23,7 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 POOL = "sdlc-process"
 ROLES = ("analyst", "architect", "developer", "reviewer", "tester", "deployer")
 # An agent log's first line names the worktree the agent ran in.
-WORKTREE = re.compile(r"^--- \w+ attempt \d+ started \S+ in (\S+): ")
+WORKTREE = re.compile(r"^--- \w+ attempt \d+ started \S+ in (\S+) \[[^\]]*\]: ")
 
 Interval = tuple[datetime, datetime]
 

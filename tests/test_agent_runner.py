@@ -6,15 +6,18 @@ import json
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from tasks.agent import AgentInvocation, agent_environment, execute_agent
+from tasks.sandbox import SandboxSpec
 
 
-def invocation(worktree: Path, argv: list[str], timeout: float = 30) -> AgentInvocation:
+def invocation(worktree: Path, argv: list[str], timeout: float = 30, sandbox: str = "auto") -> AgentInvocation:
     return AgentInvocation(
+        sandbox=SandboxSpec(mode=sandbox),
         work_item="ET-12",
         stage="development",
         role="developer",
@@ -77,25 +80,46 @@ def _alive(pid: int) -> bool:
     return status.exists() and "State:\tZ" not in status.read_text()
 
 
-def test_timeout_ends_the_agent_and_its_background_children(tmp_path: Path) -> None:
+def processes_with(marker: str) -> list[int]:
+    """Host pids whose command line carries ``marker`` (a sandboxed agent's own pids are another namespace's)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes() and _alive(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.parametrize("sandbox", ["none", "bwrap"])
+def test_timeout_ends_the_agent_and_its_background_children(tmp_path: Path, sandbox: str) -> None:
+    marker = f"sdlc-timeout-child-{uuid.uuid4().hex}"
     code = (
-        "import subprocess, time\n"
-        "children = [subprocess.Popen(['sleep', '600']) for _ in range(2)]\n"
-        "open('pids.txt', 'w').write(' '.join(str(c.pid) for c in children))\n"
+        "import subprocess, sys, time\n"
+        f"children = [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', {marker!r}]) for _ in range(2)]\n"
+        "open('started', 'w').write('yes')\n"
         "time.sleep(600)\n"
     )
     started = time.monotonic()
-    result = execute_agent(invocation(tmp_path, python(code), timeout=2), attempt=1, log_path=tmp_path / "a.log")
-    elapsed = time.monotonic() - started
-    assert result.timed_out and not result.succeeded
-    assert result.error == "timeout after 2 s"
-    assert elapsed < 15
-    pids = [int(p) for p in (tmp_path / "pids.txt").read_text().split()]
-    deadline = time.monotonic() + 5
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(_alive(pid) for pid in pids)
-    assert (tmp_path / "a.log").exists()
+    try:
+        result = execute_agent(
+            invocation(tmp_path, python(code), timeout=2, sandbox=sandbox), attempt=1, log_path=tmp_path / "a.log"
+        )
+        elapsed = time.monotonic() - started
+        assert result.timed_out and not result.succeeded
+        assert result.error == "timeout after 2 s"
+        assert elapsed < 15
+        assert (tmp_path / "started").exists()
+        deadline = time.monotonic() + 5
+        while processes_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not processes_with(marker)
+        assert (tmp_path / "a.log").exists()
+    finally:
+        for pid in processes_with(marker):
+            os.kill(pid, 9)
 
 
 def test_environment_allowlist() -> None:

@@ -8,8 +8,10 @@ its log is then read back with ``tasks.classify``. No network: the CLI's only pe
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +23,7 @@ from blocks.agent_profile import AgentProfile
 from sdlc.models import AgentResult
 from tasks.agent import AgentInvocation, execute_agent
 from tasks.classify import FailureKind, classify_log_tail, parse_result_json, read_tail
+from tasks.sandbox import SandboxSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 CLAUDE = ROOT / "tools" / "node_modules" / ".bin" / "claude"
@@ -60,7 +63,9 @@ def repo(tmp_path: Path) -> Path:
     return path
 
 
-def run_claude(claude: str, api: FakeAnthropic, repo: Path, tmp_path: Path) -> tuple[AgentResult, Path]:
+def run_claude(
+    claude: str, api: FakeAnthropic, repo: Path, tmp_path: Path, sandbox: str = "auto"
+) -> tuple[AgentResult, Path]:
     """The project's claude profile, run once by the project's runner; returns the result and its log."""
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
@@ -81,6 +86,7 @@ def run_claude(claude: str, api: FakeAnthropic, repo: Path, tmp_path: Path) -> t
         timeout_seconds=90,
         protocol_env={"SDLC_ROLE": "developer", "SDLC_WORK_ITEM": "ET-7", "SDLC_TASK_FILE": ".task-developer.md"},
         profile_env=profile.env,
+        sandbox=SandboxSpec(mode=sandbox),
     )
     log = tmp_path / "logs" / "developer-1.log"
     result = execute_agent(invocation, attempt=1, log_path=log)
@@ -119,6 +125,36 @@ def test_profile_edits_files_unattended_as_the_runner_user(api: FakeAnthropic, r
     usage = parse_result_json(read_tail(log))
     assert usage is not None and usage.num_turns == 2 and usage.is_error is False
     assert len(api.message_requests()) == 2
+
+
+def test_in_the_sandbox_it_writes_its_worktree_and_cannot_read_the_data_dir(
+    api: FakeAnthropic, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13: the real CLI, confined by bwrap, reaches its (loopback) model API, edits its worktree,
+    and its Read and Bash tools find nothing of the data directory."""
+    canary = f"canary-{uuid.uuid4().hex}"
+    data_dir = tmp_path / "data"
+    (data_dir / "logs").mkdir(parents=True)
+    ledger = data_dir / "ledger.db"
+    ledger.write_text(f"ledger {canary}\n")
+    monkeypatch.setenv("SDLC_DATA_DIR", str(data_dir))
+    target = repo / "hello.txt"
+    api.script(
+        Reply.tool_use("Read", {"file_path": str(ledger)}),
+        Reply.tool_use("Bash", {"command": f"cat {ledger}; ls {data_dir}"}),
+        Reply.tool_use("Write", {"file_path": str(target), "content": "hello\n"}),
+        Reply.message("written"),
+    )
+    result, log = run_claude(claude_binary(), api, repo, tmp_path, sandbox="bwrap")
+    assert result.exit_code == 0, read_tail(log)
+    assert result.sandbox is not None and result.sandbox.startswith("bwrap"), result.sandbox
+    assert target.read_text() == "hello\n"
+    requests = api.message_requests()
+    assert len(requests) == 4
+    # What the tools gave back is in the next request: errors, never the ledger's text.
+    tool_results = json.dumps([r["body"]["messages"][-1] for r in requests[1:3]])
+    assert canary not in json.dumps([r["body"] for r in requests])
+    assert "ledger.db" in tool_results and ("does not exist" in tool_results or "No such file" in tool_results)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 
 from sdlc.sample import create_sample_repo
+import pytest
+
+from test_agent_runner import processes_with
 from test_cli import SDLC, sdlc, status
 
 
@@ -23,52 +26,68 @@ def commits_on(origin: Path, branch: str) -> list[str]:
     return log.stdout.splitlines()
 
 
+@pytest.mark.parametrize("sandbox", ["none", "bwrap"])
 def test_sigkill_during_development_then_resume_goes_on_from_development(
-    tmp_path: Path, cli_env: dict[str, str], data_dir: Path
+    tmp_path: Path, cli_env: dict[str, str], data_dir: Path, sandbox: str
 ) -> None:
+    """Also issue 13: the killed driver's agent does not run on. Confined, it ends with its driver
+    (--die-with-parent); unconfined, it outlives it and `sdlc resume` ends it before the stage goes on."""
     from tasks.ledger import Ledger
 
+    import sdlc as sdlc_package
+
     origin = create_sample_repo(tmp_path / "repos")
-    hang_marker = tmp_path / "developer-hung-once"
-    agent_pid = tmp_path / "hung-agent.pid"
+    markers = tmp_path / "markers"  # granted to the sandbox; its path also marks the agent's processes
+    markers.mkdir()
     agent = tmp_path / "agent.py"
-    # The first developer run hangs (it is killed with everything else); every other run is the scripted agent.
+    # The first developer run hangs (its driver is killed); every other run is the scripted agent.
     agent.write_text(
         "import os, runpy, sys, time\n"
-        f"marker, pid_file = {str(hang_marker)!r}, {str(agent_pid)!r}\n"
+        "marker = os.path.join(sys.argv[1], 'developer-hung-once')\n"
         "if os.environ['SDLC_ROLE'] == 'developer' and not os.path.exists(marker):\n"
         "    open(marker, 'w').close()\n"
-        "    open(pid_file, 'w').write(str(os.getpid()))\n"
         "    time.sleep(600)\n"
         "sys.argv = ['scripted']\n"
         "runpy.run_module('sdlc.scripted_agent', run_name='__main__')\n"
     )
+    env = {
+        **cli_env,
+        "SDLC_AGENT_SANDBOX": sandbox,
+        "SDLC_SANDBOX_READ_PATHS": str(Path(sdlc_package.__file__).resolve().parent),
+        "SDLC_SANDBOX_WRITE_PATHS": str(markers),
+    }
     run = subprocess.Popen(
         [*SDLC, "run", "--repo", str(origin), "--work-item", "ET-41", "--title", "Survive a crash",
-         "--agent-command", f"{sys.executable} {agent}", "--auto-approve"],
-        env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+         "--agent-command", f"{sys.executable} {agent} {markers}", "--auto-approve"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         deadline = time.monotonic() + 120
-        while not agent_pid.exists():
+        while not (markers / "developer-hung-once").exists():
             assert run.poll() is None, run.communicate()
             assert time.monotonic() < deadline, "the developer never started"
             time.sleep(0.2)
+        assert processes_with(str(markers)), "the hung developer is not running"
         run.send_signal(signal.SIGKILL)
         run.wait(timeout=10)
+        if sandbox == "bwrap":
+            deadline = time.monotonic() + 10
+            while processes_with(str(markers)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not processes_with(str(markers)), "a confined agent outlived its driver"
+        else:
+            assert processes_with(str(markers)), "unconfined, the agent outlives its killed driver"
+
+        ledger = Ledger.from_settings()
+        assert ledger.get_work_item("ET-41").state == "running"  # cut off: nothing ended it
+        branch = ledger.get_work_item("ET-41").branch
+        before = commits_on(origin, branch)
+
+        resumed = sdlc(env, "resume", "ET-41", timeout=240)
+        assert not processes_with(str(markers)), "`sdlc resume` left the dead driver's agent running"
     finally:
-        if agent_pid.exists():  # the hung agent outlives the killed process: end it as an operator would
-            try:
-                os.kill(int(agent_pid.read_text()), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    ledger = Ledger.from_settings()
-    assert ledger.get_work_item("ET-41").state == "running"  # cut off: nothing ended it
-    branch = ledger.get_work_item("ET-41").branch
-    before = commits_on(origin, branch)
-
-    resumed = sdlc(cli_env, "resume", "ET-41", timeout=240)
+        for pid in processes_with(str(markers)):
+            os.kill(pid, signal.SIGKILL)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "unfinished run" in resumed.stdout and "ET-41 done. PR #1 merged" in resumed.stdout
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import pytest
+from gitrepo import clone_of, commit_file, git, isolate, make_origin
 
 from sdlc.graph import DEFAULT_GRAPH
 from sdlc.models import AgentResult
 from tasks.gates import GateContext, archive_stale_artifacts_in, evaluate_gate
+from tasks.worktree import ensure_worktree
 
 WI = "ET-12"
 
@@ -93,17 +100,102 @@ def test_failed_agent_is_agent_failed_for_artifact_gates(tmp_path: Path) -> None
     assert result.outcome == "agent_failed" and "timeout" in result.reason
 
 
-def test_development_gate_runs_the_repos_test_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SDLC_DATA_DIR", str(tmp_path / "data"))
-    config = tmp_path / ".sdlc" / "config.yaml"
-    config.parent.mkdir()
-    config.write_text(f"test_command: ['{sys.executable}', '-c', 'import sys; print(\"2 failed\"); sys.exit(1)']\n")
-    result = evaluate_gate(ctx(tmp_path, "development"))
+def origin_with_config(tmp_path: Path, config: str | None) -> tuple[Path, Path]:
+    """A bare origin whose main has ``config`` as `.sdlc/config.yaml`, its main clone, and a worktree of a branch."""
+    origin = make_origin(tmp_path)
+    if config is not None:
+        person = clone_of(origin, tmp_path / "person")
+        commit_file(person, ".sdlc/config.yaml", config, "test command")
+        git(person, "push", "-q", "origin", "main")
+    return origin, ensure_worktree(str(origin), "feature/ET-12-gate")
+
+
+def dev_ctx(origin: Path, worktree: Path) -> GateContext:
+    return GateContext(
+        worktree=worktree, work_item=WI, visit=1, spec=DEFAULT_GRAPH.stage("development"), agent=None, repo=str(origin)
+    )
+
+
+def test_development_gate_runs_the_default_branchs_test_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    isolate(monkeypatch, tmp_path)
+    failing = f"test_command: ['{sys.executable}', '-c', 'import sys; print(\"2 failed\"); sys.exit(1)']\n"
+    origin, worktree = origin_with_config(tmp_path, failing)
+    result = evaluate_gate(dev_ctx(origin, worktree))
     assert result.outcome == "fail" and "2 failed" in result.details
-    config.write_text(f"test_command: {sys.executable} -c pass\n")
-    assert evaluate_gate(ctx(tmp_path, "development")).outcome == "pass"
+    # The worktree's copy is the agent's to rewrite: the gate never reads it.
+    (worktree / ".sdlc" / "config.yaml").write_text(f"test_command: {sys.executable} -c pass\n")
+    assert evaluate_gate(dev_ctx(origin, worktree)).outcome == "fail"
+    person = tmp_path / "person"
+    commit_file(person, ".sdlc/config.yaml", f"test_command: {sys.executable} -c pass\n", "green")
+    git(person, "push", "-q", "origin", "main")
+    ensure_worktree(str(origin), "feature/ET-12-gate")  # fetches: no work item recorded a base, so main as it is
+    assert evaluate_gate(dev_ctx(origin, worktree)).outcome == "pass"
 
 
-def test_development_gate_without_test_command_passes_and_says_so(tmp_path: Path) -> None:
-    result = evaluate_gate(ctx(tmp_path, "development"))
-    assert result.passed and "no test command" in result.reason
+def test_development_gate_without_test_command_passes_and_says_it_checked_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    isolate(monkeypatch, tmp_path)
+    origin, worktree = origin_with_config(tmp_path, None)
+    (worktree / ".sdlc").mkdir()
+    (worktree / ".sdlc" / "config.yaml").write_text(f"test_command: {sys.executable} -c 'import sys; sys.exit(1)'\n")
+    result = evaluate_gate(dev_ctx(origin, worktree))
+    reason = (
+        "no test command configured in .sdlc/config.yaml on the default branch; the development gate checked nothing"
+    )
+    assert result.passed and result.reason == reason and result.warning == reason
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs: a zombie (ended, not yet reaped by whoever adopted it) does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+@pytest.mark.parametrize("sandbox", ["none", "bwrap"])
+def test_a_test_command_that_times_out_ends_with_its_whole_process_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: str
+) -> None:
+    from test_agent_runner import processes_with
+
+    isolate(monkeypatch, tmp_path)
+    monkeypatch.setenv("SDLC_AGENT_SANDBOX", sandbox)
+    marker = f"sdlc-slow-test-child-{uuid.uuid4().hex}"
+    script = tmp_path / "slow_tests.py"
+    # The test command starts a background child and waits for ever, as `cmd & sleep` does.
+    script.write_text(
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)', {marker!r}])\n"
+        "print('child started', flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    config = f"test_command: ['{sys.executable}', '{script}']\ntest_timeout_seconds: 2\n"
+    origin, worktree = origin_with_config(tmp_path, config)
+    try:
+        started = time.monotonic()
+        result = evaluate_gate(dev_ctx(origin, worktree))
+        assert result.outcome == "fail" and "timed out after 2 s" in result.reason
+        assert time.monotonic() - started < 10
+        assert wait_for(lambda: not processes_with(marker)), "the test command's child is still running"
+        log = Path(result.artifact or "").read_text()
+        assert log.startswith("--- test command [bwrap" if sandbox == "bwrap" else "--- test command [unconfined")
+        assert "child started" in log
+    finally:
+        for pid in processes_with(marker):
+            os.kill(pid, signal.SIGKILL)

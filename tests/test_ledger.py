@@ -177,3 +177,91 @@ def test_from_settings_follows_data_dir(_isolated: Path) -> None:
     assert ledger.url == get_settings().resolved_ledger_url
     assert (_isolated / "ledger.db").exists()
     assert Ledger.from_settings().engine is ledger.engine  # cached per URL
+
+
+def make_old_ledger(url: str) -> None:
+    """The ledger's tables as an older version made them: no base_sha, budget_usd, visit, session_id, ..."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    meta = sa.MetaData()
+    text_column = sa.String
+    work_item = sa.Table(
+        "work_item", meta,
+        sa.Column("id", text_column, primary_key=True),
+        sa.Column("title", text_column, nullable=False),
+        sa.Column("description", text_column, nullable=False),
+        sa.Column("repo", text_column, nullable=False),
+        sa.Column("branch", text_column, nullable=False),
+        sa.Column("stage", text_column),
+        sa.Column("state", text_column, nullable=False),
+        sa.Column("reason", text_column),
+        sa.Column("flow_run_id", text_column),
+        sa.Column("pr_number", sa.Integer),
+        sa.Column("pr_url", text_column),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    agent_run = sa.Table(
+        "agent_run", meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("work_item_id", text_column, nullable=False),
+        sa.Column("stage", text_column, nullable=False),
+        sa.Column("role", text_column, nullable=False),
+        sa.Column("attempt", sa.Integer, nullable=False),
+        sa.Column("exit_code", sa.Integer),
+        sa.Column("log_path", text_column, nullable=False),
+        sa.Column("timed_out", sa.Boolean, nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    at = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+    meta.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(work_item.insert().values(
+            id="ET-3", title="Old item", description="", repo="/srv/origin.git", branch="feature/ET-3-old",
+            stage="review", state="running", reason="made before base_sha", created_at=at, updated_at=at,
+        ))
+        connection.execute(agent_run.insert().values(
+            work_item_id="ET-3", stage="development", role="developer", attempt=1, exit_code=0, log_path="/tmp/d.log",
+            timed_out=False, started_at=at,
+        ))
+    engine.dispose()
+
+
+def check_old_ledger_is_brought_up_to_date(url: str) -> None:
+    """Opening an old ledger adds the columns it lacks; its rows read back, new writes work."""
+    import sqlalchemy as sa
+
+    from tasks.ledger import AgentRunRecord, WorkItemRecord
+
+    make_old_ledger(url)
+    ledger = Ledger(url)
+    inspector = sa.inspect(ledger.engine)
+    for model in (WorkItemRecord, AgentRunRecord):
+        table = model.__table__  # type: ignore[attr-defined]
+        assert {c["name"] for c in inspector.get_columns(table.name)} == set(table.columns.keys())
+    assert "ix_agent_run_visit" in {index["name"] for index in inspector.get_indexes("agent_run")}
+
+    row = ledger.get_work_item("ET-3")
+    assert row is not None and (row.title, row.stage, row.reason) == ("Old item", "review", "made before base_sha")
+    assert row.base_sha is None and row.budget_usd is None
+    assert row.created_at == datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+    (old_run,) = ledger.agent_runs("ET-3")
+    assert (old_run.role, old_run.attempt, old_run.visit, old_run.session_id) == ("developer", 1, None, None)
+
+    sha = "a" * 40
+    assert ledger.set_base_sha("ET-3", sha) == sha
+    assert ledger.set_base_sha("ET-3", "b" * 40) == sha  # recorded once, never moved
+    assert ledger.get_work_item("ET-3").base_sha == sha  # type: ignore[union-attr]
+    run_id, attempt = ledger.start_agent_run(
+        "ET-3", stage="development", role="developer", log_path="/tmp/d2.log", flow_run_id=None, visit="development-2"
+    )
+    assert attempt == 2 and [r.visit for r in ledger.visit_runs("ET-3", "developer", "development-2")] == ["development-2"]
+    # A second process opening the same ledger finds nothing left to add.
+    from tasks.ledger import _build_engine
+
+    _build_engine(url).dispose()
+
+
+def test_a_ledger_made_before_new_columns_gets_them_and_keeps_its_rows(tmp_path: Path) -> None:
+    check_old_ledger_is_brought_up_to_date(f"sqlite:///{tmp_path / 'old-ledger.db'}")

@@ -75,6 +75,15 @@ def test_the_ledger_creates_its_tables_from_many_processes_at_once_on_postgresql
     engine.dispose()
 
 
+def test_a_ledger_made_before_new_columns_gets_them_on_postgresql(
+    postgres_cluster: PostgresCluster,  # noqa: F811
+) -> None:
+    from test_ledger import check_old_ledger_is_brought_up_to_date
+
+    postgres_cluster.create_database("ledger_old")
+    check_old_ledger_is_brought_up_to_date(postgres_cluster.url("ledger_old"))
+
+
 class Sampler(threading.Thread):
     """Once a second: peak memory (sums of RSS and of PSS) and CPU time of the workers with their flow
     runs and agents, of the server, and of PostgreSQL; and which worker each process ran under."""
