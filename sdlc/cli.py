@@ -461,6 +461,9 @@ def command_status(args: argparse.Namespace) -> int:
         if usage["cost_usd"] or usage["input_tokens"] or usage["budget_usd"]:
             budget = f" of ${usage['budget_usd']:.4f}" if usage["budget_usd"] else ""
             print(f"    spent ${usage['cost_usd']:.4f}{budget}, {usage['input_tokens']} input / {usage['output_tokens']} output tokens")
+        for move in item["transitions"]:
+            arrow = f"{move['from']} -> {move['to']}" if move["from"] else f"starts at {move['to']}"
+            print(f"    {arrow}: {move['reason']}")
         for run in item["agent_runs"]:
             duration = "-" if run["duration_seconds"] is None else f"{run['duration_seconds']:.1f} s"
             failure = f"  {run['failure_kind']}: {run['failure_reason']}" if run["failure_kind"] else ""

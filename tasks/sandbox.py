@@ -50,7 +50,10 @@ ETC_FILES = (
     "nsswitch.conf", "os-release", "passwd", "protocols", "resolv.conf", "services", "ssl", "timezone",
 )
 # The worker's secrets in HOME, hidden again when a grant exposes HOME itself.
-HOME_SECRETS = (".ssh", ".netrc", ".git-credentials", ".config", ".aws", ".docker", ".gnupg", ".kube", ".pgpass")
+HOME_SECRETS = (
+    ".ssh", ".netrc", ".git-credentials", ".config", ".aws", ".docker", ".gnupg", ".kube", ".pgpass", ".npmrc",
+    ".pypirc", ".cargo/credentials", ".cargo/credentials.toml", ".gem/credentials", ".m2/settings.xml", ".azure",
+)
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 # Environment variables naming a model API's address (ANTHROPIC_BASE_URL, OPENAI_API_BASE ...).
 BASE_URL_SUFFIXES = ("_BASE_URL", "_API_BASE", "_API_URL", "_ENDPOINT")
@@ -374,6 +377,10 @@ def bwrap_arguments(
     hidden = [p.expanduser().absolute() for p in hidden]
     shown = tools + granted_read + granted_write
     args += _hide_args(hidden, shown)
+    # Hidden folders win over granted ones; a file sdlc or the operator names (the system prompt
+    # under the data dir, a scenario file) is shown again inside them.
+    named_files = [p for p in [*granted_read, *program_paths(argv, env)] if p.is_file()]
+    args += _bind_args("--ro-bind", [p for p in named_files if any(_is_under(p, h) for h in hidden)])
 
     if home is not None and spec.state_dir:
         for relative in spec.home_state:
@@ -382,6 +389,8 @@ def bwrap_arguments(
             args += ["--bind", str(kept), str(home / relative)]
     args += _bind_args("--bind", [worktree])
     git = private_git_dir(worktree, scratch)
+    if (worktree / ".git").is_dir():
+        args += ["--ro-bind", str(worktree / ".git"), str(worktree / ".git")]  # a plain checkout: no hooks or config
     if git is not None:
         gitlink, private, objects = git
         args += ["--ro-bind", str(gitlink), str(worktree / ".git"), "--bind", str(private), str(private)]

@@ -27,6 +27,8 @@ import pytest  # noqa: E402
 
 from sdlc.settings import SdlcSettings  # noqa: E402
 
+SDLC_PACKAGE = Path(__file__).resolve().parents[1] / "sdlc"
+
 
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[str]:
@@ -70,6 +72,11 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "data"
     monkeypatch.setenv("SDLC_DATA_DIR", str(path))
     monkeypatch.setenv("SDLC_BREAKER_SCOPE", uuid.uuid4().hex[:12])
+    # Test agents record what they saw in the test's folder and hand over to the scripted agent:
+    # both granted to the sandbox (the data dir and a local origin inside stay hidden all the same).
+    # tests/test_agent_containment.py grants nothing.
+    monkeypatch.setenv("SDLC_SANDBOX_READ_PATHS", str(SDLC_PACKAGE))
+    monkeypatch.setenv("SDLC_SANDBOX_WRITE_PATHS", str(tmp_path))
     return path
 
 

@@ -24,7 +24,7 @@ import pytest
 from sdlc.models import AgentSpec, WorkItemRequest
 from sdlc.sample import create_sample_repo
 from tasks.sandbox import sandbox_problem
-from test_agent_runner import processes_with
+from processes import processes_with
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -75,6 +75,7 @@ def run_hostile_pipeline(
     import sdlc
 
     monkeypatch.setenv("SDLC_SANDBOX_READ_PATHS", str(Path(sdlc.__file__).resolve().parent))
+    monkeypatch.setenv("SDLC_SANDBOX_WRITE_PATHS", "")  # nothing of the test's folder is granted here
     origin = create_sample_repo(tmp_path / "repos")
     data_dir.mkdir(parents=True, exist_ok=True)
     targets = {

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from processes import processes_with
 from tasks.agent import AgentInvocation, agent_environment, execute_agent
 from tasks.sandbox import SandboxSpec
 
@@ -68,29 +69,6 @@ def test_missing_binary_is_a_clear_failure(tmp_path: Path) -> None:
     result = execute_agent(invocation(tmp_path, ["no-such-agent-binary"]), attempt=1, log_path=tmp_path / "a.log")
     assert result.exit_code == 127
     assert result.error == "agent command not found: no-such-agent-binary"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes.
-    status = Path(f"/proc/{pid}/status")
-    return status.exists() and "State:\tZ" not in status.read_text()
-
-
-def processes_with(marker: str) -> list[int]:
-    """Host pids whose command line carries ``marker`` (a sandboxed agent's own pids are another namespace's)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "cmdline").read_bytes() and _alive(int(entry.name)):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 @pytest.mark.parametrize("sandbox", ["none", "bwrap"])

@@ -17,7 +17,7 @@ from pathlib import Path
 from sdlc.sample import create_sample_repo
 import pytest
 
-from test_agent_runner import processes_with
+from processes import processes_with
 from test_cli import SDLC, sdlc, status
 
 

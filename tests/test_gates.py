@@ -9,10 +9,10 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from gitrepo import clone_of, commit_file, git, isolate, make_origin
+from processes import processes_with, wait_for
 
 from sdlc.graph import DEFAULT_GRAPH
 from sdlc.models import AgentResult
@@ -146,34 +146,10 @@ def test_development_gate_without_test_command_passes_and_says_it_checked_nothin
     assert result.passed and result.reason == reason and result.warning == reason
 
 
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs: a zombie (ended, not yet reaped by whoever adopted it) does not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
-
 @pytest.mark.parametrize("sandbox", ["none", "bwrap"])
 def test_a_test_command_that_times_out_ends_with_its_whole_process_group(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: str
 ) -> None:
-    from test_agent_runner import processes_with
-
     isolate(monkeypatch, tmp_path)
     monkeypatch.setenv("SDLC_AGENT_SANDBOX", sandbox)
     marker = f"sdlc-slow-test-child-{uuid.uuid4().hex}"

@@ -14,10 +14,11 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 from gitrepo import commit_file, git, isolate, make_origin
+from processes import processes_with, wait_for
 
 from tasks.failures import TransientError
 from tasks.git import commit_and_push, push_branch
@@ -74,31 +75,6 @@ class StalledServer:
             connection.close()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
-
-def processes_naming(text: str) -> list[str]:
-    """Command lines of live processes (zombies excluded) that contain ``text``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if text in cmdline and state != "Z":
-            found.append(cmdline)
-    return found
-
-
 def lock_is_free(clone: Path) -> bool:
     """Take the clone's lock without waiting: it fails while anyone, this process included, holds it."""
     with open(clone.with_name(clone.name + ".lock"), "a+") as handle:
@@ -130,7 +106,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 def assert_ends_cleanly(server: StalledServer, started: float) -> None:
     assert time.monotonic() - started < TIMEOUT + 6
     assert server.accepted, "git never reached the stalled server"
-    assert wait_for(lambda: not processes_naming(f"127.0.0.1:{server.port}")), processes_naming(f"127.0.0.1:{server.port}")
+    assert wait_for(lambda: not processes_with(f"127.0.0.1:{server.port}")), processes_with(f"127.0.0.1:{server.port}")
     assert wait_for(server.all_hung_up)
 
 
@@ -206,5 +182,5 @@ def test_a_push_that_keeps_timing_out_is_retried_then_blocks_the_work_item(
     assert len(stalled.accepted) == 4  # the first push and three retries
     notes: list[dict[str, Any]] = [json.loads(line) for line in (data_dir / "notifications.jsonl").read_text().splitlines()]
     assert any(n["event"] == "blocked" and f"timed out after {TIMEOUT} s" in n["message"] for n in notes)
-    assert wait_for(lambda: not processes_naming(f"127.0.0.1:{stalled.port}"))
+    assert wait_for(lambda: not processes_with(f"127.0.0.1:{stalled.port}"))
     assert lock_is_free(clone)

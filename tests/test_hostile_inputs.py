@@ -292,11 +292,15 @@ def fill_all(arena: Arena, values: list[str], prefix: str) -> list[str]:
     return [arena.fill(value, f"{prefix}{n}") for n, value in enumerate(values)]
 
 
-def recording_agent(arena: Arena, name: str) -> tuple[Path, Path]:
-    """A B5 agent that records its argv and task file, then does the scripted agent's work."""
+def recording_agent(arena: Arena, name: str, env: dict[str, str]) -> tuple[Path, Path]:
+    """A B5 agent that records its argv and task file, then does the scripted agent's work.
+
+    Its folder is granted to the sandbox (in ``env``) so that it can write its record there.
+    """
     home = arena.root / f"a {name} $(touch c-rel-{name}) ;&|"
     home.mkdir()
     arena.allowed.append(home)
+    env["SDLC_SANDBOX_WRITE_PATHS"] = str(home)
     record = home / "seen.jsonl"
     script = home / "agent.py"
     script.write_text(RECORDING_AGENT.format(record=str(record)), encoding="utf-8")
@@ -322,7 +326,7 @@ def test_hostile_text_in_a_whole_pipeline_is_plain_data(
     origin = create_sample_repo(root / "o $(touch c-rel-o) ;&|")
     cwd = root / "cwd"
     cwd.mkdir()
-    agent, record = recording_agent(watched, "one")
+    agent, record = recording_agent(watched, "one", cli_env)
     watched.allowed += [data, origin.parent]
     title = " ".join(fill_all(watched, TITLE_DATA, "t"))
     description = "\n".join(fill_all(watched, DESCRIPTION_DATA, "d"))
@@ -428,7 +432,7 @@ def test_hostile_approval_comments_are_plain_data_and_bad_ones_change_nothing(
     from tasks.ledger import Ledger
 
     origin = create_sample_repo(watched.root / "o2")
-    agent, record = recording_agent(watched, "two")
+    agent, record = recording_agent(watched, "two", cli_env)
     watched.allowed += [origin.parent]
     title = " ".join(fill_all(watched, TITLE_DATA_2, "u"))
     work_item = "HX-62"

@@ -291,3 +291,5 @@ def test_prompts_come_from_the_default_branch_and_a_gate_that_checked_nothing_sa
     assert main(["status", "ET-7", "--json"]) == 0
     (item,) = json.loads(capsys.readouterr().out)
     assert reason in [t["reason"] for t in item["transitions"]]
+    assert main(["status", "ET-7"]) == 0
+    assert f"development -> review: {reason}" in capsys.readouterr().out
