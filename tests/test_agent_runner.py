@@ -125,3 +125,51 @@ def test_a_json_result_with_is_error_fails_the_run_even_with_exit_0(tmp_path: Pa
     assessed, decision = assess_run(executed, run, earlier=[])
     assert decision is not None, "exit 0 with is_error must be a failure"
     assert assessed.failure_kind == "permanent" and assessed.cost_usd == 0.02 and assessed.session_id == "s-9"
+
+
+@pytest.mark.parametrize("network", [True, False])
+def test_a_confined_agent_reaches_only_its_model_api_port_of_the_loopback(tmp_path: Path, network: bool) -> None:
+    """Issue 13: the base-URL variable's loopback port is forwarded into the sandbox; no other worker
+    service on 127.0.0.1 answers there, and with `network: false` nothing does."""
+    import http.server
+    import threading
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
+            pass
+
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer) for _ in range(2)]
+    threads = [threading.Thread(target=server.serve_forever, daemon=True) for server in servers]
+    for thread in threads:
+        thread.start()
+    model, other = (server.server_address[1] for server in servers)
+    code = (
+        "import json, urllib.request\n"
+        "def reach(port):\n"
+        "    try:\n"
+        "        return urllib.request.urlopen(f'http://127.0.0.1:{port}/', timeout=5).status\n"
+        "    except Exception as exc:\n"
+        "        return type(exc).__name__\n"
+        f"json.dump({{'model': reach({model}), 'other': reach({other})}}, open('reach.json', 'w'))\n"
+    )
+    run = invocation(tmp_path, python(code), sandbox="bwrap").model_copy(
+        update={
+            "profile_env": {"ANTHROPIC_BASE_URL": f"http://127.0.0.1:{model}"},
+            "sandbox": SandboxSpec(mode="bwrap", network=network),
+        }
+    )
+    try:
+        result = execute_agent(run, attempt=1, log_path=tmp_path / "a.log")
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    assert result.succeeded, (tmp_path / "a.log").read_text()
+    reach = json.loads((tmp_path / "reach.json").read_text())
+    assert reach["other"] != 200
+    assert (reach["model"] == 200) is network
+    assert result.sandbox == ("bwrap (network: outbound, host ports [%d])" % model if network else "bwrap (network: none)")
