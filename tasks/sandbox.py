@@ -176,7 +176,7 @@ def program_paths(argv: list[str], env: Mapping[str, str]) -> list[Path]:
                 paths.append(prefix)
     for arg in argv[1:]:
         candidate = Path(arg)
-        if candidate.is_absolute() and candidate.exists():
+        if candidate.is_absolute() and candidate.is_file():  # files only: an argument "/" exposes nothing
             paths.append(candidate)
     return paths
 

@@ -173,3 +173,40 @@ def test_a_confined_agent_reaches_only_its_model_api_port_of_the_loopback(tmp_pa
     assert reach["other"] != 200
     assert (reach["model"] == 200) is network
     assert result.sandbox == ("bwrap (network: outbound, host ports [%d])" % model if network else "bwrap (network: none)")
+
+
+def test_grants_never_uncover_the_data_dir_or_home_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grant of the folder that holds the data dir, or of HOME, and an argument "/" leave the data
+    dir, the HOME secrets and the rest of the machine invisible; the granted files themselves show."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("secret key\n")
+    (home / "notes.txt").write_text("granted\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "ledger.db").write_text("ledger\n")
+    (tmp_path / "shared.txt").write_text("shared\n")
+    worktree = tmp_path / "work"
+    worktree.mkdir()
+    monkeypatch.setenv("SDLC_DATA_DIR", str(data))
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("SDLC_SANDBOX_READ_PATHS", f"{tmp_path}:{home}")
+    targets = {
+        "key": str(home / ".ssh" / "id_ed25519"), "ledger": str(data / "ledger.db"), "notes": str(home / "notes.txt"),
+        "shared": str(tmp_path / "shared.txt"), "etc_shadow": "/etc/shadow", "work_repo": str(Path(__file__).parent),
+    }
+    code = (
+        "import json, os, sys\n"
+        f"targets = {targets!r}\n"
+        "json.dump({name: os.path.exists(path) for name, path in targets.items()}, open('seen.json', 'w'))\n"
+    )
+    from tasks.sandbox import sandbox_spec_for
+
+    spec = sandbox_spec_for(
+        mode="bwrap", kind="custom", work_item="ET-12", read_paths=[], write_paths=[], network=False, repo="x"
+    )
+    run = invocation(worktree, [*python(code), "/"]).model_copy(update={"sandbox": spec})
+    result = execute_agent(run, attempt=1, log_path=tmp_path / "a.log")
+    assert result.succeeded, (tmp_path / "a.log").read_text()
+    seen = json.loads((worktree / "seen.json").read_text())
+    assert seen == {"key": False, "ledger": False, "notes": True, "shared": True, "etc_shadow": False, "work_repo": False}
