@@ -29,21 +29,28 @@ def origin_has(origin: Path, ref: str, path: str) -> bool:
     return subprocess.run(["git", "-C", str(origin), "cat-file", "-e", f"{ref}:{path}"], capture_output=True).returncode == 0
 
 
+def greet_request(origin: Path, agent: AgentSpec) -> WorkItemRequest:
+    """Work item ET-7 on ``origin``, approved without a pause, done by ``agent``."""
+    return WorkItemRequest(
+        work_item="ET-7",
+        title="Greet by name",
+        description="Greet a person by name.",
+        repo=str(origin),
+        auto_approve=True,
+        agent=agent,
+    )
+
+
 def run_pipeline(tmp_path: Path, scenario: dict[str, Any] | None = None, **agent: Any) -> tuple[Any, Path]:
     from flows.pipeline import sdlc_pipeline
 
     origin = create_sample_repo(tmp_path / "repos")
     scenario_file = tmp_path / "scenario.json"
     scenario_file.write_text(json.dumps(scenario or {}))
-    request = WorkItemRequest(
-        work_item="ET-7",
-        title="Greet by name",
-        description="Greet a person by name.",
-        repo=str(origin),
-        auto_approve=True,
-        agent=AgentSpec(kind="scripted", scenario_file=str(scenario_file), **agent),
+    state = sdlc_pipeline(
+        request=greet_request(origin, AgentSpec(kind="scripted", scenario_file=str(scenario_file), **agent)),
+        return_state=True,
     )
-    state = sdlc_pipeline(request=request, return_state=True)
     return state, origin
 
 
@@ -224,14 +231,7 @@ def untrusted_pipeline(
     git(person, "push", "-q", "origin", "main")
     script = tmp_path / "untrusted_agent.py"
     script.write_text(UNTRUSTED_AGENT)
-    request = WorkItemRequest(
-        work_item="ET-7",
-        title="Greet by name",
-        description="Greet a person by name.",
-        repo=str(origin),
-        auto_approve=True,
-        agent=AgentSpec(kind="custom", command=[sys.executable, str(script)]),
-    )
+    request = greet_request(origin, AgentSpec(kind="custom", command=[sys.executable, str(script)]))
     return sdlc_pipeline(request=request, return_state=True), origin
 
 
