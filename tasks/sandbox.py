@@ -214,6 +214,23 @@ def _git_dirs(worktree: Path) -> tuple[Path, Path] | None:
     return own, common
 
 
+def _copy_refs(source: Path, target: Path) -> None:
+    """Copy the loose refs while other work items' git commands may write them.
+
+    Git writes a ref as ``<ref>.lock`` and renames it, so a ref file is whole when it
+    is there; lock files are skipped and a ref that vanishes meanwhile (packed,
+    deleted) is left out, as it would be a moment later.
+    """
+    for folder, _, names in os.walk(source):
+        relative = Path(folder).relative_to(source)
+        (target / relative).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            if name.endswith(".lock"):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                shutil.copyfile(Path(folder) / name, target / relative / name)
+
+
 def private_git_dir(worktree: Path, scratch: Path) -> tuple[Path, Path, Path] | None:
     """A throwaway repository for the agent: copies of HEAD, index and refs; objects read from the clone.
 
@@ -229,9 +246,9 @@ def private_git_dir(worktree: Path, scratch: Path) -> tuple[Path, Path, Path] | 
     (private / "objects" / "info").mkdir(parents=True)
     objects = common / "objects"
     (private / "objects" / "info" / "alternates").write_text(f"{objects}\n", encoding="utf-8")
-    shutil.copytree(common / "refs", private / "refs", symlinks=True)
+    _copy_refs(common / "refs", private / "refs")
     for name, source in (("packed-refs", common), ("shallow", common), ("HEAD", own), ("index", own)):
-        if (source / name).is_file():
+        with contextlib.suppress(FileNotFoundError):  # gone between the look and the copy: not there
             shutil.copyfile(source / name, private / name)
     (private / "config").write_text(
         "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n", encoding="utf-8"

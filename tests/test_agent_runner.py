@@ -210,3 +210,27 @@ def test_grants_never_uncover_the_data_dir_or_home_secrets(tmp_path: Path, monke
     assert result.succeeded, (tmp_path / "a.log").read_text()
     seen = json.loads((worktree / "seen.json").read_text())
     assert seen == {"key": False, "ledger": False, "notes": True, "shared": True, "etc_shadow": False, "work_repo": False}
+
+
+def test_the_private_git_copy_skips_refs_other_work_items_are_writing(tmp_path: Path) -> None:
+    """Another work item's git may hold `<ref>.lock` in the shared clone while a sandbox is made."""
+    import subprocess
+
+    from tasks.sandbox import private_git_dir
+
+    def git(cwd: Path, *args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    git(clone, "init", "-q", "-b", "main")
+    git(clone, "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-q", "--allow-empty", "-m", "one")
+    git(clone, "worktree", "add", "-q", "-b", "feature/A-1", str(tmp_path / "work"))
+    (clone / ".git" / "refs" / "heads" / "feature" / "B-2.lock").write_text("in flight\n")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    made = private_git_dir(tmp_path / "work", scratch)
+    assert made is not None
+    _, private, _ = made
+    assert not (private / "refs" / "heads" / "feature" / "B-2.lock").exists()
+    assert git(tmp_path, "--git-dir", str(private), "rev-parse", "refs/heads/feature/A-1") == git(clone, "rev-parse", "main")
