@@ -26,6 +26,7 @@ import functools
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -269,13 +270,33 @@ def _netns_owner_alive(name: str) -> bool:
     return Path(f"/proc/{pid}").exists()
 
 
+def _pasta_pid_file(name: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"{name}.pasta.pid"
+
+
+def _end_pasta(name: str) -> None:
+    """End the pasta that serves namespace ``name``, by its pid file (checked against its command line)."""
+    pid_file = _pasta_pid_file(name)
+    try:
+        pid = int(pid_file.read_text().strip())
+        if name.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+            os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        pass
+    pid_file.unlink(missing_ok=True)
+
+
 def remove_stale_netns() -> None:
-    """Delete the network namespaces of drivers that died (their pasta then exits too)."""
-    if not NETNS_DIR.is_dir():
-        return
-    for entry in NETNS_DIR.glob(f"{NETNS_PREFIX}*"):
-        if not _netns_owner_alive(entry.name):
-            subprocess.run(["ip", "netns", "delete", entry.name], capture_output=True, timeout=20)
+    """Delete the network namespaces of drivers that died, and end their pasta."""
+    names = {entry.name for entry in NETNS_DIR.glob(f"{NETNS_PREFIX}*")} if NETNS_DIR.is_dir() else set()
+    for name in names:
+        if not _netns_owner_alive(name):
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=20)
+            _end_pasta(name)
+    for pid_file in Path(tempfile.gettempdir()).glob(f"{NETNS_PREFIX}*.pasta.pid"):
+        name = pid_file.name.removesuffix(".pasta.pid")
+        if name not in names and not _netns_owner_alive(name):
+            _end_pasta(name)  # its namespace is gone, yet pasta may still run
 
 
 @dataclass
@@ -307,7 +328,8 @@ def outbound_netns(ports: list[int]) -> Iterator[Netns]:
         forwarded = ",".join(str(port) for port in ports) or "none"
         pasta = subprocess.Popen(
             ["pasta", "--runas", "0", "--config-net", "--quiet", "--no-map-gw",
-             "-t", "none", "-u", "none", "-T", forwarded, "-U", "none", "--netns", name],
+             "-t", "none", "-u", "none", "-T", forwarded, "-U", "none", "--netns", name,
+             "--pid", str(_pasta_pid_file(name))],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         yield Netns(NETNS_DIR / name, pasta)
@@ -315,8 +337,9 @@ def outbound_netns(ports: list[int]) -> Iterator[Netns]:
         if pasta is not None and pasta.poll() is None:
             pasta.kill()
             pasta.wait()
-        # pasta's background process quits once its namespace is deleted.
+        # pasta's background process quits once its namespace is deleted; ended by its pid all the same.
         subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=20)
+        _end_pasta(name)
 
 
 # --------------------------------------------------------------------------- the command line
