@@ -17,7 +17,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import threading
 import time
 from datetime import datetime, timezone
@@ -38,11 +37,10 @@ from tasks.failures import PermanentError
 from tasks.ledger import Ledger
 from tasks.git import fold_agent_commits, head_commit, paths_outside
 from tasks.limits import agent_slots
-from tasks.processes import end_group, group_alive, process_start_ticks
+from tasks.processes import TERMINATE_GRACE_SECONDS, end_group, group_alive, process_start_ticks
 from tasks.retry_policy import RetryDecision, RetryPolicy, decide_retry, not_before
 from tasks.sandbox import SandboxSpec, confinement, resolve_mode
 
-TERMINATE_GRACE_SECONDS = 3.0
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Passed through from the worker: what a CLI needs to find itself and its own model API.
 PASSTHROUGH_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME", "TERM")
@@ -228,16 +226,6 @@ def end_abandoned_agents(ledger: Ledger, work_item: str, logger: logging.LoggerA
     return ended
 
 
-def _end_process_group(pid: int, waiter: threading.Thread) -> None:
-    """SIGTERM the agent's whole process group, then SIGKILL whatever is left after a grace."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        waiter.join(TERMINATE_GRACE_SECONDS)
-
-
 def _run_logger() -> logging.LoggerAdapter[Any] | logging.Logger:
     try:
         return get_run_logger()
@@ -269,6 +257,15 @@ def execute_agent(
     sandbox = "not started"
     follower: _LogFollower | None = None
     try:
+        if shutil.which(invocation.argv[0], path=env.get("PATH")) is None:
+            # Said here, before a sandbox is made, not by its "execvp" line: the same words confined or not.
+            with open(log_path, "ab") as log:
+                log.write(
+                    f"--- {invocation.role} attempt {attempt} started {started.isoformat()} in {invocation.worktree}\n"
+                    f"agent command not found: {invocation.argv[0]}\n".encode()
+                )
+            exit_code = 127
+            raise _NotStarted
         with contextlib.ExitStack() as stack:
             confined = stack.enter_context(
                 confinement(invocation.argv, worktree=Path(invocation.worktree), env=env, spec=invocation.sandbox)
@@ -290,12 +287,6 @@ def execute_agent(
             operation = stack.enter_context(
                 ShellOperation(commands=[script], env=env, working_dir=Path(invocation.worktree), stream_output=False)
             )
-            if shutil.which(invocation.argv[0], path=env.get("PATH")) is None:
-                # Said here, not by the sandbox's "execvp" line: the same words confined or not.
-                with open(log_path, "ab") as log:
-                    log.write(f"agent command not found: {invocation.argv[0]}\n".encode())
-                exit_code = 127
-                raise _NotStarted
             process = operation.trigger()
             if on_start is not None:
                 on_start(process.pid)
@@ -307,7 +298,8 @@ def execute_agent(
                 logger.warning(
                     "%s: timeout after %s s, ending its process group", invocation.role, invocation.timeout_seconds
                 )
-                _end_process_group(process.pid, waiter)
+                end_group(process.pid)  # SIGTERM, SIGKILL after the grace: everything it started
+                waiter.join(TERMINATE_GRACE_SECONDS)
             exit_code = process.return_code
     except _NotStarted:
         pass

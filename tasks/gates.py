@@ -29,7 +29,7 @@ from tasks.classify import read_tail
 from tasks.failures import retry_on_transient
 from tasks.processes import end_process_group
 from tasks.sandbox import SandboxSpec, confinement, sandbox_spec_for
-from tasks.worktree import base_commit, base_repo_config
+from tasks.worktree import base_repo_config
 
 MAX_DETAILS = 8000
 
@@ -119,8 +119,8 @@ def gate_repo_config(ctx: GateContext) -> RepoConfig:
     own to choose; the base commit is recorded in the ledger when the work item's
     first agent run is prepared.
     """
-    if ctx.repo is None or base_commit(ctx.repo) is None:
-        return RepoConfig()  # no main clone: nothing from origin to read
+    if ctx.repo is None:
+        return RepoConfig()
     from tasks.ledger import Ledger
 
     row = Ledger.from_settings().get_work_item(ctx.work_item)

@@ -405,7 +405,8 @@ def bwrap_arguments(
     if home is not None:
         args += ["--tmpfs", str(home)]
 
-    tools = _path_prefixes(env.get("PATH", ""), home) + program_paths(argv, env)
+    program = program_paths(argv, env)
+    tools = _path_prefixes(env.get("PATH", ""), home) + program
     granted_read = [Path(p).expanduser() for p in spec.read_paths]
     granted_write = [Path(p).expanduser() for p in spec.write_paths]
     args += _bind_args("--ro-bind-try", [p for p in tools if p.exists()] + granted_read)
@@ -419,7 +420,7 @@ def bwrap_arguments(
     args += _hide_args(hidden, shown)
     # Hidden folders win over granted ones; a file sdlc or the operator names (the system prompt
     # under the data dir, a scenario file) is shown again inside them.
-    named_files = [p for p in [*granted_read, *program_paths(argv, env)] if p.is_file()]
+    named_files = [p for p in [*granted_read, *program] if p.is_file()]
     args += _bind_args("--ro-bind", [p for p in named_files if any(_is_under(p, h) for h in hidden)])
 
     if home is not None and spec.state_dir:
