@@ -44,7 +44,7 @@ _clusters: list[Any] = []
 
 def start_server(database: str = "sqlite") -> None:
     """sdlc's Prefect server on SQLite (the default) or on a private PostgreSQL cluster (as tests/postgres.py starts it)."""
-    from sdlc.server import start_server as start
+    from entrypoints.server import start_server as start
 
     if database == "postgres":
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -61,7 +61,7 @@ def start_server(database: str = "sqlite") -> None:
 
 
 def stop_server() -> None:
-    from sdlc.server import stop_server as stop
+    from entrypoints.server import stop_server as stop
 
     stop(SERVER_SETTINGS)
     if _clusters:
@@ -79,7 +79,7 @@ def timing_agent(record: Path, seconds: float = 0.0) -> Path:
         f"time.sleep({seconds})\n"
         "sys.argv = ['scripted']\n"
         "try:\n"
-        "    runpy.run_module('sdlc.scripted_agent', run_name='__main__')\n"
+        "    runpy.run_module('demo.scripted_agent', run_name='__main__')\n"
         "finally:\n"
         f"    with open({str(record)!r}, 'a') as f:\n"
         "        f.write(json.dumps({'item': os.environ.get('SDLC_WORK_ITEM'), 'role': os.environ.get('SDLC_ROLE'),"

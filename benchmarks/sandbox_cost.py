@@ -28,7 +28,7 @@ TARGET_MS = 50.0
 
 def runner_start_ms(runs: int) -> dict[str, list[float]]:
     """Wall time of one whole agent run of /bin/true through the runner, per sandbox mode."""
-    from sdlc.sample import create_sample_repo
+    from demo.sample import create_sample_repo
     from tasks.agent import AgentInvocation, execute_agent
     from tasks.sandbox import SandboxSpec
     from tasks.worktree import ensure_worktree
@@ -51,17 +51,16 @@ def runner_start_ms(runs: int) -> dict[str, list[float]]:
 
 
 def pipeline_gaps(items: int) -> dict[str, list[float]]:
-    from sdlc import runner
+    from entrypoints import runner
     from sdlc.models import AgentSpec, WorkItemRequest
-    from sdlc.sample import create_sample_repo
-
-    import sdlc
+    from demo.sample import create_sample_repo
+    from tasks.sandbox import scripted_agent_paths
 
     records = ROOT / "records"
     records.mkdir(exist_ok=True)
     # The timing agent records its times outside its worktree and hands over to the scripted agent.
     os.environ["SDLC_SANDBOX_WRITE_PATHS"] = str(records)
-    os.environ["SDLC_SANDBOX_READ_PATHS"] = str(Path(sdlc.__file__).resolve().parent)
+    os.environ["SDLC_SANDBOX_READ_PATHS"] = ":".join(scripted_agent_paths())
     gaps: dict[str, list[float]] = {}
     for n in range(1, items + 1):
         for mode in ("none", "bwrap"):

@@ -29,9 +29,9 @@ TEST_COMMAND = ["python3", "-m", "unittest", "discover", "-s", "tests", "-t", ".
 
 
 def pipeline_gaps(items: int, record: Path) -> list[float]:
-    from sdlc import runner
+    from entrypoints import runner
     from sdlc.models import AgentSpec, WorkItemRequest
-    from sdlc.sample import create_sample_repo
+    from demo.sample import create_sample_repo
 
     agent = timing_agent(record)
     for n in range(1, items + 1):
@@ -51,7 +51,7 @@ def git(cwd: Path, *args: str) -> None:
 
 def plain_script_gaps(items: int, record: Path) -> list[float]:
     """The same work without Prefect: one checkout, and per stage fetch, agent, commit, push."""
-    from sdlc.sample import create_sample_repo
+    from demo.sample import create_sample_repo
 
     agent = timing_agent(record)
     for n in range(1, items + 1):

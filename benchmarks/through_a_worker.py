@@ -131,12 +131,12 @@ def main() -> int:
                         help="The Prefect server's database: SQLite (sdlc's default) or a private PostgreSQL cluster.")
     args = parser.parse_args()
     start_server(args.database)
-    from sdlc.sample import create_sample_repo
+    from demo.sample import create_sample_repo
 
     prefect("work-pool", "create", "sdlc-process", "--type", "process", "--overwrite")
     prefect("deploy", "--all")
     command = (
-        [sys.executable, "-m", "sdlc.cli", "worker", "--pool", "sdlc-process"] if args.worker == "sdlc"
+        [sys.executable, "-m", "entrypoints.cli", "worker", "--pool", "sdlc-process"] if args.worker == "sdlc"
         else [PREFECT, "worker", "start", "--pool", "sdlc-process"]
     )
     worker = subprocess.Popen(

@@ -111,7 +111,7 @@ profile = AgentProfile.load("BLOCK_NAME")
         prompt = agent_prompt(role, task_file)
         kind = self.kind
         if kind == "scripted":
-            argv = [sys.executable, "-m", "sdlc.scripted_agent"]
+            argv = [sys.executable, "-m", "demo.scripted_agent"]
         elif kind == "custom":
             assert self.command is not None
             argv = list(self.command)

@@ -475,6 +475,14 @@ def confinement(
 HOME_STATE: dict[str, list[str]] = {"claude": [".claude/projects"]}
 
 
+def scripted_agent_paths() -> list[str]:
+    """The folders the built-in scripted agent imports from (its own and the core's)."""
+    import demo
+    import sdlc
+
+    return [str(Path(package.__file__ or "").resolve().parent) for package in (demo, sdlc)]
+
+
 def sandbox_spec_for(
     *,
     mode: SandboxMode | None,
@@ -487,15 +495,13 @@ def sandbox_spec_for(
 ) -> SandboxSpec:
     """The run's confinement: `--sandbox` first, then the profile's, then SDLC_AGENT_SANDBOX.
 
-    The built-in scripted agent is sdlc's own code, so its install is sdlc's package.
+    The built-in scripted agent is sdlc's own code, so its install is sdlc's packages.
     A local origin is hidden even when a granted path holds it.
     """
     settings = get_settings()
     reads = [*settings.sandbox_read_paths, *read_paths]
     if kind == "scripted":
-        import sdlc
-
-        reads.append(str(Path(sdlc.__file__).resolve().parent))
+        reads.extend(scripted_agent_paths())
     origin = Path(repo).expanduser()
     hide = [str(origin.absolute())] if "://" not in repo and not _scp_like(repo) else []
     return SandboxSpec(

@@ -27,13 +27,15 @@ import pytest  # noqa: E402
 
 from sdlc.settings import SdlcSettings  # noqa: E402
 
-SDLC_PACKAGE = Path(__file__).resolve().parents[1] / "sdlc"
+ROOT = Path(__file__).resolve().parents[1]
+# What the built-in scripted agent imports, granted to a sandbox that runs it from a test's script.
+SCRIPTED_AGENT_PATHS = f"{ROOT / 'demo'}:{ROOT / 'sdlc'}"
 
 
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[str]:
     """A real Prefect server on 127.0.0.1 for the whole session."""
-    from sdlc.server import start_server, stop_server
+    from entrypoints.server import start_server, stop_server
 
     root = Path(tempfile.mkdtemp(prefix="sdlc-tests-server-"))
     settings = SdlcSettings(data_dir=root, prefect_port=_PORT)
@@ -50,7 +52,7 @@ _server_roots: list[Path] = []
 
 @pytest.fixture
 def prefect_server_log(prefect_api: str) -> Path:
-    """The session server's log (sdlc/server.py writes it under the server's data dir)."""
+    """The session server's log (entrypoints/server.py writes it under the server's data dir)."""
     return _server_roots[-1] / "prefect" / "server.log"
 
 
@@ -75,7 +77,7 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # Test agents record what they saw in the test's folder and hand over to the scripted agent:
     # both granted to the sandbox (the data dir and a local origin inside stay hidden all the same).
     # tests/test_agent_containment.py grants nothing.
-    monkeypatch.setenv("SDLC_SANDBOX_READ_PATHS", str(SDLC_PACKAGE))
+    monkeypatch.setenv("SDLC_SANDBOX_READ_PATHS", SCRIPTED_AGENT_PATHS)
     monkeypatch.setenv("SDLC_SANDBOX_WRITE_PATHS", str(tmp_path))
     return path
 

@@ -18,7 +18,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SDLC = [sys.executable, "-m", "sdlc.cli"]
+SDLC = [sys.executable, "-m", "entrypoints.cli"]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 POOL = "sdlc-process"
 ROLES = ("analyst", "architect", "developer", "reviewer", "tester", "deployer")

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from sdlc.models import AgentSpec, WorkItemRequest
-from sdlc.sample import create_sample_repo
+from demo.sample import create_sample_repo
 from tasks.sandbox import sandbox_problem
 from processes import processes_with
 
@@ -72,9 +72,9 @@ def run_hostile_pipeline(
     monkeypatch.setenv("GITEA_TOKEN", f"env-{canary}")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", f"env-{canary}")
     # The hostile script hands the other roles to the built-in scripted agent: sdlc's package is granted.
-    import sdlc
+    from tasks.sandbox import scripted_agent_paths
 
-    monkeypatch.setenv("SDLC_SANDBOX_READ_PATHS", str(Path(sdlc.__file__).resolve().parent))
+    monkeypatch.setenv("SDLC_SANDBOX_READ_PATHS", ":".join(scripted_agent_paths()))
     monkeypatch.setenv("SDLC_SANDBOX_WRITE_PATHS", "")  # nothing of the test's folder is granted here
     origin = create_sample_repo(tmp_path / "repos")
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from sdlc.sample import create_sample_repo
+from demo.sample import create_sample_repo
 from test_cli import finish, start_run, status, wait_for_state, wait_for_suspension
 
 os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
@@ -265,7 +265,7 @@ def test_approve_in_the_prefect_ui_resumes_and_finishes_the_pipeline(
     assert settings["api_url"] == prefect_api, (
         f"the UI served at {origin} would call the API at {settings['api_url']}, not its own server: "
         "`prefect server start --port N` does not point its UI at port N unless PREFECT_UI_API_URL "
-        "is set (sdlc/server.py start_server)"
+        "is set (entrypoints/server.py start_server)"
     )
     assert ui in settings["available_uis"], f"the server does not serve the {ui} UI: {settings}"
 

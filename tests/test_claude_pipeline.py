@@ -20,7 +20,7 @@ import pytest
 from blocks.agent_profile import AgentProfile
 from fake_anthropic import FakeAnthropic, Reply, claude_cli_env
 from sdlc.models import AgentSpec, WorkItemRequest
-from sdlc.sample import create_sample_repo
+from demo.sample import create_sample_repo
 
 CLAUDE = Path(__file__).resolve().parents[1] / "tools" / "node_modules" / ".bin" / "claude"
 ROLE_IN_PROMPT = re.compile(r"You are the (\w+) of this repository's delivery pipeline")
@@ -87,7 +87,7 @@ def save_claude_profile(tmp_path: Path, fake_api: FakeAnthropic) -> str:
 @pytest.mark.usefixtures("prefect_api")
 def test_pipeline_with_the_real_claude_cli(tmp_path: Path, data_dir: Path, fake_api: FakeAnthropic) -> None:
     from flows.pipeline import sdlc_pipeline
-    from sdlc.cli import status_report
+    from entrypoints.cli import status_report
     from tasks.ledger import Ledger
 
     block_name = save_claude_profile(tmp_path, fake_api)
@@ -178,8 +178,8 @@ def test_a_usage_limit_waits_for_its_reset_without_holding_the_run(
 
     import httpx
 
-    from sdlc import runner
-    from sdlc.cli import status_report
+    from entrypoints import runner
+    from entrypoints.cli import status_report
     from tasks.ledger import Ledger
 
     monkeypatch.setenv("SDLC_USAGE_LIMIT_MARGIN_SECONDS", "1")

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from sdlc.sample import create_sample_repo
+from demo.sample import create_sample_repo
 
-SDLC = [sys.executable, "-m", "sdlc.cli"]
+SDLC = [sys.executable, "-m", "entrypoints.cli"]
 
 
 def sdlc(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -182,7 +182,7 @@ def test_custom_agent_command_follows_the_b5_protocol(tmp_path: Path, cli_env: d
         f"with open({str(record)!r}, 'a') as f:\n"
         "    f.write(json.dumps({'cwd': os.getcwd(), 'argv': sys.argv[1:], 'env': dict(os.environ)}) + '\\n')\n"
         "sys.argv = ['scripted']\n"
-        "runpy.run_module('sdlc.scripted_agent', run_name='__main__')\n"
+        "runpy.run_module('demo.scripted_agent', run_name='__main__')\n"
     )
     result = sdlc(
         cli_env, "run", "--repo", str(origin), "--work-item", "ET-25", "--title", "Custom agent",

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sdlc.sample import create_sample_repo
+from demo.sample import create_sample_repo
 from test_cli import SDLC
 
 
@@ -26,7 +26,7 @@ def agent_recording_intervals(tmp_path: Path) -> tuple[Path, Path]:
         "    f.write(json.dumps({'item': os.environ['SDLC_WORK_ITEM'], 'start': start, 'end': time.time(),"
         " 'cwd': os.getcwd()}) + '\\n')\n"
         "sys.argv = ['scripted']\n"
-        "runpy.run_module('sdlc.scripted_agent', run_name='__main__')\n"
+        "runpy.run_module('demo.scripted_agent', run_name='__main__')\n"
     )
     return agent, record
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from sdlc.sample import create_sample_repo
+from demo.sample import create_sample_repo
 import pytest
 
 from processes import processes_with
@@ -34,7 +34,7 @@ def test_sigkill_during_development_then_resume_goes_on_from_development(
     (--die-with-parent); unconfined, it outlives it and `sdlc resume` ends it before the stage goes on."""
     from tasks.ledger import Ledger
 
-    import sdlc as sdlc_package
+    from tasks.sandbox import scripted_agent_paths
 
     origin = create_sample_repo(tmp_path / "repos")
     markers = tmp_path / "markers"  # granted to the sandbox; its path also marks the agent's processes
@@ -48,12 +48,12 @@ def test_sigkill_during_development_then_resume_goes_on_from_development(
         "    open(marker, 'w').close()\n"
         "    time.sleep(600)\n"
         "sys.argv = ['scripted']\n"
-        "runpy.run_module('sdlc.scripted_agent', run_name='__main__')\n"
+        "runpy.run_module('demo.scripted_agent', run_name='__main__')\n"
     )
     env = {
         **cli_env,
         "SDLC_AGENT_SANDBOX": sandbox,
-        "SDLC_SANDBOX_READ_PATHS": str(Path(sdlc_package.__file__).resolve().parent),
+        "SDLC_SANDBOX_READ_PATHS": ":".join(scripted_agent_paths()),
         "SDLC_SANDBOX_WRITE_PATHS": str(markers),
     }
     run = subprocess.Popen(

@@ -137,7 +137,7 @@ def prepare_run(forge: str, scenario: Scenario, root: Path, prefect_api: str) ->
     }
     work_item = f"CH-{uuid.uuid4().int % 100000}"
     argv = [
-        sys.executable, "-m", "sdlc.cli", "run", "--repo", str(origin), "--work-item", work_item,
+        sys.executable, "-m", "entrypoints.cli", "run", "--repo", str(origin), "--work-item", work_item,
         "--title", "Survive a flaky forge", "--auto-approve",
         "--forge", forge, "--forge-block", block, "--forge-repo", f"{OWNER}/{REPO}",
     ]
@@ -182,7 +182,7 @@ def finish_run(run: Run) -> Outcome:
     server = run.server
     server.chaos_off()
     status = subprocess.run(
-        [sys.executable, "-m", "sdlc.cli", "status", run.work_item, "--json"],
+        [sys.executable, "-m", "entrypoints.cli", "status", run.work_item, "--json"],
         env=run.env, capture_output=True, text=True, timeout=60,
     )
     assert status.returncode == 0, status.stderr

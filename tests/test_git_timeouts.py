@@ -162,7 +162,7 @@ def test_a_push_that_keeps_timing_out_is_retried_then_blocks_the_work_item(
     import flows.stages
     from flows.pipeline import sdlc_pipeline
     from sdlc.models import AgentSpec, WorkItemRequest
-    from sdlc.sample import create_sample_repo
+    from demo.sample import create_sample_repo
     from tasks.ledger import Ledger
 
     # The task's retries and condition, without the 5/20/60 s waits.

@@ -12,7 +12,7 @@ Canaries: every payload that would run something if a shell ever saw it touches
 ``<arena>/c-<tag>`` (or a relative ``c-rel-<tag>``); no canary may exist after
 any test, and no file may change under the arena outside the paths a test expects
 (its data dir, its origin, the agent's record). Refusals run in-process through
-``sdlc.cli.main`` (NUL can only be given that way) and a few as real processes;
+``entrypoints.cli.main`` (NUL can only be given that way) and a few as real processes;
 the plain-data values share two pipeline runs.
 """
 
@@ -36,9 +36,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from sdlc.cli import main
+from entrypoints.cli import main
 from sdlc.models import default_branch_name, validate_branch
-from sdlc.sample import create_sample_repo
+from demo.sample import create_sample_repo
 from test_cli import SDLC, wait_for_state
 from test_webhooks import events_for
 
@@ -284,7 +284,7 @@ with open(os.environ["SDLC_TASK_FILE"], encoding="utf-8", newline="") as handle:
 with open({record!r}, "a", encoding="utf-8") as handle:
     handle.write(json.dumps({{"role": os.environ["SDLC_ROLE"], "argv": sys.argv[1:], "task": task}}) + "\\n")
 sys.argv = ["scripted"]
-runpy.run_module("sdlc.scripted_agent", run_name="__main__")
+runpy.run_module("demo.scripted_agent", run_name="__main__")
 """
 
 
@@ -392,7 +392,7 @@ class InProcessReceiver:
 @pytest.fixture
 def receiver_app(prefect_api: str, data_dir: Path) -> Iterator[InProcessReceiver]:
     from blocks.webhooks import WebhookSettings
-    from sdlc.webhooks import create_app
+    from entrypoints.webhooks import create_app
 
     settings = WebhookSettings(gitea_secret=GITEA_SECRET, approvers=["alice"], project_keys={"team/app": "HX"})
     with InProcessReceiver(create_app(settings)) as receiver:
@@ -400,7 +400,7 @@ def receiver_app(prefect_api: str, data_dir: Path) -> Iterator[InProcessReceiver
 
 
 def deliver(receiver: InProcessReceiver, event: str, payload: dict[str, Any]) -> Any:
-    from sdlc.webhooks import signature_for
+    from entrypoints.webhooks import signature_for
 
     body = json.dumps(payload).encode()
     headers = {"content-type": "application/json", "x-gitea-event": event, "x-gitea-delivery": str(uuid.uuid4()),

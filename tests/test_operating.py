@@ -11,7 +11,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from sdlc.sample import create_sample_repo
+from demo.sample import create_sample_repo
 from gitrepo import free_port
 from operating import SDLC, deploy_all, prefect_cli, start_worker, stop_worker, wait_for_end, wait_for_state
 

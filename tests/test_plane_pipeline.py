@@ -20,7 +20,7 @@ import pytest
 from blocks.plane import PlaneCredentials
 from blocks.webhooks import WebhookSettings
 from forge_servers.plane import DEFAULT_API_KEY, PlaneServer
-from sdlc.sample import create_sample_repo
+from demo.sample import create_sample_repo
 from test_cli import finish, wait_for_state
 from test_webhooks import Receiver
 
@@ -90,7 +90,7 @@ def test_plane_follows_the_work_item_and_people_decide_by_commenting(
     work_item = f"ENG-{item['sequence_id']}"
 
     run = subprocess.Popen(
-        [sys.executable, "-m", "sdlc.cli", "run", "--repo", str(origin), "--work-item", work_item,
+        [sys.executable, "-m", "entrypoints.cli", "run", "--repo", str(origin), "--work-item", work_item,
          "--title", "Export to CSV", "--scenario", str(scenario), "--plane-block", block],
         env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -144,7 +144,7 @@ def test_missing_plane_states_are_named_and_the_pipeline_still_finishes(
     save_block(plane, project, block)
     origin = create_sample_repo(tmp_path / "repos")
     done = subprocess.run(
-        [sys.executable, "-m", "sdlc.cli", "run", "--repo", str(origin), "--work-item", f"OPS-{item['sequence_id']}",
+        [sys.executable, "-m", "entrypoints.cli", "run", "--repo", str(origin), "--work-item", f"OPS-{item['sequence_id']}",
          "--title", "Rotate logs", "--auto-approve", "--plane-block", block, "--verbose"],
         env=cli_env, capture_output=True, text=True, timeout=240,
     )

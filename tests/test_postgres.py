@@ -26,7 +26,7 @@ import pytest
 from gitrepo import free_port
 from operating import check_done_apart, deploy_all, most_at_once, start_worker, stop_worker
 from postgres import PostgresCluster, postgres_cluster  # noqa: F401 - the fixture
-from sdlc.sample import create_sample_repo
+from demo.sample import create_sample_repo
 from sdlc.settings import SdlcSettings
 
 REPOSITORIES = 4
@@ -164,7 +164,7 @@ def tail(path: Path, chars: int = 4000) -> str:
 
 def start_server_on_postgres(root: Path, cluster: PostgresCluster, monkeypatch: pytest.MonkeyPatch) -> SdlcSettings:
     """A second Prefect server (not the session's), its database on the cluster, its own home and port."""
-    from sdlc.server import start_server
+    from entrypoints.server import start_server
 
     settings = SdlcSettings(data_dir=root, prefect_port=free_port())
     with monkeypatch.context() as server_env:
@@ -210,7 +210,7 @@ def test_twenty_work_items_on_two_workers_with_prefect_and_the_ledger_on_postgre
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from sdlc.server import api_url_for, stop_server
+    from entrypoints.server import api_url_for, stop_server
     from tasks.ledger import Ledger
     from tasks.limits import agent_limits
     from tasks.worktree import main_clone_path

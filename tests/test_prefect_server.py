@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from sdlc.prefect_server import RetryBusyRequests
+from entrypoints.prefect_server import RetryBusyRequests
 
 
 class DatabaseLocked(Exception):
@@ -110,7 +110,7 @@ def test_on_sqlite_a_server_transaction_holds_the_write_lock_from_its_first_stat
     from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, temporary_settings
     from sqlalchemy import text
 
-    from sdlc.prefect_server import write_lock_first_on_sqlite
+    from entrypoints.prefect_server import write_lock_first_on_sqlite
 
     database = tmp_path / "prefect.db"
     url = f"sqlite+aiosqlite:///{database}"

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from sdlc.models import AgentSpec, WorkItemRequest
-from sdlc.sample import create_sample_repo
+from demo.sample import create_sample_repo
 from tasks.breaker import BreakerState, after_success, after_transient
 from tasks.retry_policy import RetryPolicy, backoff_seconds, decide_retry
 
@@ -139,11 +139,11 @@ def test_an_open_breaker_holds_another_process_until_the_cooldown(
     # ...so a pipeline in another process waits for the cool-down before its first agent.
     origin = create_sample_repo(tmp_path / "repos")
     status_line = subprocess.run(
-        [sys.executable, "-m", "sdlc.cli", "status"], env=cli_env, capture_output=True, text=True
+        [sys.executable, "-m", "entrypoints.cli", "status"], env=cli_env, capture_output=True, text=True
     ).stdout
     assert "breaker scripted: open until" in status_line
     result = subprocess.run(
-        [sys.executable, "-m", "sdlc.cli", "run", "--repo", str(origin), "--work-item", "ET-10",
+        [sys.executable, "-m", "entrypoints.cli", "run", "--repo", str(origin), "--work-item", "ET-10",
          "--title", "Behind the breaker", "--auto-approve"],
         env=cli_env, capture_output=True, text=True, timeout=180,
     )

@@ -1,7 +1,7 @@
 """The built-in scripted agent, run as a real subprocess under the B5 protocol.
 
-Each test clones the sample origin (``sdlc.sample.create_sample_repo``) and runs
-``python -m sdlc.scripted_agent`` in the clone with the SDLC_* environment, as the
+Each test clones the sample origin (``demo.sample.create_sample_repo``) and runs
+``python -m demo.scripted_agent`` in the clone with the SDLC_* environment, as the
 orchestrator does.
 """
 
@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from sdlc.graph import DEFAULT_GRAPH
-from sdlc.sample import TEST_COMMAND, create_sample_repo
-from sdlc.scenario import parse_scenario
-from sdlc.scripted_agent import RATE_LIMIT_LINE
+from demo.sample import TEST_COMMAND, create_sample_repo
+from demo.scenario import parse_scenario
+from demo.scripted_agent import RATE_LIMIT_LINE
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 WORK_ITEM = "ET-12"
@@ -91,7 +91,7 @@ def run_agent(
         scenario_path.write_text(scenario if isinstance(scenario, str) else json.dumps(scenario), encoding="utf-8")
         env["SDLC_SCENARIO_FILE"] = str(scenario_path)
     return subprocess.run(
-        [sys.executable, "-m", "sdlc.scripted_agent"],
+        [sys.executable, "-m", "demo.scripted_agent"],
         cwd=worktree,
         env=env,
         capture_output=True,
@@ -360,7 +360,7 @@ def test_json_scenario_file(worktree: Path, tmp_path: Path) -> None:
     path.write_text(json.dumps({"reviewer": {"request_changes": 1}}), encoding="utf-8")
     (worktree / ".task-reviewer.md").write_text(BASIC_TASK.format(role="reviewer"), encoding="utf-8")
     result = subprocess.run(
-        [sys.executable, "-m", "sdlc.scripted_agent"],
+        [sys.executable, "-m", "demo.scripted_agent"],
         cwd=worktree,
         env=agent_env("reviewer", 1, SDLC_SCENARIO_FILE=str(path)),
         capture_output=True,

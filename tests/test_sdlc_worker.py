@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from operating import POOL, SDLC, check_done_apart, deploy_all, most_at_once, stop_worker, wait_for_end, wait_for_state
-from sdlc.sample import create_sample_repo
+from demo.sample import create_sample_repo
 
 
 def test_the_sdlc_worker_runs_deployments_in_its_own_process_and_resumes_suspended_runs(

@@ -98,7 +98,7 @@ def test_no_secret_appears_in_logs_artifacts_parameters_ledger_or_agent_environm
         f"with open({str(seen_env)!r}, 'a') as f:\n"
         "    f.write(json.dumps(dict(os.environ)) + '\\n')\n"
         "sys.argv = ['scripted']\n"
-        "runpy.run_module('sdlc.scripted_agent', run_name='__main__')\n"
+        "runpy.run_module('demo.scripted_agent', run_name='__main__')\n"
     )
 
     with (
@@ -125,7 +125,7 @@ def test_no_secret_appears_in_logs_artifacts_parameters_ledger_or_agent_environm
                "PREFECT_UI_URL": prefect_api.removesuffix("/api")}
         work_item = f"APP-{item['sequence_id']}"
         run = subprocess.Popen(
-            [sys.executable, "-m", "sdlc.cli", "run", "--repo", str(origin), "--work-item", work_item,
+            [sys.executable, "-m", "entrypoints.cli", "run", "--repo", str(origin), "--work-item", work_item,
              "--title", "Export to CSV", "--agent-command", f"{sys.executable} {agent}",
              "--forge", "gitea", "--forge-block", names["gitea"], "--forge-repo", "team/app",
              "--plane-block", names["plane"], "--verbose"],

@@ -29,8 +29,8 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core import NOT_SET
 
 from blocks.webhooks import WebhookSettings
-from sdlc.sample import create_sample_repo
-from sdlc.webhooks import SOURCES, create_app, signature_for
+from demo.sample import create_sample_repo
+from entrypoints.webhooks import SOURCES, create_app, signature_for
 from test_hostile_inputs import InProcessReceiver
 
 SECRETS = {"gitea": "fuzz-gitea-secret", "github": "fuzz-github-secret", "plane": "fuzz-plane-secret"}

@@ -16,8 +16,8 @@ import pytest
 
 from blocks.webhooks import WebhookSettings
 from gitrepo import free_port
-from sdlc.sample import create_sample_repo
-from sdlc.webhooks import SOURCES, signature_for, signature_valid
+from demo.sample import create_sample_repo
+from entrypoints.webhooks import SOURCES, signature_for, signature_valid
 
 GITEA_SECRET = "gitea-webhook-secret"
 GITHUB_SECRET = "github-webhook-secret"
@@ -37,7 +37,7 @@ class Receiver:
     def __init__(self, settings: WebhookSettings) -> None:
         import uvicorn
 
-        from sdlc.webhooks import create_app
+        from entrypoints.webhooks import create_app
 
         self.port = free_port()
         config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning")
@@ -190,7 +190,7 @@ def test_an_approve_comment_resumes_the_paused_pipeline(
 
     origin = create_sample_repo(tmp_path / "repos")
     run = subprocess.Popen(
-        [sys.executable, "-m", "sdlc.cli", "run", "--repo", str(origin), "--work-item", "APP-12", "--title", "Approve me"],
+        [sys.executable, "-m", "entrypoints.cli", "run", "--repo", str(origin), "--work-item", "APP-12", "--title", "Approve me"],
         env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 90

@@ -67,7 +67,7 @@ def main() -> int:
     role = os.environ.get("SDLC_ROLE", "")
     targets = json.loads(Path(sys.argv[1]).read_text())
     if role != "developer":
-        os.execv(sys.executable, [sys.executable, "-m", "sdlc.scripted_agent"])
+        os.execv(sys.executable, [sys.executable, "-m", "demo.scripted_agent"])
     report: dict[str, object] = {"reads": {}, "sandbox_hostname": os.uname().nodename}
     for name, path in targets["reads"].items():
         text = attempt_read(path)
@@ -103,7 +103,7 @@ def main() -> int:
     )
     print("ESCAPE-REPORT " + json.dumps(report), flush=True)
     # Then the real work, so the work item can still end done.
-    os.execv(sys.executable, [sys.executable, "-m", "sdlc.scripted_agent"])
+    os.execv(sys.executable, [sys.executable, "-m", "demo.scripted_agent"])
     return 0
 
 

@@ -29,9 +29,9 @@ from prefect.exceptions import Abort
 from prefect.states import Pending
 from prefect.utilities.engine import propose_state_sync
 
-from sdlc.runner import execute
+from entrypoints.runner import execute
 
-logger = logging.getLogger("sdlc.worker")
+logger = logging.getLogger("entrypoints.worker")
 
 
 def _flows() -> dict[str, Any]:

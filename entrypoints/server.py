@@ -71,7 +71,7 @@ def start_server(settings: SdlcSettings) -> str:
     # Unbuffered: the log must hold the server's last lines when it is stopped or dies.
     env = {**os.environ, **PREFECT_DEFAULTS, "PREFECT_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     env.pop("PREFECT_API_URL", None)
-    # The server imports sdlc.prefect_server from where this sdlc is, installed or not.
+    # The server imports entrypoints.prefect_server from where this sdlc is, installed or not.
     project = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (project, env.get("PYTHONPATH", "")) if p)
     if not (env.get("PREFECT_SERVER_UI_API_URL") or env.get("PREFECT_UI_API_URL")):
@@ -79,8 +79,8 @@ def start_server(settings: SdlcSettings) -> str:
         env["PREFECT_SERVER_UI_API_URL"] = api_url
     log = open(home / "server.log", "ab")  # noqa: SIM115 - handed to the child
     process = subprocess.Popen(
-        # Prefect's server app, retrying in-server what SQLite refused as locked (sdlc/prefect_server.py).
-        [sys.executable, "-m", "sdlc.prefect_server", "--host", "127.0.0.1", "--port", str(settings.prefect_port)],
+        # Prefect's server app, retrying in-server what SQLite refused as locked (entrypoints/prefect_server.py).
+        [sys.executable, "-m", "entrypoints.prefect_server", "--host", "127.0.0.1", "--port", str(settings.prefect_port)],
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -1,6 +1,6 @@
 """The built-in scripted agent: a deterministic stand-in for an AI coding agent.
 
-Run as ``python -m sdlc.scripted_agent`` under the custom agent protocol (B5): the
+Run as ``python -m demo.scripted_agent`` under the custom agent protocol (B5): the
 working directory is the worktree and everything else comes from ``SDLC_*``
 environment variables. It reads the task file, then writes the files its role is
 expected to write (B10), so the whole pipeline can be shown and tested without a
@@ -23,7 +23,7 @@ Generic options (any role, and ``"*"``): ``exit_code`` + ``exit_times``,
 The options are the stdlib dataclass ``RoleScenario`` below; a run without a
 scenario file uses its defaults and imports only the standard library (the agent
 is a new process for every run, and pydantic + yaml cost ~0.13 s of CPU to import).
-Scenario files are read and validated by ``sdlc.scenario`` (pydantic), imported
+Scenario files are read and validated by ``demo.scenario`` (pydantic), imported
 only when ``SDLC_SCENARIO_FILE`` is set.
 
 Values from the environment and the task file are data: they are written into
@@ -85,7 +85,7 @@ class UsageError(Exception):
 
 
 def _option(default: Any, description: str, **constraints: float) -> Any:
-    """A dataclass field whose metadata holds pydantic ``Field`` keywords, used by sdlc.scenario."""
+    """A dataclass field whose metadata holds pydantic ``Field`` keywords, used by demo.scenario."""
     return field(default=default, metadata={"description": description, **constraints})
 
 
@@ -95,7 +95,7 @@ class RoleScenario:
 
     The one definition of the options: types, defaults (used as they are when no
     scenario file is given) and constraints. It is plain stdlib so that an agent run
-    without a scenario never imports pydantic; ``sdlc.scenario`` builds the pydantic
+    without a scenario never imports pydantic; ``demo.scenario`` builds the pydantic
     validator for scenario files from these fields.
     """
 
@@ -117,7 +117,7 @@ class RoleScenario:
 def load_role_scenario(path: Path, role: str) -> RoleScenario:
     """The role's options from a scenario file; UsageError (exit 2) if it is unreadable or invalid."""
     # Lazy: pydantic + yaml add ~0.13 s CPU to the start of every agent process (measured); only scenario runs pay it.
-    from sdlc.scenario import ScenarioError, load_scenario
+    from demo.scenario import ScenarioError, load_scenario
 
     try:
         return load_scenario(path).for_role(role)

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from sdlc.models import AGENT_KINDS, AgentSpec, ForgeSpec, TrackerSpec, WorkItemRequest, WorkItemState, validate_work_item_id
 from sdlc.models import validate_comment, validate_person
-from sdlc.approvals import resume_waiting_run
+from entrypoints.approvals import resume_waiting_run
 from sdlc.settings import SdlcSettings, get_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -249,10 +249,10 @@ class ProgressPrinter(threading.Thread):
 
 def execute(request: WorkItemRequest | None, work_item: str, settings: SdlcSettings, *, verbose: bool) -> int:
     """Start (or, without a request, resume) the work item's run and drive it to its end."""
-    from sdlc.server import ensure_prefect_api
+    from entrypoints.server import ensure_prefect_api
 
     ensure_prefect_api(settings)
-    from sdlc import runner
+    from entrypoints import runner
     from tasks.ledger import Ledger
 
     if not verbose:
@@ -337,7 +337,7 @@ def command_approve(args: argparse.Namespace, approve: bool) -> int:
 
 def _hint_when_nobody_drives(row: Any) -> None:
     """After an answer: say so when the run belongs to `sdlc run` and no such process is left to go on."""
-    from sdlc import runner
+    from entrypoints import runner
 
     if row.flow_run_id and runner.waits_for_a_driver(row.id, row.flow_run_id):
         print(f"no `sdlc run` is waiting for {row.id} any more: run `sdlc resume {row.id}` to go on")
@@ -430,7 +430,7 @@ def breaker_lines() -> list[str]:
     """One line per provider breaker, when a Prefect server answers (B32)."""
     from datetime import datetime, timezone
 
-    from sdlc.server import ServerError, ensure_prefect_api
+    from entrypoints.server import ServerError, ensure_prefect_api
 
     settings = get_settings()
     try:
@@ -482,17 +482,17 @@ def command_status(args: argparse.Namespace) -> int:
 def command_worker(args: argparse.Namespace) -> int:
     import logging
 
-    from sdlc.server import ensure_prefect_api
+    from entrypoints.server import ensure_prefect_api
 
     if args.limit < 1 or args.query_seconds <= 0:
         raise UsageError("--limit must be at least 1 and --query-seconds above 0")
     ensure_prefect_api(get_settings())
-    from sdlc.worker import InProcessWorker
+    from entrypoints.worker import InProcessWorker
 
     # Prefect has configured logging by now; the worker's own lines go to stdout beside its runs' logs.
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | sdlc worker - %(message)s"))
-    worker_logger = logging.getLogger("sdlc.worker")
+    worker_logger = logging.getLogger("entrypoints.worker")
     worker_logger.addHandler(handler)
     worker_logger.setLevel(logging.INFO)
     worker_logger.propagate = False
@@ -505,7 +505,7 @@ def command_worker(args: argparse.Namespace) -> int:
 
 
 def command_server(args: argparse.Namespace) -> int:
-    from sdlc import server
+    from entrypoints import server
 
     settings = get_settings()
     if args.action == "start":
@@ -521,10 +521,10 @@ def command_server(args: argparse.Namespace) -> int:
 
 
 def command_webhooks(args: argparse.Namespace) -> int:
-    from sdlc.server import ensure_prefect_api
+    from entrypoints.server import ensure_prefect_api
 
     ensure_prefect_api(get_settings())
-    from sdlc.webhooks import serve
+    from entrypoints.webhooks import serve
 
     try:
         serve(host=args.host, port=args.port, settings_block=args.settings_block)
@@ -558,8 +558,8 @@ def _approve_when_waiting(work_item: str, delay: float, say: Any) -> None:
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    from sdlc.sample import create_sample_repo
-    from sdlc.server import ensure_prefect_api
+    from demo.sample import create_sample_repo
+    from entrypoints.server import ensure_prefect_api
 
     settings = get_settings()
     ensure_prefect_api(settings)

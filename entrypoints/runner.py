@@ -9,7 +9,7 @@ and finished stages and tasks are replayed from their persisted results
 (flows/replay.py). If the command is gone (closed terminal, crash, SIGKILL),
 `sdlc resume ID` takes the run over and goes on from where it stopped.
 
-Prefect must already be configured (sdlc.server.ensure_prefect_api) when this
+Prefect must already be configured (entrypoints.server.ensure_prefect_api) when this
 module is imported.
 """
 

@@ -1,6 +1,6 @@
 """The Prefect server sdlc starts: Prefect's own app (API, UI, services), run again on a busy SQLite.
 
-    python -m sdlc.prefect_server --host 127.0.0.1 --port 4200
+    python -m entrypoints.prefect_server --host 127.0.0.1 --port 4200
 
 It serves exactly what ``prefect server start`` serves (``create_app(final=True)``
 under uvicorn), with two differences, both for SQLite. There Prefect answers 503 when a
@@ -41,7 +41,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
 
-logger = logging.getLogger("sdlc.prefect_server")
+logger = logging.getLogger("entrypoints.prefect_server")
 
 
 class RetryBusyRequests:
@@ -148,7 +148,7 @@ def write_lock_first_on_sqlite() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sdlc.prefect_server", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m entrypoints.prefect_server", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)

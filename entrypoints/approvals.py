@@ -23,7 +23,7 @@ def resume_waiting_run(work_item: str, expected_state: WorkItemState, run_input:
     """Give typed input to the paused pipeline of a work item, from any process."""
     from uuid import UUID
 
-    from sdlc.server import ensure_prefect_api
+    from entrypoints.server import ensure_prefect_api
 
     ensure_prefect_api(get_settings(), start=False)
     from prefect.client.orchestration import get_client

@@ -1,9 +1,9 @@
 """Scenario files for the scripted agent: read (JSON or YAML) and validate with pydantic.
 
-Only imported when ``SDLC_SCENARIO_FILE`` is set: ``sdlc.scripted_agent`` imports
+Only imported when ``SDLC_SCENARIO_FILE`` is set: ``demo.scripted_agent`` imports
 this module lazily, because pydantic and yaml would otherwise add ~0.13 s of CPU to
 the start of every agent process. The options themselves are defined once, as the
-stdlib dataclass ``sdlc.scripted_agent.RoleScenario`` (types, defaults, and
+stdlib dataclass ``demo.scripted_agent.RoleScenario`` (types, defaults, and
 constraints as pydantic ``Field`` keywords in the field metadata); this module
 derives the pydantic model from it, so error messages are the ones pydantic gives
 for a model named ``RoleScenario`` ("role.option: Input should be ...",
@@ -26,9 +26,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-# Under `python -m sdlc.scripted_agent` (or runpy) the running agent is `__main__`, so this
+# Under `python -m demo.scripted_agent` (or runpy) the running agent is `__main__`, so this
 # import loads a second copy of the module: harmless, it is stdlib-only and defines no state.
-from sdlc.scripted_agent import ROLE_OPTIONS, ROLE_PATTERN, WILDCARD, RoleScenario
+from demo.scripted_agent import ROLE_OPTIONS, ROLE_PATTERN, WILDCARD, RoleScenario
 
 
 class ScenarioError(Exception):

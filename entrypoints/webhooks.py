@@ -333,7 +333,7 @@ def emit_work_item_event(name: str, work_item: str, payload: dict[str, Any]) -> 
 
 def act(decision: Decision, source: str, delivery: str) -> dict[str, Any]:
     """Emit the event or resume the run the decision names."""
-    from sdlc.approvals import resume_waiting_run
+    from entrypoints.approvals import resume_waiting_run
 
     if decision.kind == "request":
         assert decision.request is not None
