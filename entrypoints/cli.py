@@ -113,6 +113,13 @@ def build_parser() -> OneLineParser:
 
     server = commands.add_parser("server", help="The embedded Prefect server.")
     server.add_argument("action", choices=("start", "stop", "status"))
+
+    graph = commands.add_parser("graph", help="The stage graph: print the one in force, or check a file.")
+    graph_commands = graph.add_subparsers(dest="graph_command", required=True, parser_class=OneLineParser)
+    graph_commands.add_parser("dump", help="Print the graph in force (SDLC_GRAPH_FILE, else built in) as YAML.")
+    check = graph_commands.add_parser("check", help="Check a graph file: exit 0, or exit 2 naming every problem.")
+    check.add_argument("file", help="A stage graph YAML file.")
+    check.add_argument("--repo", help="Also find the roles' prompts on this repository's default branch.")
     return parser
 
 
@@ -289,7 +296,53 @@ def execute(request: WorkItemRequest | None, work_item: str, settings: SdlcSetti
     return EXIT_FAILED
 
 
+def graph_in_force() -> Any:
+    """The stage graph this process runs (SDLC_GRAPH_FILE, else built in); a bad file is a UsageError."""
+    from sdlc.config import current_graph
+    from sdlc.graph import GraphFileError
+
+    try:
+        return current_graph()
+    except GraphFileError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _report_problems(file: str, problems: list[str]) -> int:
+    print(f"sdlc: error: {file} has {len(problems)} problem(s):", file=sys.stderr)
+    for problem in problems:
+        print(f"  - {problem}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def command_graph(args: argparse.Namespace) -> int:
+    from sdlc.graph import GraphFileError, dump_graph, load_graph
+
+    if args.graph_command == "dump":
+        sys.stdout.write(dump_graph(graph_in_force()))
+        return EXIT_OK
+    try:
+        graph = load_graph(Path(args.file))
+    except GraphFileError as exc:  # a graph that does not load cannot be checked further
+        return _report_problems(args.file, exc.problems)
+    if args.repo:
+        from sdlc.models import validate_repo
+
+        try:
+            validate_repo(args.repo)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    from tasks.graph_check import check_stage_graph
+
+    problems = check_stage_graph(graph, args.repo)
+    if problems:
+        return _report_problems(args.file, problems)
+    roles = ", ".join(dict.fromkeys(s.role for s in graph.stages))
+    print(f"{args.file}: ok ({len(graph.stages)} stages from {graph.start}; roles {roles})")
+    return EXIT_OK
+
+
 def command_run(args: argparse.Namespace) -> int:
+    graph_in_force()  # a stage graph file that cannot run is refused before anything is created
     request = request_from_args(args)
     return execute(request, request.work_item, get_settings(), verbose=args.verbose)
 
@@ -597,6 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "server": command_server,
         "worker": command_worker,
         "webhooks": command_webhooks,
+        "graph": command_graph,
     }
     try:
         return handlers[args.command](args)

@@ -8,7 +8,6 @@ questions). Everything that touches git, processes or the ledger is a task.
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
@@ -21,20 +20,14 @@ from flows.inputs import AnalystAnswers, ApprovalDecision
 from flows.replay import replayed
 from flows.stages import stage_flow
 from blocks.plane import StateKey
+from sdlc import router
 from sdlc.config import current_graph
 from sdlc.graph import BLOCKED, DONE
-from sdlc.models import (
-    Feedback,
-    PipelineResult,
-    PullRequestRef,
-    StageInput,
-    StageResult,
-    WorkItemRequest,
-    WorkItemState,
-)
+from sdlc.models import PipelineResult, StageInput, WorkItemRequest, WorkItemState
 from sdlc.settings import get_settings
 from tasks import forge, notify as notifications, tracking
 from tasks.failures import SdlcError, UsageLimitWait
+from tasks.graph_check import require_valid_graph
 
 # A resumed run (after a pause, a crash or a retry) replays these instead of redoing them (B21).
 merge_pull_request = replayed(forge.merge_pull_request)
@@ -42,7 +35,7 @@ notify = replayed(notifications.notify)
 record_transition = replayed(tracking.record_transition)
 register_work_item = replayed(tracking.register_work_item)
 set_work_item_state = replayed(tracking.set_work_item_state)
-sync_tracker = replayed(tracking.sync_tracker)
+sync_tracker = replayed(tracking.sync_tracker, ignore=("link",))  # the UI address may differ on resume
 
 
 class WorkItemBlocked(SdlcError):
@@ -95,12 +88,6 @@ def _without_subflow_heartbeat() -> Iterator[None]:
         yield
 
 
-def _feedback_from(result: StageResult) -> Feedback:
-    gate = result.gate
-    summary = f"{gate.reason}\n\n{gate.details}" if gate.details else gate.reason
-    return Feedback(source=result.stage, summary=summary, file=gate.artifact)
-
-
 def _wait_for_input(form: Any, *, key: str, timeout: float | None) -> Any:
     """Wait for a person. A deployed run suspends: no process stays alive while they think (B21)."""
     if deployment.id:
@@ -129,8 +116,9 @@ def _tell(
         sync_tracker(request, tracker_state, comment or message, link=notifications.flow_run_url(run_id))
 
 
-def _move(request: WorkItemRequest, run_id: str | None, from_stage: str | None, to_stage: str, reason: str) -> None:
+def _move(request: WorkItemRequest, run_id: str | None, transition: router.Transition) -> None:
     """A stage transition: in the ledger, and as the tracker's state and a comment (B50)."""
+    from_stage, to_stage, reason = transition.from_stage, transition.to_stage, transition.reason
     record_transition(request.work_item, from_stage, to_stage, reason)
     if request.tracker is not None and to_stage not in (DONE, BLOCKED):
         arrow = f"{from_stage} -> {to_stage}" if from_stage else f"starts at {to_stage}"
@@ -159,6 +147,7 @@ def _wait_for_approval(request: WorkItemRequest, stage: str, visit: int, run_id:
         ApprovalDecision.with_initial_data(
             description=f"Approve the analysis of {request.work_item}: {request.title}", approver="", comment=""
         ),
+        # Resume relies on this key: the resumed run finds the person's decision under it (B21).
         key=f"approval-{stage}-{visit}",
         timeout=request.approval_timeout_seconds,
     )
@@ -166,26 +155,26 @@ def _wait_for_approval(request: WorkItemRequest, stage: str, visit: int, run_id:
     return decision
 
 
-def _wait_for_answers(request: WorkItemRequest, result: StageResult, run_id: str | None) -> AnalystAnswers:
-    set_work_item_state(request.work_item, WorkItemState.needs_input, result.stage, result.gate.reason)
+def _wait_for_answers(request: WorkItemRequest, action: router.AskForAnswers, run_id: str | None) -> AnalystAnswers:
+    gate = action.gate
+    set_work_item_state(request.work_item, WorkItemState.needs_input, action.stage, gate.reason)
     _tell(
         request,
         run_id,
         "input_requested",
-        f"{request.work_item} needs input: the analyst asked questions ({result.gate.artifact}); "
+        f"{request.work_item} needs input: the analyst asked questions ({gate.artifact}); "
         f"answer in the UI or run `sdlc answer {request.work_item} --file ANSWERS.md`",
         tracker_state="needs_input",
-        comment=f"The analyst of {request.work_item} has questions:\n\n{result.gate.details}\n\n"
+        comment=f"The analyst of {request.work_item} has questions:\n\n{gate.details}\n\n"
         "Reply /answer followed by your answers.",
     )
     answers: AnalystAnswers = _wait_for_input(
-        AnalystAnswers.with_initial_data(
-            description=f"Questions from the analyst of {request.work_item}:\n\n{result.gate.details}"
-        ),
-        key=f"answers-{result.stage}-{result.visit}",
+        AnalystAnswers.with_initial_data(description=f"Questions from the analyst of {request.work_item}:\n\n{gate.details}"),
+        # Resume relies on this key: the resumed run finds the person's input under it (B21).
+        key=f"answers-{action.stage}-{action.visit}",
         timeout=request.approval_timeout_seconds,
     )
-    set_work_item_state(request.work_item, WorkItemState.running, result.stage, None)
+    set_work_item_state(request.work_item, WorkItemState.running, action.stage, None)
     return answers
 
 
@@ -222,85 +211,68 @@ def _wait_for_usage_reset(request: WorkItemRequest, stage: str, wait: UsageLimit
 
 @flow(name="sdlc-pipeline", flow_run_name=_pipeline_run_name, on_failure=[_mark_failed], on_crashed=[_mark_failed])
 def sdlc_pipeline(request: WorkItemRequest) -> PipelineResult:
-    """Take one work item from analysis to a merged pull request, or to Blocked with the reason."""
+    """Take one work item from analysis to a merged pull request, or to Blocked with the reason.
+
+    A loop over the router's decisions (sdlc/router.py): this flow carries them out and
+    reports what happened; where the work item goes next is decided there.
+    """
     graph = current_graph()
     run_id = str(flow_run.id) if flow_run.id else None
     work_item = request.work_item
     register_work_item(request, run_id)
+    require_valid_graph(graph, request.repo)  # every problem named before any agent runs
     notify("work_item_started", f"{work_item} started: {request.title}", work_item=work_item, flow_run_id=run_id)
 
-    stage = graph.start
-    _move(request, run_id, None, stage, "work item started")
-    feedback: list[Feedback] = []
-    visits: Counter[str] = Counter()
-    pull_request: PullRequestRef | None = None
-
-    def block(at: str, reason: str) -> PipelineResult:
-        set_work_item_state(work_item, WorkItemState.blocked, at, reason)
-        _tell(request, run_id, "blocked", f"{work_item} blocked at {at}: {reason}", tracker_state="blocked")
-        raise WorkItemBlocked(f"{work_item} blocked at {at}: {reason}")
-
+    decision = router.start(graph)
     while True:
-        spec = graph.stage(stage)
-        visits[stage] += 1
-        if spec.max_visits is not None and visits[stage] > spec.max_visits:
-            return block(stage, f"manual intervention needed: {stage} ran {spec.max_visits} times (its budget)")
-        try:
-            with _without_subflow_heartbeat():
-                result = stage_flow(StageInput(request=request, stage=stage, visit=visits[stage], feedback=feedback))
-        except UsageLimitWait as wait:
-            _wait_for_usage_reset(request, stage, wait, run_id)
-            raise  # not reached: the run is rescheduled
-        except SdlcError as exc:
-            return block(stage, str(exc))
-        pull_request = result.pull_request or pull_request
-        route = graph.route(stage, result.gate.outcome)
-        feedback = [] if route.feedback == "none" else [_feedback_from(result)]
-        if not result.gate.passed:
-            gate = result.gate
-            _tell(
-                request,
-                run_id,
-                "gate_failed",
-                f"{work_item} {stage} gate: {gate.reason}",
-                comment=f"{work_item} {stage} gate: {gate.reason}" + (f"\n\n{gate.details}" if gate.details else ""),
-            )
-        elif result.gate.warning:  # passed, but people should know (e.g. it checked nothing)
-            _tell(request, run_id, "gate_warning", f"{work_item} {stage} gate passed: {result.gate.warning}")
-
-        if result.gate.passed and spec.requires_approval:
-            decision = _wait_for_approval(request, stage, visits[stage], run_id)
-            if not decision.approve:
-                feedback = [Feedback(source=f"rejection by {decision.approver}", summary=decision.comment)]
-                _move(request, run_id, stage, stage, f"rejected by {decision.approver}: {decision.comment}")
-                continue
-            _move(request, run_id, stage, route.to, f"approved by {decision.approver}")
-        elif route.wait_for == "answers":
-            answers = _wait_for_answers(request, result, run_id)
-            feedback = [
-                Feedback(
-                    source=f"answers from {answers.answered_by}",
-                    summary=f"Questions:\n\n{result.gate.details}\n\nAnswers:\n\n{answers.answers}",
-                    file=result.gate.artifact,
-                )
-            ]
-
-        if route.merge_pull_request and pull_request is not None:
+        progress, action = decision.progress, decision.action
+        if decision.transition is not None:
+            _move(request, run_id, decision.transition)
+        if decision.notice is not None:
+            notice = decision.notice
+            _tell(request, run_id, notice.event, f"{work_item} {notice.message}", comment=f"{work_item} {notice.comment}")
+        event: router.Event
+        if isinstance(action, router.RunStage):
+            event = _run_stage(request, action, run_id)
+        elif isinstance(action, router.AskForApproval):
+            decided = _wait_for_approval(request, action.stage, action.visit, run_id)
+            event = router.ApprovalGiven(approve=decided.approve, approver=decided.approver, comment=decided.comment)
+        elif isinstance(action, router.AskForAnswers):
+            answers = _wait_for_answers(request, action, run_id)
+            event = router.AnswersGiven(answers=answers.answers, answered_by=answers.answered_by)
+        elif isinstance(action, router.MergePullRequest):
             try:
-                pull_request = merge_pull_request(request.repo, request.forge, pull_request.number)
+                merged = merge_pull_request(request.repo, request.forge, action.pull_request.number)
+                event = router.MergeFinished(pull_request=merged)
             except SdlcError as exc:
-                return block(stage, f"merging PR #{pull_request.number} failed: {exc}")
-        if route.block or route.to == BLOCKED:
-            at = route.to if route.to != BLOCKED else stage
-            return block(at, result.gate.reason)
-        if route.to == DONE:
-            reason = f"{stage} passed" + (f", PR #{pull_request.number} merged" if pull_request else "")
-            _move(request, run_id, stage, DONE, reason)
-            set_work_item_state(work_item, WorkItemState.done, DONE, reason)
-            _tell(request, run_id, "done", f"{work_item} {reason}", tracker_state="done")
+                event = router.MergeFinished(error=str(exc))
+        elif isinstance(action, router.Block):
+            set_work_item_state(work_item, WorkItemState.blocked, action.at, action.reason)
+            message = f"{work_item} blocked at {action.at}: {action.reason}"
+            _tell(request, run_id, "blocked", message, tracker_state="blocked")
+            raise WorkItemBlocked(message)
+        else:
+            set_work_item_state(work_item, WorkItemState.done, DONE, action.reason)
+            _tell(request, run_id, "done", f"{work_item} {action.reason}", tracker_state="done")
             return PipelineResult(
-                work_item=work_item, state=WorkItemState.done, stage=DONE, reason=reason, pull_request=pull_request
+                work_item=work_item,
+                state=WorkItemState.done,
+                stage=DONE,
+                reason=action.reason,
+                pull_request=action.pull_request,
             )
-        if not (result.gate.passed and spec.requires_approval):
-            _move(request, run_id, stage, route.to, result.gate.reason)
-        stage = route.to
+        decision = router.decide(graph, progress, event)
+
+
+def _run_stage(request: WorkItemRequest, action: router.RunStage, run_id: str | None) -> router.Event:
+    """Run one stage's subflow; its gate's result, or the error that stopped it, is the event."""
+    stage_input = StageInput(request=request, stage=action.stage, visit=action.visit, feedback=action.feedback)
+    try:
+        with _without_subflow_heartbeat():
+            result = stage_flow(stage_input)
+    except UsageLimitWait as wait:
+        _wait_for_usage_reset(request, action.stage, wait, run_id)
+        raise  # not reached: the run is rescheduled
+    except SdlcError as exc:
+        return router.StageFailed(reason=str(exc))
+    return router.StageFinished(gate=result.gate, pull_request=result.pull_request)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from sdlc.graph import StageGraph, load_graph
+from sdlc.settings import SdlcSettings, get_settings
 
 
-def current_graph() -> StageGraph:
-    path = os.environ.get("SDLC_GRAPH_FILE")
-    return load_graph(Path(path) if path else None)
+def current_graph(settings: SdlcSettings | None = None) -> StageGraph:
+    return load_graph((settings or get_settings()).graph_file)

@@ -1,23 +1,44 @@
 """The stage graph (B1): stages, roles, gates, artifacts, routes and budgets, as data.
 
-The pipeline flow reads this and nothing else to decide where a work item goes
-next. A team changes the process by editing a YAML file in this shape
-(``SDLC_GRAPH_FILE`` or ``.sdlc/graph.yaml`` in the repository) rather than code;
-a new gate kind is one function in ``tasks/gates.py``.
+The router (``sdlc/router.py``) reads this and nothing else to decide where a work
+item goes next. A team changes the process by editing a YAML file in this shape
+(``sdlc graph dump`` prints the graph in force) and pointing ``SDLC_GRAPH_FILE`` at
+it, rather than by changing code; a new gate kind is one function in
+``tasks/gates.py`` and its outcomes in ``GATE_OUTCOMES`` below.
+
+A graph is checked as a whole when it loads: every structural problem is named
+at once (a route to an unknown stage, a stage nothing reaches, a role name that
+cannot be a prompt file, a gate kind that does not exist, an outcome its gate can
+name with no route); :func:`graph_problems` adds the roles' prompts, which need the
+repository (``sdlc graph check`` and the pipeline's start).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # Where a route can end besides another stage.
 DONE = "done"
 BLOCKED = "blocked"
 TERMINALS = (DONE, BLOCKED)
+# A role names its prompt file (`.sdlc/agents/<role>.md`) and its task file.
+ROLE_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,39}")
+# The outcome every gate kind but exit_code names when the agent itself failed; unless a
+# stage routes it, it blocks (a person looks at the agent's log).
+AGENT_FAILED = "agent_failed"
+BUILTIN_PROMPTS = Path(__file__).resolve().parent / "prompts"
+
+
+def builtin_prompt(role: str) -> Path | None:
+    """The built-in system prompt of ``role`` (sdlc/prompts/<role>.md), if sdlc has one."""
+    path = BUILTIN_PROMPTS / f"{role}.md"
+    return path if ROLE_PATTERN.fullmatch(role) and path.is_file() else None
 
 
 def artifacts_dir(work_item: str) -> str:
@@ -82,18 +103,10 @@ class StageGraph(BaseModel):
     stages: list[StageSpec]
 
     @model_validator(mode="after")
-    def _check_routes(self) -> "StageGraph":
-        names = [s.name for s in self.stages]
-        if len(set(names)) != len(names):
-            raise ValueError("stage names must be unique")
-        if self.start not in names:
-            raise ValueError(f"start stage {self.start!r} is not defined")
-        for stage in self.stages:
-            if "pass" not in stage.routes:
-                raise ValueError(f"stage {stage.name!r} has no 'pass' route")
-            for outcome, route in stage.routes.items():
-                if route.to not in names and route.to not in TERMINALS:
-                    raise ValueError(f"stage {stage.name!r} routes {outcome!r} to unknown {route.to!r}")
+    def _check_structure(self) -> "StageGraph":
+        problems = structural_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def stage(self, name: str) -> StageSpec:
@@ -103,13 +116,92 @@ class StageGraph(BaseModel):
         raise KeyError(f"no stage {name!r} in the graph")
 
     def route(self, stage: str, outcome: str) -> Route:
-        """The route for a gate outcome; an outcome the graph does not name blocks."""
+        """The route for a gate outcome; an outcome the graph does not name (agent_failed) blocks."""
         spec = self.stage(stage)
         return spec.routes.get(outcome) or Route(to=BLOCKED, alert=True, feedback="gate")
 
     @property
     def roles(self) -> list[str]:
         return [s.role for s in self.stages]
+
+
+# Every gate kind (its judge is in tasks/gates.py) and the outcomes it can name for a stage;
+# each of them needs a route. agent_failed is apart: unless routed, it blocks.
+GATE_OUTCOMES: dict[str, Callable[[StageSpec], tuple[str, ...]]] = {
+    "ci": lambda spec: ("pass", "fail"),
+    "tests": lambda spec: ("pass", "fail"),
+    "exit_code": lambda spec: ("pass", "fail"),
+    "artifacts": lambda spec: ("pass", "missing", *spec.alternate_artifacts),
+    "verdict": lambda spec: ("missing", *spec.verdicts),
+}
+
+
+def structural_problems(graph: StageGraph) -> list[str]:
+    """What is wrong with the graph itself (routes, reach, gate kinds), every problem at once."""
+    names = [s.name for s in graph.stages]
+    problems = [f"stage {name!r} is defined more than once" for name in sorted({n for n in names if names.count(n) > 1})]
+    if graph.start not in names:
+        problems.append(f"start stage {graph.start!r} is not defined")
+    for stage in graph.stages:
+        if not ROLE_PATTERN.fullmatch(stage.role):
+            problems.append(f"stage {stage.name!r} has role {stage.role!r}: a role is lower-case letters, digits, '-' or '_'")
+        if "pass" not in stage.routes:
+            problems.append(f"stage {stage.name!r} has no 'pass' route")
+        for outcome, route in stage.routes.items():
+            if route.to not in names and route.to not in TERMINALS:
+                problems.append(f"stage {stage.name!r} routes {outcome!r} to unknown {route.to!r}")
+        problems += _gate_problems(stage)
+    reached = _reachable(graph, names)
+    problems += [f"stage {name!r} is never reached from {graph.start!r}" for name in names if name not in reached]
+    return problems
+
+
+def _reachable(graph: StageGraph, names: list[str]) -> set[str]:
+    seen: set[str] = set()
+    todo = [graph.start] if graph.start in names else []
+    by_name = {s.name: s for s in graph.stages}
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in by_name:
+            continue
+        seen.add(name)
+        todo += [route.to for route in by_name[name].routes.values()]
+    return seen
+
+
+def _gate_problems(stage: StageSpec) -> list[str]:
+    outcomes = GATE_OUTCOMES.get(stage.gate)
+    if outcomes is None:
+        known = ", ".join(sorted(GATE_OUTCOMES))
+        return [f"stage {stage.name!r} names gate kind {stage.gate!r}, which does not exist (kinds: {known})"]
+    if stage.gate == "verdict" and not stage.artifacts:
+        return [f"stage {stage.name!r}: a verdict gate reads its first artifact, and it names none"]
+    return [
+        f"stage {stage.name!r}: its {stage.gate} gate can name {outcome!r}, which has no route"
+        for outcome in sorted(set(outcomes(stage)) - set(stage.routes))
+    ]
+
+
+def graph_problems(graph: StageGraph, has_prompt: Callable[[str], bool]) -> list[str]:
+    """Every problem of the graph, and roles with no system prompt (``has_prompt`` says: the
+    repository's or a built-in one): what would otherwise fail only when a run got there."""
+    problems = structural_problems(graph)
+    for role in sorted({s.role for s in graph.stages if ROLE_PATTERN.fullmatch(s.role)}):
+        if not has_prompt(role):
+            problems.append(
+                f"role {role!r} has no prompt: add .sdlc/agents/{role}.md to the repository's default branch"
+            )
+    return problems
+
+
+def dump_graph(graph: StageGraph) -> str:
+    """The graph as the YAML ``load_graph`` reads back (``sdlc graph dump``)."""
+    data = graph.model_dump(mode="json")
+    for stage, spec in zip(data["stages"], graph.stages):
+        # Every stage field is written, so people see each knob; a route only says what differs.
+        stage["routes"] = {outcome: route.model_dump(mode="json", exclude_defaults=True) | {"to": route.to}
+                           for outcome, route in spec.routes.items()}
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
 
 
 def _stage(**kwargs: object) -> StageSpec:
@@ -196,11 +288,34 @@ DEFAULT_GRAPH = StageGraph(
 )
 
 
+class GraphFileError(ValueError):
+    """A stage graph file that cannot be used; ``problems`` names every problem found."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path, self.problems = path, problems
+        super().__init__(f"stage graph file {path}: " + "; ".join(problems))
+
+
 def load_graph(path: Path | None = None) -> StageGraph:
-    """The graph from a YAML file when one is given, else the default."""
+    """The graph from a YAML file when one is given, else the default; GraphFileError names what is wrong."""
     if path is None:
         return DEFAULT_GRAPH
     if not path.is_file():
-        raise FileNotFoundError(f"stage graph file {path} does not exist")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return StageGraph.model_validate(data)
+        raise GraphFileError(path, ["it does not exist"])
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise GraphFileError(path, [f"it cannot be read: {exc}"]) from None
+    try:
+        return StageGraph.model_validate(data)
+    except ValidationError as exc:
+        raise GraphFileError(path, [problem for error in exc.errors() for problem in _problems_of(error)]) from None
+
+
+def _problems_of(error: Any) -> list[str]:
+    """One pydantic error as problems: the graph's own check reports several in one error."""
+    where = ".".join(str(part) for part in error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if not where:
+        return message.split("; ")
+    return [f"{where}: {message}"]

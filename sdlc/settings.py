@@ -86,6 +86,13 @@ class SdlcSettings(BaseSettings):
     sandbox_hide_paths: Annotated[list[str], NoDecode, BeforeValidator(_colon_paths)] = Field(
         default_factory=list, description="Paths no sandboxed agent ever sees, even inside a granted path (colon-separated)."
     )
+    graph_file: Path | None = Field(
+        default=None, description="YAML stage graph to run instead of the built-in one (`sdlc graph dump` writes one)."
+    )
+    bot_name: str = Field(default="sdlc-flows bot", min_length=1, description="Author and committer name of sdlc's commits.")
+    bot_email: str = Field(
+        default="sdlc-bot@localhost", min_length=3, description="Author and committer email of sdlc's commits."
+    )
     notify_blocks: Annotated[list[str], NoDecode, BeforeValidator(_block_refs)] = Field(
         default_factory=list,
         description='Notification blocks every message also goes to, as "block-type-slug/block-name" '

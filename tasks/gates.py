@@ -15,12 +15,12 @@ import shlex
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from prefect import task
 from pydantic import BaseModel, ConfigDict
 
-from sdlc.graph import StageSpec, artifacts_dir
+from sdlc.graph import AGENT_FAILED, StageSpec, artifacts_dir
 from sdlc.models import AgentResult, ForgeSpec, GateResult
 from sdlc.repo_config import CONFIG_PATH, RepoConfig
 from sdlc.settings import get_settings
@@ -217,7 +217,10 @@ def ci_gate(ctx: GateContext) -> GateResult:
         time.sleep(ctx.forge.ci_poll_seconds)
 
 
-GATES: dict[str, Callable[[GateContext], GateResult]] = {
+# The judge of every gate kind; the kinds and the outcomes each can name are declared in
+# sdlc/graph.py (GATE_OUTCOMES), where a graph is checked without Prefect. A new kind is one
+# function here and one line there.
+GATE_JUDGES: dict[str, Callable[[GateContext], GateResult]] = {
     "ci": ci_gate,
     "artifacts": artifacts_gate,
     "verdict": verdict_gate,
@@ -233,17 +236,17 @@ JUDGES_EXIT_CODE = frozenset({"exit_code"})
 def evaluate_gate(ctx: GateContext) -> GateResult:
     if ctx.agent is not None and not ctx.agent.succeeded and ctx.spec.gate not in JUDGES_EXIT_CODE:
         return GateResult(
-            outcome="agent_failed",
+            outcome=AGENT_FAILED,
             passed=False,
             reason=describe_failure(ctx.agent),
             details=ctx.agent.output_tail[-MAX_DETAILS:],
             artifact=ctx.agent.log_path,
         )
     try:
-        gate = GATES[ctx.spec.gate]
+        judge = GATE_JUDGES[ctx.spec.gate]
     except KeyError:
         raise ValueError(f"stage {ctx.spec.name!r} names unknown gate {ctx.spec.gate!r}") from None
-    return gate(ctx)
+    return judge(ctx)
 
 
 def archive_stale_artifacts_in(worktree: Path, work_item: str, spec: StageSpec) -> dict[str, str]:

@@ -28,8 +28,6 @@ from tasks.processes import end_process_group
 
 logger = logging.getLogger("sdlc.git")
 
-DEFAULT_BOT_NAME = "sdlc-flows bot"
-DEFAULT_BOT_EMAIL = "sdlc-bot@localhost"
 TASK_FILE_PATTERN = ".task-*.md"
 SUMMARY_MAX = 72
 ADD_BATCH = 200
@@ -43,9 +41,8 @@ TRANSIENT_REMOTE_PATTERNS = re.compile(
 
 def bot_identity() -> tuple[str, str]:
     """(name, email) of the bot, from ``SDLC_BOT_NAME`` / ``SDLC_BOT_EMAIL``."""
-    name = os.environ.get("SDLC_BOT_NAME") or DEFAULT_BOT_NAME
-    email = os.environ.get("SDLC_BOT_EMAIL") or DEFAULT_BOT_EMAIL
-    return name, email
+    settings = get_settings()
+    return settings.bot_name, settings.bot_email
 
 
 def bot_env() -> dict[str, str]:

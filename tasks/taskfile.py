@@ -12,18 +12,16 @@ from pathlib import Path
 from prefect import task
 
 from blocks.agent_profile import AgentProfile, profile_for
-from sdlc.graph import StageSpec, artifacts_dir
+from sdlc.graph import StageSpec, artifacts_dir, builtin_prompt
 from sdlc.models import Feedback, StageInput, validate_work_item_id
 from sdlc.settings import get_settings
 from tasks.agent import AgentInvocation, check_budget
 from tasks.gates import archive_stale_artifacts_in
+from tasks.graph_check import InvalidStageGraph
 from tasks.worktree import base_commit, base_file, base_repo_config, main_clone_path
 from tasks.ledger import Ledger
-from tasks.retry_policy import RetryPolicy
+from sdlc.retry import RetryPolicy
 from tasks.sandbox import sandbox_spec_for
-
-BUILTIN_PROMPTS = Path(__file__).resolve().parent.parent / "sdlc" / "prompts"
-
 
 def task_file_name(role: str) -> str:
     return f".task-{role}.md"
@@ -58,7 +56,12 @@ def system_prompt_path(repo: str, work_item: str, role: str, base_sha: str | Non
         raise ValueError(f"{role!r} is not a role name")
     text = base_file(repo, f".sdlc/agents/{role}.md", base_sha)
     if text is None:
-        return BUILTIN_PROMPTS / f"{role}.md"
+        builtin = builtin_prompt(role)
+        if builtin is None:
+            raise InvalidStageGraph(
+                f"role {role!r} has no prompt: add .sdlc/agents/{role}.md to the repository's default branch"
+            )
+        return builtin
     path = get_settings().root / "prompts" / work_item / f"{role}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")

@@ -205,6 +205,21 @@ def base_file(repo: str, relative: str, base_sha: str | None = None) -> str | No
     return text
 
 
+def default_branch_has(repo: str, relative: str) -> bool | None:
+    """Whether origin's default branch has ``relative``: from the main clone, else from a local
+    origin itself (read only); None when neither can tell (a remote origin not cloned yet)."""
+    repo = validate_repo(repo)
+    if _is_clone(main_clone_path(repo)):
+        return base_file(repo, relative) is not None
+    if "://" in repo or not Path(repo).exists():
+        return None
+    try:
+        repo_at(Path(repo)).git.cat_file("-e", f"HEAD:{relative}", env=git_env())
+    except GitCommandError:
+        return False
+    return True
+
+
 def base_repo_config(repo: str, base_sha: str | None = None) -> RepoConfig:
     """`.sdlc/config.yaml` as origin's default branch had it at ``base_sha`` (the work item's start),
     else as it is now: what agents on a feature branch cannot change."""

@@ -8,7 +8,18 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from sdlc.graph import BLOCKED, DEFAULT_GRAPH, DONE, StageGraph, load_graph
+from sdlc.graph import (
+    BLOCKED,
+    DEFAULT_GRAPH,
+    DONE,
+    GATE_OUTCOMES,
+    GraphFileError,
+    StageGraph,
+    builtin_prompt,
+    dump_graph,
+    graph_problems,
+    load_graph,
+)
 from sdlc.models import WorkItemRequest, default_branch_name
 
 
@@ -42,7 +53,7 @@ def test_graph_from_yaml_can_add_a_stage(tmp_path: Path) -> None:
     security = {
         "name": "security", "role": "security-reviewer", "gate": "verdict",
         "artifacts": ["15-security.md"], "verdicts": {"pass": "(?m)^Verdict: APPROVE"},
-        "routes": {"pass": {"to": "deploy"}, "request_changes": {"to": "development"}},
+        "routes": {"pass": {"to": "deploy"}, "request_changes": {"to": "development"}, "missing": {"to": "blocked"}},
     }
     data["stages"].insert(5, security)
     testing = next(s for s in data["stages"] if s["name"] == "testing")
@@ -62,8 +73,52 @@ def test_graph_rejects_a_route_to_nowhere() -> None:
 
 
 def test_missing_graph_file_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(GraphFileError, match="does not exist"):
         load_graph(tmp_path / "nope.yaml")
+
+
+def test_a_graph_names_every_problem_when_it_loads(tmp_path: Path) -> None:
+    data = DEFAULT_GRAPH.model_dump()
+    review = next(s for s in data["stages"] if s["name"] == "review")
+    del review["routes"]["missing"]  # the verdict gate can name it
+    review["routes"]["request_changes"]["to"] = "nowhere"
+    data["stages"][0]["gate"] = "telepathy"
+    data["stages"].append({"name": "orphan", "role": "Orphan Role", "gate": "exit_code",
+                           "routes": {"pass": {"to": "done"}, "fail": {"to": "blocked"}}})
+    path = tmp_path / "graph.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(GraphFileError) as error:
+        load_graph(path)
+    assert sorted(error.value.problems) == sorted([
+        "stage 'analysis' names gate kind 'telepathy', which does not exist (kinds: artifacts, ci, exit_code, tests, verdict)",
+        "stage 'review': its verdict gate can name 'missing', which has no route",
+        "stage 'review' routes 'request_changes' to unknown 'nowhere'",
+        "stage 'orphan' has role 'Orphan Role': a role is lower-case letters, digits, '-' or '_'",
+        "stage 'orphan' is never reached from 'analysis'",
+    ])
+
+
+def test_every_gate_kind_has_a_judge_and_declared_outcomes() -> None:
+    from tasks.gates import GATE_JUDGES
+
+    assert GATE_JUDGES.keys() == GATE_OUTCOMES.keys()
+
+
+def test_roles_without_a_prompt_are_named() -> None:
+    data = DEFAULT_GRAPH.model_dump()
+    data["stages"][1]["role"] = "security"
+    graph = StageGraph.model_validate(data)
+    assert graph_problems(graph, has_prompt=lambda role: builtin_prompt(role) is not None) == [
+        "role 'security' has no prompt: add .sdlc/agents/security.md to the repository's default branch"
+    ]
+    assert graph_problems(graph, has_prompt=lambda role: True) == []
+
+
+def test_the_dumped_graph_loads_back_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "graph.yaml"
+    path.write_text(dump_graph(DEFAULT_GRAPH))
+    assert load_graph(path) == DEFAULT_GRAPH
+    assert "max_visits: 3" in path.read_text()  # every stage field is there to edit
 
 
 def test_default_branch_is_slug_of_title() -> None:
