@@ -31,7 +31,13 @@ from prefect.blocks.abstract import NotificationError
 from prefect.blocks.notifications import AbstractAppriseNotificationBlock, AppriseNotificationBlock
 from pydantic import Field, SecretStr, field_validator
 
-from tasks.classify import backoff_seconds
+from sdlc.retry import (
+    HTTP_MAX_ATTEMPTS,
+    NOTIFY_BACKOFF_BASE_SECONDS,
+    NOTIFY_BACKOFF_CAP_SECONDS,
+    NOTIFY_MAX_RETRY_AFTER_SECONDS,
+    HttpRetry,
+)
 
 TELEGRAM_TEXT_LIMIT = 4096
 """Telegram's limit on one message, in UTF-16 code units of the rendered text."""
@@ -107,10 +113,14 @@ def split_text(text: str, limit: int = PART_UNITS) -> list[str]:
 
 @dataclass(frozen=True)
 class _Verdict:
-    """What one sendMessage attempt came to: delivered, retry after ``wait`` seconds, or give up (``wait`` None)."""
+    """What one sendMessage attempt came to: delivered, or why not and whether it may pass (``transient``).
+
+    Whether and when to send again is :meth:`sdlc.retry.HttpRetry.decide`'s to say.
+    """
 
     delivered: bool = False
-    wait: float | None = None
+    transient: bool = False
+    retry_after: float | None = None
     reason: str = ""
     migrate_to_chat_id: int | None = None
 
@@ -119,9 +129,10 @@ class TelegramNotification(AbstractAppriseNotificationBlock):
     """Sends notifications to a Telegram chat (or forum topic) through a bot.
 
     Texts over Telegram's limit arrive as several messages in order; a 429 is waited
-    out for exactly its ``retry_after``; 5xx answers and network errors are retried with
-    backoff. ``notify()`` works from sync and async code (the async path runs the same
-    sender in a worker thread, where its waits block no event loop).
+    out for its ``retry_after`` (never less); 5xx answers and network errors are retried
+    with backoff, as :class:`sdlc.retry.HttpRetry` decides. ``notify()`` works from sync
+    and async code (the async path runs the same sender in a worker thread, where its
+    waits block no event loop).
 
     Examples:
         ```python
@@ -165,10 +176,11 @@ telegram.notify("ET-7 is done", subject="sdlc-flows")
         description="HTML bolds the subject; texts are escaped either way, so a `<` in a message never breaks it.",
     )
     max_attempts: int = Field(
-        default=5, ge=1, le=20, description="Attempts per message part, counting 429, 5xx and network failures."
+        default=HTTP_MAX_ATTEMPTS, ge=1, le=20, description="Attempts per message part, counting 429, 5xx and network failures."
     )
     max_retry_after_seconds: float = Field(
-        default=300, ge=0, description="Longest flood-control wait honoured; a longer retry_after fails at once."
+        default=NOTIFY_MAX_RETRY_AFTER_SECONDS, ge=0,
+        description="Longest flood-control wait honoured; a longer retry_after fails at once.",
     )
     timeout_seconds: float = Field(default=10.0, gt=0, le=120, description="Timeout of one Bot API request in seconds.")
 
@@ -235,12 +247,13 @@ telegram.notify("ET-7 is done", subject="sdlc-flows")
     def _send_part(self, client: httpx.Client, payload: dict[str, Any]) -> str | None:
         """Send one part, retrying as Telegram asks; None once delivered, else why not (redacted)."""
         url = f"{self.api_url}/bot{self.bot_token.get_secret_value()}/sendMessage"
+        retry = self._retry_policy()
         reason = "not sent"
         for attempt in range(self.max_attempts):
             try:
-                verdict = self._judge(client.post(url, json=payload), attempt)
+                verdict = self._judge(client.post(url, json=payload))
             except httpx.TransportError as exc:  # timeouts included; the text may quote the URL
-                verdict = _Verdict(wait=self._backoff(attempt), reason=f"{type(exc).__name__}: {exc}")
+                verdict = _Verdict(transient=True, reason=f"{type(exc).__name__}: {exc}")
             if verdict.delivered:
                 return None
             reason = redact(verdict.reason, self.bot_token.get_secret_value(), urls=True)
@@ -251,16 +264,26 @@ telegram.notify("ET-7 is done", subject="sdlc-flows")
                 )
                 payload["chat_id"] = verdict.migrate_to_chat_id
                 continue
-            if verdict.wait is None or attempt + 1 == self.max_attempts:
-                return reason
+            decision = retry.decide(attempt, reason, retry_after=verdict.retry_after, permanent=not verdict.transient)
+            if not decision.retry:
+                return decision.why
             self.logger.warning(
                 "Telegram sendMessage: %s; retry %d of %d in %.1f s",
-                reason, attempt + 1, self.max_attempts - 1, verdict.wait,
+                reason, attempt + 1, self.max_attempts - 1, decision.wait_seconds,
             )
-            time.sleep(verdict.wait)
+            time.sleep(decision.wait_seconds)
         return reason
 
-    def _judge(self, response: httpx.Response, attempt: int) -> _Verdict:
+    def _retry_policy(self) -> HttpRetry:
+        """The shared HTTP policy with this block's attempts and flood-control cap."""
+        return HttpRetry(
+            max_attempts=self.max_attempts,
+            backoff_base_seconds=NOTIFY_BACKOFF_BASE_SECONDS,
+            backoff_cap_seconds=NOTIFY_BACKOFF_CAP_SECONDS,
+            max_retry_after_seconds=self.max_retry_after_seconds,
+        )
+
+    def _judge(self, response: httpx.Response) -> _Verdict:
         """Read the answer by HTTP status and ``parameters``, never by parsing ``description``."""
         try:
             data = response.json()
@@ -272,19 +295,12 @@ telegram.notify("ET-7 is done", subject="sdlc-flows")
         parameters = data.get("parameters") if isinstance(data.get("parameters"), dict) else {}
         reason = f"HTTP {response.status_code}: {data.get('description') or response.reason_phrase}"
         retry_after = parameters.get("retry_after")
-        if response.status_code == 429 and isinstance(retry_after, (int, float)):
-            if retry_after > self.max_retry_after_seconds:
-                return _Verdict(reason=f"{reason} (over max_retry_after_seconds={self.max_retry_after_seconds:g})")
-            return _Verdict(wait=float(retry_after), reason=reason)
         if isinstance(parameters.get("migrate_to_chat_id"), int):
             return _Verdict(reason=reason, migrate_to_chat_id=parameters["migrate_to_chat_id"])
         if response.status_code == 429 or response.status_code >= 500:
-            return _Verdict(wait=self._backoff(attempt), reason=reason)
+            waits = isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool)
+            return _Verdict(transient=True, retry_after=max(0.0, float(retry_after)) if waits else None, reason=reason)
         return _Verdict(reason=reason)
-
-    @staticmethod
-    def _backoff(attempt: int) -> float:
-        return backoff_seconds(attempt, base=1.0, cap=10.0)
 
 
 class AppriseURLNotification(AppriseNotificationBlock):

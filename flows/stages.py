@@ -20,6 +20,9 @@ from tasks.failures import UsageLimitWait
 from tasks.worktree import branch_lock
 
 # Finished steps are not redone when the stage runs again after a crash (B21).
+# Resume relies on these: each call is replayed by its task's name and its ordinal
+# among that task's calls, and a call whose parameters changed stops the run
+# (flows/replay.py). Keep the names unique; copies made with .with_options() keep both.
 prepare_worktree = replayed(worktree.prepare_worktree)
 prepare_agent_run = replayed(taskfile.prepare_agent_run)
 run_agent = replayed(agent.run_agent)
@@ -39,6 +42,8 @@ def _stage_run_name() -> str:
     return f"{request.get('work_item', '?')}-{stage_input.get('stage', '?')}-{stage_input.get('visit', '?')}"
 
 
+# Resume relies on persist_result=True: a rerun of the pipeline reuses a finished stage
+# only when its result was persisted; without it every finished stage runs again.
 @flow(name="sdlc-stage", flow_run_name=_stage_run_name, log_prints=True, persist_result=True)
 def stage_flow(stage_input: StageInput) -> StageResult:
     worktree = prepare_worktree(stage_input.request.repo, stage_input.request.feature_branch)
@@ -53,8 +58,9 @@ def _run_stage(stage_input: StageInput, worktree: str) -> StageResult:
 
     agent: AgentResult
     try:
-        # Budgets are decided per failure by the run itself (transient vs permanent, B31).
-        agent = run_agent.with_options(retries=invocation.retry.task_retries, retry_delay_seconds=0)(invocation)
+        # Budgets and waits are decided per failure by the run itself (B31); Prefect schedules each retry
+        # for the wait decided (AwaitingRetry), through the task's retry_condition_fn.
+        agent = run_agent.with_options(retries=invocation.retry.task_retries)(invocation)
     except AgentRunFailed as failure:
         if failure.waits_for_usage_reset:
             # Handed to the pipeline, which reschedules itself for the reset instead of sleeping (B31).

@@ -19,9 +19,9 @@ import shlex
 import shutil
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
@@ -30,16 +30,21 @@ from prefect_shell import ShellOperation
 from pydantic import BaseModel, Field
 
 from sdlc.models import AgentResult, WorkItemState
+from sdlc.retry import Classification, FailureKind, RetryDecision, RetryPolicy, decide_retry
 from sdlc.settings import get_settings
 from tasks.breaker import CircuitBreaker
 from tasks.classify import classify_output, parse_result_json, read_tail
-from tasks.failures import PermanentError
+from tasks.failures import PermanentError, SdlcError, TransientError
 from tasks.ledger import Ledger
 from tasks.git import fold_agent_commits, head_commit, paths_outside
 from tasks.limits import agent_slots
 from tasks.processes import TERMINATE_GRACE_SECONDS, end_group, group_alive, process_start_ticks
-from tasks.retry_policy import RetryDecision, RetryPolicy, decide_retry, not_before
 from tasks.sandbox import SandboxSpec, confinement, resolve_mode
+
+if TYPE_CHECKING:
+    from prefect import Task
+    from prefect.client.schemas.objects import TaskRun
+    from prefect.states import State
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Passed through from the worker: what a CLI needs to find itself and its own model API.
@@ -88,8 +93,12 @@ def check_budget(ledger: Ledger, work_item: str, budget: float | None) -> float 
     return left
 
 
-class AgentRunFailed(PermanentError):
-    """The agent's run failed; carries its result and whether, and when, to run it again."""
+class AgentRunFailed(SdlcError):
+    """The agent's run failed; carries its result and whether, and when, to run it again.
+
+    Raised as one of the subclasses, named for the kind of failure (see tasks/failures.py);
+    catch this class for any failed run.
+    """
 
     def __init__(self, result: AgentResult, decision: RetryDecision) -> None:
         self.result = result
@@ -103,6 +112,38 @@ class AgentRunFailed(PermanentError):
     def waits_for_usage_reset(self) -> bool:
         """A usage limit with a reset time: the next attempt waits for it and spends no budget."""
         return self.decision.retry and self.result.failure_kind == "usage_limit" and self.result.retry_not_before is not None
+
+
+class AgentRunTransient(AgentRunFailed, TransientError):
+    """A rate limit (429), an overload (529), another 5xx or a network error: it may pass."""
+
+
+class AgentUsageLimited(AgentRunFailed):
+    """The subscription's usage limit: the run may go on after its reset, never sooner."""
+
+
+class AgentRunPermanent(AgentRunFailed, PermanentError):
+    """The agent's own failure (exit code, timeout, authentication): retried only within its budget."""
+
+
+def agent_failure(result: AgentResult, decision: RetryDecision) -> AgentRunFailed:
+    """The error for a failed run, its class named for what the log said (B30)."""
+    kinds: dict[str | None, type[AgentRunFailed]] = {
+        FailureKind.transient.value: AgentRunTransient,
+        FailureKind.usage_limit.value: AgentUsageLimited,
+    }
+    return kinds.get(result.failure_kind, AgentRunPermanent)(result, decision)
+
+
+class RetryNotDue(TransientError):
+    """The stage ran again (after a crash) before the wait its last failure decided was over."""
+
+    def __init__(self, not_before: datetime, reason: str) -> None:
+        self.not_before, self.reason = not_before, reason
+        super().__init__(f"{reason}; not before {not_before.isoformat(timespec='seconds')}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.not_before, self.reason))
 
 
 def _pipeline_can_suspend() -> bool:
@@ -338,23 +379,40 @@ def _wait_quietly(process: Any) -> None:
         pass  # non-zero exit: the caller reads the return code
 
 
-def _retry_agent_failures(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect's retry_condition_fn: retry what the run's own decision allows; bugs fail at once."""
+def _seconds_until(when: datetime) -> float:
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _retry_agent_failures(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect's retry_condition_fn: retry what the failure's own decision allows, after the wait it decided.
+
+    Prefect 3.8 (``handle_retry`` in prefect/task_engine.py) calls this and only then
+    reads ``task.retry_delay_seconds`` for the AwaitingRetry state it schedules, so the
+    delay set here is the decided wait: the UI shows when the next attempt starts, and
+    no task body sleeps through it. The stage makes a task object per call
+    (``with_options``), so no other run reads this delay. Bugs fail at once.
+    """
     from prefect.logging.loggers import task_run_logger
 
+    logger = task_run_logger(task_run, task)
     try:
         state.result()
+    except RetryNotDue as early:
+        task.retry_delay_seconds = _seconds_until(early.not_before)
+        logger.warning("%s: next attempt in %.1f s", early, task.retry_delay_seconds)
+        return True
     except AgentRunFailed as failure:
         decision = failure.decision
-        logger = task_run_logger(task_run, task)
         if failure.waits_for_usage_reset and _pipeline_can_suspend():
             logger.warning("%s: %s; the run waits without holding a process", failure.result.role, decision.why)
             return False  # the stage hands the wait to the pipeline (UsageLimitWait)
-        if decision.retry:
-            logger.warning("retrying %s: %s; next attempt in %.1f s", failure.result.role, decision.why, decision.wait_seconds)
-        else:
+        if not decision.retry:
             logger.warning("not retrying %s: %s", failure.result.role, decision.why)
-        return decision.retry
+            return False
+        assert failure.result.retry_not_before is not None
+        task.retry_delay_seconds = _seconds_until(failure.result.retry_not_before)
+        logger.warning("retrying %s: %s; next attempt in %.1f s", failure.result.role, decision.why, task.retry_delay_seconds)
+        return True
     except Exception:
         return False
     return False
@@ -368,26 +426,24 @@ def assess_run(result: AgentResult, invocation: AgentInvocation, earlier: list[A
     failure = classify_output(tail, exit_code=result.exit_code, timed_out=result.timed_out, now=result.ended_at)
     if failure is None and result.error is None:
         return result.model_copy(update=updates), None
-    kind = failure.kind.value if failure else "permanent"
-    reason = failure.reason if failure else "exit_code"
-    kinds = [run.failure_kind for run in earlier] + [kind]
-    decision = decide_retry(
+    kind = failure.kind if failure else FailureKind.permanent
+    kinds = [run.failure_kind for run in earlier] + [kind.value]
+    classification = Classification(
         kind=kind,
-        reason=reason,
-        transient_failures=kinds.count("transient"),
-        permanent_failures=kinds.count("permanent"),
-        usage_limit_waits=kinds.count("usage_limit"),
-        policy=invocation.retry,
+        reason=failure.reason if failure else "exit_code",
         retry_after=failure.retry_after_seconds if failure else None,
         resets_at=failure.resets_at if failure else None,
-        now=result.ended_at,
-        usage_limit_margin_seconds=get_settings().usage_limit_margin_seconds,
+        transient_failures=kinds.count(FailureKind.transient.value),
+        permanent_failures=kinds.count(FailureKind.permanent.value),
+        usage_limit_waits=kinds.count(FailureKind.usage_limit.value),
     )
+    policy = invocation.retry.model_copy(update={"usage_limit_margin_seconds": get_settings().usage_limit_margin_seconds})
+    decision = decide_retry(classification, policy, now=result.ended_at)
     updates.update(
-        failure_kind=kind,
-        failure_reason=reason,
-        retry_after_seconds=failure.retry_after_seconds if failure else None,
-        retry_not_before=not_before(result.ended_at, decision.wait_seconds) if decision.retry else None,
+        failure_kind=kind.value,
+        failure_reason=classification.reason,
+        retry_after_seconds=classification.retry_after,
+        retry_not_before=result.ended_at + timedelta(seconds=decision.wait_seconds) if decision.retry else None,
     )
     return result.model_copy(update=updates), decision
 
@@ -397,20 +453,21 @@ def usage_reset_note(until: datetime) -> str:
     return f"waiting for usage-limit reset until {until.astimezone().strftime('%H:%M %Z')}"
 
 
-def _wait_for_retry_window(
-    earlier: list[Any], ledger: Ledger, invocation: AgentInvocation, logger: logging.LoggerAdapter[Any] | logging.Logger
-) -> None:
-    """Start no sooner than the previous failure allows (backoff, Retry-After, usage-limit reset)."""
+def _enter_retry_window(earlier: list[Any], ledger: Ledger, invocation: AgentInvocation) -> None:
+    """Start no sooner than the previous failure allows (backoff, Retry-After, usage-limit reset).
+
+    A retry Prefect scheduled, or a pipeline rescheduled for a usage-limit reset, starts
+    in time. Only a rerun (after a crash) can come early: it raises :class:`RetryNotDue`,
+    and Prefect schedules the rest of the wait rather than this task sleeping through it.
+    """
     if not earlier or earlier[-1].retry_not_before is None:
         return
     previous = earlier[-1]
-    wait = (previous.retry_not_before - datetime.now(timezone.utc)).total_seconds()
-    usage_limit = previous.failure_kind == "usage_limit"
-    if wait > 0:
-        logger.info("waiting %.1f s before the next attempt (%s)", wait, previous.failure_reason)
+    usage_limit = previous.failure_kind == FailureKind.usage_limit.value
+    if previous.retry_not_before > datetime.now(timezone.utc):
         if usage_limit:
             ledger.set_state(invocation.work_item, WorkItemState.waiting_usage_limit, reason=usage_reset_note(previous.retry_not_before))
-        time.sleep(wait)
+        raise RetryNotDue(previous.retry_not_before, f"{invocation.role} ran again before its last failure's wait ({previous.failure_reason})")
     if usage_limit:
         ledger.set_state(invocation.work_item, WorkItemState.running, reason=f"usage limit reset; {invocation.role} runs again")
 
@@ -424,7 +481,7 @@ def run_agent(invocation: AgentInvocation) -> AgentResult:
     end_abandoned_agents(ledger, invocation.work_item, logger)
     resolve_mode(invocation.sandbox.mode, invocation.sandbox.network)  # `bwrap` that cannot work: fail before anything runs
     visit_runs = ledger.visit_runs(invocation.work_item, invocation.role, invocation.visit) if invocation.visit else []
-    _wait_for_retry_window(visit_runs, ledger, invocation, logger)
+    _enter_retry_window(visit_runs, ledger, invocation)
     check_budget(ledger, invocation.work_item, invocation.budget_usd)
     breaker = CircuitBreaker(
         invocation.provider,
@@ -468,7 +525,12 @@ def run_agent(invocation: AgentInvocation) -> AgentResult:
     if decision is not None:
         logger.warning(describe_failure(result))
         check_budget(ledger, invocation.work_item, invocation.budget_usd)  # a spent budget stops, whatever failed
-        raise AgentRunFailed(result, decision)
+        failure = agent_failure(result, decision)
+        if failure.waits_for_usage_reset and not _pipeline_can_suspend():
+            # Nothing can reschedule the pipeline: this task's retry, scheduled for the reset, waits instead.
+            assert result.retry_not_before is not None
+            ledger.set_state(invocation.work_item, WorkItemState.waiting_usage_limit, reason=usage_reset_note(result.retry_not_before))
+        raise failure
     logger.info("%s attempt %s finished in %.1f s", invocation.role, attempt, result.duration_seconds)
     return result
 

@@ -8,7 +8,7 @@ for the messages the real Claude Code CLI prints (see
 ``tests/fixtures/claude/``) and for generic API and network errors.
 
 * transient: rate limit (429), overload (529), other 5xx, API timeouts, network errors;
-  retried with :func:`backoff_seconds`, never sooner than a Retry-After the log shows.
+  retried after :func:`sdlc.retry.backoff_seconds`, never sooner than a Retry-After the log shows.
 * usage_limit: a subscription limit that names its reset time; wait until ``resets_at``.
 * permanent: everything else (authentication, the agent's own timeout, unknown errors).
 """
@@ -19,12 +19,13 @@ import json
 import os
 import re
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
-from enum import Enum
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel
+
+from sdlc.retry import FailureKind as FailureKind
 
 LOG_TAIL_BYTES = 64 * 1024
 """How much of the end of a log is read and classified."""
@@ -32,14 +33,6 @@ MESSAGE_MAX_CHARS = 300
 SCAN_LINES = 50
 """Only the last this-many non-empty lines are searched for error patterns: older noise
 (an agent talking about HTTP 429 an hour before it failed) must not decide."""
-
-
-class FailureKind(str, Enum):
-    """What to do about a failed run."""
-
-    transient = "transient"
-    permanent = "permanent"
-    usage_limit = "usage_limit"
 
 
 class Failure(BaseModel):
@@ -364,11 +357,3 @@ def classify_log_tail(
 ) -> Failure | None:
     """:func:`classify_output` on the last :data:`LOG_TAIL_BYTES` of a log file."""
     return classify_output(read_tail(path), exit_code=exit_code, timed_out=timed_out, now=now)
-
-
-def backoff_seconds(attempt: int, *, base: float, cap: float, retry_after: float | None = None) -> float:
-    """``min(2**attempt * base, cap)``, never below ``retry_after``; ``attempt`` starts at 0."""
-    if attempt < 0:
-        raise ValueError("attempt starts at 0")
-    delay = min(base * 2.0 ** min(attempt, 100), cap)
-    return max(delay, retry_after) if retry_after is not None else delay

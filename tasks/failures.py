@@ -4,11 +4,23 @@
 
     SdlcError(Exception)                  anything sdlc-flows raises on purpose
     +-- TransientError                    retry later (rate limit, network, busy)
+    |   +-- AgentRunTransient *           the agent hit a 429, an overload, a 5xx or the network
+    |   +-- RetryNotDue                   a rerun came before the wait its last failure decided
     +-- UsageLimitWait                    the provider's usage limit resets at a named time
+    +-- AgentRunFailed                    any failed agent run: its result and retry decision
+    |   +-- AgentRunTransient *
+    |   +-- AgentUsageLimited             the agent hit its subscription's usage limit
+    |   +-- AgentRunPermanent *
     +-- PermanentError                    stop and notify a person
+        +-- AgentRunPermanent *           the agent's own failure (exit code, timeout, auth)
+        +-- BudgetExceeded                the work item spent its budget
         +-- PushRejected                  origin refused the push (non-fast-forward, hook)
         +-- GitOperationError             a git command failed (merge conflict, bad ref)
 
+    * under two parents: catch ``AgentRunFailed`` for any failed run, or the kind you handle.
+
+The agent's classes live in ``tasks/agent.py``; whether and when a failure is retried
+is :func:`sdlc.retry.decide_retry`'s to say, not the class's.
 Wrap lower-level exceptions with ``raise ... from exc`` so the cause stays visible.
 """
 

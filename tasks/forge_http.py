@@ -1,10 +1,10 @@
 """One HTTP call to a forge's REST API with the retry policy every forge shares (B42, B43).
 
-429, 5xx, timeouts and transport errors are retried with backoff, never sooner
-than a Retry-After (or GitHub's ``x-ratelimit-reset`` when the limit is spent);
-any other 4xx fails at once with the forge's own message. The statuses a caller
-handles itself (a 409 for a duplicate PR, a 404 for "none yet") are passed in
-``expected`` and returned, not raised.
+429, 5xx, timeouts and transport errors are retried as :class:`sdlc.retry.HttpRetry`
+decides, never sooner than a Retry-After (or GitHub's ``x-ratelimit-reset`` when the
+limit is spent); any other 4xx fails at once with the forge's own message. The
+statuses a caller handles itself (a 409 for a duplicate PR, a 404 for "none yet")
+are passed in ``expected`` and returned, not raised.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Self
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, Field
 
 from sdlc.models import PullRequestRef, validate_branch, validate_work_item_id
+from sdlc.retry import HttpRetry as HttpRetry
+from sdlc.retry import backoff_seconds
 from tasks.failures import PermanentError, TransientError
-from tasks.retry_policy import backoff_seconds
 
 if TYPE_CHECKING:
     from blocks.forge import _ForgeCredentials
@@ -28,12 +28,6 @@ if TYPE_CHECKING:
 REFIND_ATTEMPTS = 3
 
 logger = logging.getLogger("sdlc.forge")
-
-
-class HttpRetry(BaseModel):
-    max_attempts: int = Field(default=5, ge=1)
-    backoff_base_seconds: float = Field(default=0.5, gt=0)
-    backoff_cap_seconds: float = Field(default=30.0, gt=0)
 
 
 class ForgeHTTPError(PermanentError):
@@ -115,6 +109,7 @@ def call(
     """
     retry = retry or HttpRetry()
     wanted = set(expected)
+    name = _call_name(service, method, path)
     last = ""
     for attempt in range(retry.max_attempts):
         retry_after: float | None = None
@@ -129,17 +124,16 @@ def call(
                 raise ForgeHTTPError(method, path, response.status_code, describe(response), service)
             last = f"{response.status_code}: {describe(response)}"
             retry_after = _retry_after(response, time.time())
-        if attempt + 1 == retry.max_attempts:
+        decision = retry.decide(attempt, last, retry_after=retry_after)
+        if not decision.retry:
+            if attempt + 1 < retry.max_attempts:  # asked to wait longer than the policy allows
+                raise TransientError(f"{name}: {decision.why}")
             break
-        wait = backoff_seconds(
-            attempt, base=retry.backoff_base_seconds, cap=retry.backoff_cap_seconds, retry_after=retry_after
-        )
         logger.warning(
-            "%s failed (%s); retry %d of %d in %.1f s",
-            _call_name(service, method, path), last, attempt + 1, retry.max_attempts - 1, wait,
+            "%s failed (%s); retry %d of %d in %.1f s", name, last, attempt + 1, retry.max_attempts - 1, decision.wait_seconds
         )
-        sleep(wait)
-    raise TransientError(f"{_call_name(service, method, path)} kept failing after {retry.max_attempts} attempts: {last}")
+        sleep(decision.wait_seconds)
+    raise TransientError(f"{name} kept failing after {retry.max_attempts} attempts: {last}")
 
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -286,7 +280,9 @@ class RestRepository:
             if existing is not None:
                 return existing
             if attempt + 1 < REFIND_ATTEMPTS:
-                self._sleep(self._retry.backoff_base_seconds * 2**attempt)
+                self._sleep(
+                    backoff_seconds(attempt, base=self._retry.backoff_base_seconds, cap=self._retry.backoff_cap_seconds)
+                )
         raise TransientError(
             f"{self.forge_name} says a pull request already exists for {branch} into {base} of "
             f"{self.owner}/{self.repo} ({created}), but lists none open"

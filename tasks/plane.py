@@ -2,9 +2,10 @@
 
 Plain methods on one client; the pipeline wraps them in tasks. Every request goes
 through :func:`tasks.forge_http.call`, so Plane gets the retry policy the forges
-have: a 429 waits its ``Retry-After`` (never less), 5xx and timeouts are retried
-with backoff, any other 4xx fails at once with Plane's own message. What Plane
-does that a client must not get wrong (``tests/contracts/plane-endpoints.md``):
+have (:class:`sdlc.retry.HttpRetry`): a 429 waits its ``Retry-After`` (never less),
+5xx and timeouts are retried with backoff, any other 4xx fails at once with Plane's
+own message. What Plane does that a client must not get wrong
+(``tests/contracts/plane-endpoints.md``):
 
 * every path ends with ``/``, and a list without ``per_page`` gets up to 1000
   items (the docs say 20): every list here sends ``per_page`` and follows
@@ -37,8 +38,9 @@ import httpx
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from blocks.plane import STATE_KEYS, PlaneCredentials, StateKey, canonical_uuid
+from sdlc.retry import HttpRetry
 from tasks.failures import PermanentError
-from tasks.forge_http import ForgeHTTPError, HttpRetry, call, forge_message
+from tasks.forge_http import ForgeHTTPError, call, forge_message
 
 PER_PAGE = 100  # the documented maximum
 STATES_TTL_SECONDS = 300.0  # how soon states renamed or added in Plane are seen by a running process

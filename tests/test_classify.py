@@ -1,4 +1,4 @@
-"""B30/B31: classify failed agent runs from the tail of their log; backoff.
+"""B30/B31: classify failed agent runs from the tail of their log (the backoff is tests/test_retry.py's).
 
 Table-driven over every fixture in tests/fixtures/claude (captured from the real CLI by
 capture.py, plus the hand-written forms the contract documents), then synthetic cases.
@@ -17,7 +17,6 @@ from tasks.classify import (
     Failure,
     FailureKind,
     RunUsage,
-    backoff_seconds,
     classify_log_tail,
     classify_output,
     parse_result_json,
@@ -274,33 +273,6 @@ def test_read_tail(tmp_path: Path) -> None:
     assert read_tail(log, max_bytes=20) == "last é line\n"  # the partial line is dropped
     assert read_tail(tmp_path / "missing.log") == ""
     assert len(read_tail(log, max_bytes=5).encode()) <= 5
-
-
-# -- backoff (B31) -----------------------------------------------------------------------
-
-@pytest.mark.parametrize(
-    "attempt, base, cap, retry_after, expected",
-    [
-        (0, 2.0, 60.0, None, 2.0),
-        (1, 2.0, 60.0, None, 4.0),
-        (2, 2.0, 60.0, None, 8.0),
-        (4, 2.0, 60.0, None, 32.0),
-        (5, 2.0, 60.0, None, 60.0),
-        (50, 2.0, 60.0, None, 60.0),
-        (5000, 2.0, 60.0, None, 60.0),
-        (0, 2.0, 60.0, 7.0, 7.0),
-        (3, 2.0, 60.0, 7.0, 16.0),
-        (10, 2.0, 60.0, 120.0, 120.0),  # retry_after above the cap wins
-        (0, 0.5, 30.0, 0.0, 0.5),
-    ],
-)
-def test_backoff_seconds(attempt: int, base: float, cap: float, retry_after: float | None, expected: float) -> None:
-    assert backoff_seconds(attempt, base=base, cap=cap, retry_after=retry_after) == expected
-
-
-def test_backoff_rejects_negative_attempts() -> None:
-    with pytest.raises(ValueError):
-        backoff_seconds(-1, base=1, cap=10)
 
 
 def test_reset_time_is_relative_to_now() -> None:

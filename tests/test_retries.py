@@ -14,8 +14,8 @@ import pytest
 
 from sdlc.models import AgentSpec, WorkItemRequest
 from demo.sample import create_sample_repo
+from sdlc.retry import backoff_seconds
 from tasks.breaker import BreakerState, after_success, after_transient
-from tasks.retry_policy import RetryPolicy, backoff_seconds, decide_retry
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
 
@@ -25,33 +25,8 @@ NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
     [(0, None, 5), (1, None, 10), (3, None, 40), (10, None, 300), (0, 7, 7), (3, 7, 40), (10, 900, 900)],
 )
 def test_backoff_is_capped_and_never_sooner_than_retry_after(attempt: int, retry_after: float | None, expected: float) -> None:
+    """The agent's defaults (base 5 s, cap 300 s); the decision table is tests/test_retry.py's."""
     assert backoff_seconds(attempt, base=5, cap=300, retry_after=retry_after) == expected
-
-
-@pytest.mark.parametrize(
-    ("kind", "transient", "permanent", "retry", "why"),
-    [
-        ("transient", 1, 0, True, "transient retry 1 of 5"),
-        ("transient", 5, 1, True, "transient retry 5 of 5"),
-        ("transient", 6, 0, False, "transient budget of 5 retries spent"),
-        ("permanent", 5, 1, True, "attempt 1 of 2 failed"),  # transient failures did not spend it
-        ("permanent", 0, 2, False, "2 of 2 attempts failed"),
-    ],
-)
-def test_budgets_are_separate(kind: str, transient: int, permanent: int, retry: bool, why: str) -> None:
-    decision = decide_retry(
-        kind=kind, reason="r", transient_failures=transient, permanent_failures=permanent,
-        usage_limit_waits=0, policy=RetryPolicy(), now=NOW,
-    )
-    assert decision.retry is retry and why in decision.why
-
-
-def test_usage_limit_waits_for_the_reset_without_spending_budgets() -> None:
-    decision = decide_retry(
-        kind="usage_limit", reason="usage_limit", transient_failures=5, permanent_failures=1,
-        usage_limit_waits=1, policy=RetryPolicy(), resets_at=NOW + timedelta(minutes=10), now=NOW,
-    )
-    assert decision.retry and decision.wait_seconds == 600 + 30
 
 
 def test_breaker_opens_after_threshold_and_one_success_closes_it() -> None:
@@ -97,6 +72,61 @@ def test_retry_after_is_honoured_before_the_next_attempt(tmp_path: Path) -> None
     assert (first.failure_kind, first.failure_reason, first.retry_after_seconds) == ("transient", "rate_limit", 3)
     assert second.exit_code == 0
     assert (second.started_at - first.ended_at).total_seconds() >= 3
+    # Prefect scheduled the wait (issue 14): the task run went to AwaitingRetry until the Retry-After,
+    # it did not sleep through it while Running.
+    awaiting = [s for s in run_agent_states(first.flow_run_id) if s.name == "AwaitingRetry"]
+    assert len(awaiting) == 1, awaiting
+    scheduled = awaiting[0].state_details.scheduled_time
+    assert scheduled is not None and scheduled >= first.ended_at + timedelta(seconds=3)
+    assert second.started_at >= scheduled
+
+
+@pytest.mark.usefixtures("prefect_api", "data_dir")
+def test_a_usage_limit_without_a_deployment_is_a_task_retry_scheduled_for_the_reset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14: nothing can reschedule a pipeline without a deployment, so Prefect schedules the
+    agent task's retry for the reset (AwaitingRetry) and no task body sleeps through it; no budget is spent."""
+    import time
+
+    from flows.pipeline import sdlc_pipeline
+
+    monkeypatch.setenv("SDLC_USAGE_LIMIT_MARGIN_SECONDS", "0")
+    reset = int(time.time()) + 4
+    agent = tmp_path / "limited_agent.py"
+    agent.write_text(
+        "import os, sys\n"
+        "if os.environ['SDLC_ATTEMPT'] == '1':\n"
+        f"    print('Claude AI usage limit reached|{reset}')\n"
+        "    sys.exit(1)\n"
+    )
+    request = WorkItemRequest(
+        work_item="ET-9", title="Wait for the reset", repo=str(create_sample_repo(tmp_path / "repos")), auto_approve=True,
+        agent=AgentSpec(kind="custom", command=[sys.executable, str(agent)], max_attempts=1, transient_retries=0),
+    )
+    sdlc_pipeline(request=request, return_state=True)  # the analyst writes nothing: its gate stops the run later
+    first, second = runs_of("analyst")[:2]
+    assert (first.failure_kind, second.failure_kind, second.exit_code) == ("usage_limit", None, 0)
+    reset_at = datetime.fromtimestamp(reset, timezone.utc)
+    assert first.retry_not_before == reset_at and second.started_at >= reset_at
+    (awaiting,) = [s for s in run_agent_states(first.flow_run_id) if s.name == "AwaitingRetry"]
+    assert awaiting.state_details.scheduled_time >= reset_at
+
+
+def run_agent_states(flow_run_id: str | None) -> list[Any]:
+    """Every state the stage flow run's run-agent task run went through, oldest first."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+
+    assert flow_run_id is not None
+    with get_client(sync_client=True) as client:
+        (task_run,) = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="run-agent")),
+        )
+        return sorted(client.read_task_run_states(task_run.id), key=lambda state: state.timestamp)
 
 
 @pytest.mark.usefixtures("prefect_api", "data_dir")
