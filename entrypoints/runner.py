@@ -158,6 +158,7 @@ def take_over(flow_run_id: UUID, work_item: str) -> None:
 
 def unfinished_run(work_item: str) -> UUID | None:
     """The work item's flow run when it has not ended (waiting, scheduled, or cut off)."""
+    from flows.replay import refused_resume
     from tasks.ledger import Ledger
 
     row = Ledger.from_settings().get_work_item(work_item)
@@ -167,7 +168,9 @@ def unfinished_run(work_item: str) -> UUID | None:
         state = _read(UUID(row.flow_run_id)).state
     except Exception:  # noqa: BLE001 - a run the server no longer knows cannot be resumed
         return None
-    if state is not None and state.is_completed():
+    # A run that refused to replay its recorded calls (recorded by another version) cannot go on:
+    # the work item starts again as a new run.
+    if state is not None and (state.is_completed() or refused_resume(state.message)):
         return None
     return UUID(row.flow_run_id)
 
