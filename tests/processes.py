@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10) -> bool:
@@ -16,6 +17,21 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10) -> bool:
             return True
         time.sleep(0.05)
     return condition()
+
+
+def end(process: subprocess.Popen[Any], grace: float = 10) -> None:
+    """End a process a test started, whatever the test's outcome: SIGTERM, SIGKILL after ``grace``
+    seconds, reaped and its pipes drained and closed. Nothing to do for one that already ended."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.communicate(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    try:
+        process.communicate(timeout=grace)
+    except (ValueError, OSError, subprocess.TimeoutExpired):  # pipes already read and closed, or a stuck reader
+        process.wait(timeout=grace)
 
 
 def alive(pid: int) -> bool:

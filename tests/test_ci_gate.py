@@ -21,16 +21,29 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
 @pytest.fixture
-def gitea(tmp_path: Path) -> Iterator[GiteaTestServer]:
+def gitea(tmp_path: Path, data_dir: Path) -> Iterator[GiteaTestServer]:
     with GiteaTestServer(tmp_path / "gitea") as server:
         yield server
         assert server.violations == []
 
 
-def context(gitea: GiteaTestServer, tmp_path: Path, timeout: float = 10) -> tuple[GateContext, str]:
+def context(
+    gitea: GiteaTestServer, tmp_path: Path, timeout: float = 10, config: str | None = None
+) -> tuple[GateContext, str]:
+    """The development gate's context on the work item's worktree of a new Gitea repository (made as the
+    pipeline makes it); ``config``: the `.sdlc/config.yaml` a person pushed to its default branch first."""
+    from tasks.worktree import ensure_worktree
+
     origin = gitea.create_repo("team", "app")
-    worktree = tmp_path / "worktree"
-    subprocess.run(["git", "clone", "-q", str(origin), str(worktree)], check=True)
+    if config is not None:
+        person = tmp_path / "person"
+        subprocess.run(["git", "clone", "-q", str(origin), str(person)], check=True)
+        (person / ".sdlc").mkdir(exist_ok=True)
+        (person / ".sdlc" / "config.yaml").write_text(config)
+        identity = ["-c", "user.name=Test Person", "-c", "user.email=person@example.test", "-c", "commit.gpgsign=false"]
+        for args in (["add", ".sdlc/config.yaml"], [*identity, "commit", "-q", "-m", "test command"], ["push", "-q", "origin", "HEAD"]):
+            subprocess.run(["git", "-C", str(person), *args], check=True)
+    worktree = ensure_worktree(str(origin), "feature/ET-1-gate")
     sha = subprocess.run(["git", "-C", str(worktree), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     block = f"gitea-{uuid.uuid4().hex[:8]}"
     GiteaCredentials(api_url=gitea.api_url, token=DEFAULT_TOKEN).save(block)
@@ -62,7 +75,33 @@ def test_gate_fails_on_red_ci_and_on_ci_that_never_finishes(gitea: GiteaTestServ
     assert failed.outcome == "fail" and failed.reason == f"CI failed on {sha[:12]}"
 
 
-def test_gate_without_ci_on_the_forge_runs_the_local_tests(gitea: GiteaTestServer, tmp_path: Path) -> None:
+FAILING_TESTS = (
+    "import pathlib, sys; pathlib.Path('local-tests-ran').write_text('yes'); "
+    "print('LOCAL SUITE: 1 failed, 2 passed'); sys.exit(3)"
+)
+
+
+def test_gate_without_ci_on_the_forge_runs_the_local_tests(
+    gitea: GiteaTestServer, tmp_path: Path, data_dir: Path
+) -> None:
+    """No CI status on the head: the default branch's test command runs in the worktree, and its failure
+    (exit code, output) is the gate's."""
+    import json
+
+    ctx, sha = context(gitea, tmp_path, config=f"test_command: {json.dumps(['python3', '-c', FAILING_TESTS])}\n")
+    result = evaluate_gate(ctx)
+    assert (ctx.worktree / "local-tests-ran").read_text() == "yes"
+    assert result.outcome == "fail" and not result.passed
+    assert result.reason == f"no CI reported for {sha[:12]}; tests failed (exit 3): python3 -c {FAILING_TESTS}"
+    assert "LOCAL SUITE: 1 failed, 2 passed" in result.details
+    assert result.artifact is not None and "LOCAL SUITE" in Path(result.artifact).read_text()
+    status_reads = [r for r in gitea.requests if r.method == "GET" and r.path.endswith(f"/commits/{sha}/status")]
+    assert len(status_reads) == 1  # the forge was asked first
+
+
+def test_gate_without_ci_or_a_test_command_passes_and_says_it_checked_nothing(
+    gitea: GiteaTestServer, tmp_path: Path, data_dir: Path
+) -> None:
     ctx, sha = context(gitea, tmp_path)
     result = evaluate_gate(ctx)
     assert result.passed and result.reason.startswith(f"no CI reported for {sha[:12]}; no test command configured")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,7 +22,9 @@ from blocks.agent_profile import AgentProfile
 from fake_anthropic import FakeAnthropic, Reply, claude_cli_env
 from sdlc.models import AgentSpec, WorkItemRequest
 from demo.sample import create_sample_repo
+from sdlc.graph import BUILTIN_PROMPTS
 
+REPOSITORY_ARCHITECT_PROMPT = "You are Team Ledger's architect: every design must name its rollback plan.\n"
 CLAUDE = Path(__file__).resolve().parents[1] / "tools" / "node_modules" / ".bin" / "claude"
 ROLE_IN_PROMPT = re.compile(r"You are the (\w+) of this repository's delivery pipeline")
 OUT = '"$SDLC_ARTIFACTS_DIR"'
@@ -95,6 +98,14 @@ def test_pipeline_with_the_real_claude_cli(tmp_path: Path, data_dir: Path, fake_
     fake_api.script(Reply.error(429, "rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit"))
 
     origin = create_sample_repo(tmp_path / "repos")
+    # The repository's own architect prompt, on origin's default branch, overrides the built-in one.
+    person = tmp_path / "person"
+    subprocess.run(["git", "clone", "-q", str(origin), str(person)], check=True)
+    (person / ".sdlc" / "agents").mkdir(parents=True)
+    (person / ".sdlc" / "agents" / "architect.md").write_text(REPOSITORY_ARCHITECT_PROMPT)
+    identity = ["-c", "user.name=Test Person", "-c", "user.email=person@example.test", "-c", "commit.gpgsign=false"]
+    for args in (["add", ".sdlc"], [*identity, "commit", "-q", "-m", "our architect"], ["push", "-q", "origin", "main"]):
+        subprocess.run(["git", "-C", str(person), *args], check=True)
     request = WorkItemRequest(
         work_item="ET-50", title="Claude does it", repo=str(origin), auto_approve=True,
         agent=AgentSpec(kind="claude", profile_block=block_name, backoff_base_seconds=0.2),
@@ -124,6 +135,18 @@ def test_pipeline_with_the_real_claude_cli(tmp_path: Path, data_dir: Path, fake_
     # The model saw round one again: a request whose history holds the developer's prompt twice.
     asked = [json.dumps(r["body"].get("messages", [])) for r in fake_api.message_requests()]
     assert any(text.count("You are the developer") >= 2 for text in asked)
+    # The system prompt the model got: the repository's for the architect, the built-in one for the others.
+    systems: dict[str, set[str]] = {}
+    for r in fake_api.message_requests():
+        match = ROLE_IN_PROMPT.search(json.dumps(r["body"].get("messages", [])))
+        if match:
+            systems.setdefault(match.group(1), set()).add(json.dumps(r["body"].get("system", "")))
+    assert sorted(systems) == ["analyst", "architect", "deployer", "developer", "reviewer", "tester"]
+    assert all(REPOSITORY_ARCHITECT_PROMPT.strip() in system for system in systems["architect"])
+    assert not any(REPOSITORY_ARCHITECT_PROMPT.strip() in system for role in systems if role != "architect"
+                   for system in systems[role])
+    assert any(BUILTIN_PROMPTS.joinpath("developer.md").read_text().splitlines()[0] in system
+               for system in systems["developer"])
     # What the CLI's tools wrote was committed and merged.
     merged = os.popen(f"git -C {origin} show main:src/feature.py").read()
     assert "return 2" in merged  # the developer's second round, after the review

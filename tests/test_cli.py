@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from demo.sample import create_sample_repo
+from processes import end
 
 SDLC = [sys.executable, "-m", "entrypoints.cli"]
 
@@ -43,18 +44,41 @@ def wait_for_state(data_dir: Path, work_item: str, state: str, process: subproce
     raise AssertionError(f"{work_item} never reached {state}")
 
 
+def wait_for_runs(
+    data_dir: Path, work_item: str, role: str, count: int, process: subprocess.Popen[str], timeout: float = 90
+) -> None:
+    """Until ``role`` has started ``count`` runs on ``work_item`` (a rejection or an answer has been taken up)."""
+    from tasks.ledger import Ledger
+
+    deadline = time.monotonic() + timeout
+    while (ran := sum(r.role == role for r in Ledger.from_settings().agent_runs(work_item))) < count:
+        if process.poll() is not None:
+            out, err = process.communicate()
+            raise AssertionError(f"sdlc run ended early ({process.returncode}):\n{out}\n{err}")
+        assert time.monotonic() < deadline, f"{work_item}: {role} ran {ran} times, not {count}"
+        time.sleep(0.2)
+
+
 def wait_for_suspension(flow_run_id: str, timeout: float = 30) -> None:
     """Until the flow run is suspended with its form saved: from then on no process holds it."""
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
 
+    from prefect.input.run_input import keyset_from_paused_state
+
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
         while not (state := client.read_flow_run(UUID(flow_run_id)).state) or not state.is_paused():
             assert time.monotonic() < deadline, f"the run never suspended (it is {state})"
             time.sleep(0.2)
-    time.sleep(1)  # Prefect saves the input form right after the state
+        # Prefect saves the input form (its schema) right after the state.
+        form = keyset_from_paused_state(state)["schema"]
+        while not any(saved.key == form for saved in client.filter_flow_run_input(
+            UUID(flow_run_id), key_prefix=form, limit=10, exclude_keys=set()
+        )):
+            assert time.monotonic() < deadline, f"the run's input form {form} was never saved"
+            time.sleep(0.2)
 
 
 def status(env: dict[str, str], work_item: str) -> dict[str, Any]:
@@ -76,18 +100,21 @@ def test_questions_answers_and_approval_from_other_processes(tmp_path: Path, cli
     run = start_run(
         cli_env, "--repo", str(origin), "--work-item", "ET-21", "--title", "Export to CSV", "--scenario", str(scenario)
     )
-    # B11: the analyst asks; the pipeline waits for typed answers.
-    wait_for_state(data_dir, "ET-21", "needs_input", run)
-    answers = tmp_path / "answers.md"
-    answers.write_text("Use semicolons as separators.\n")
-    answered = sdlc(cli_env, "answer", "ET-21", "--file", str(answers), "--by", "bob")
-    assert answered.returncode == 0, answered.stderr
-    # B20: after a passing analysis gate it waits for approval.
-    wait_for_state(data_dir, "ET-21", "waiting_approval", run)
-    approved = sdlc(cli_env, "approve", "ET-21", "--by", "alice", "--comment", "ship it")
-    assert approved.returncode == 0, approved.stderr
-    assert "ET-21 approved by alice" in approved.stdout
-    code, out, err = finish(run)
+    try:
+        # B11: the analyst asks; the pipeline waits for typed answers.
+        wait_for_state(data_dir, "ET-21", "needs_input", run)
+        answers = tmp_path / "answers.md"
+        answers.write_text("Use semicolons as separators.\n")
+        answered = sdlc(cli_env, "answer", "ET-21", "--file", str(answers), "--by", "bob")
+        assert answered.returncode == 0, answered.stderr
+        # B20: after a passing analysis gate it waits for approval.
+        wait_for_state(data_dir, "ET-21", "waiting_approval", run)
+        approved = sdlc(cli_env, "approve", "ET-21", "--by", "alice", "--comment", "ship it")
+        assert approved.returncode == 0, approved.stderr
+        assert "ET-21 approved by alice" in approved.stdout
+        code, out, err = finish(run)
+    finally:
+        end(run)
     assert code == 0, out + err
     assert "waiting for approval" in out and "sdlc approve ET-21" in out
     assert "/runs/flow-run/" in out and "ET-21 done. PR #1 merged" in out
@@ -109,13 +136,16 @@ def test_questions_answers_and_approval_from_other_processes(tmp_path: Path, cli
 def test_reject_sends_the_comment_back_to_the_analyst(tmp_path: Path, cli_env: dict[str, str], data_dir: Path) -> None:
     origin = create_sample_repo(tmp_path / "repos")
     run = start_run(cli_env, "--repo", str(origin), "--work-item", "ET-22", "--title", "Dark mode")
-    wait_for_state(data_dir, "ET-22", "waiting_approval", run)
-    rejected = sdlc(cli_env, "reject", "ET-22", "--comment", "Also cover high-contrast themes", "--by", "carol")
-    assert rejected.returncode == 0, rejected.stderr
-    time.sleep(1)
-    wait_for_state(data_dir, "ET-22", "waiting_approval", run)
-    assert sdlc(cli_env, "approve", "ET-22").returncode == 0
-    code, out, err = finish(run)
+    try:
+        wait_for_state(data_dir, "ET-22", "waiting_approval", run)
+        rejected = sdlc(cli_env, "reject", "ET-22", "--comment", "Also cover high-contrast themes", "--by", "carol")
+        assert rejected.returncode == 0, rejected.stderr
+        wait_for_runs(data_dir, "ET-22", "analyst", 2, run)  # the rejection was taken up
+        wait_for_state(data_dir, "ET-22", "waiting_approval", run)
+        assert sdlc(cli_env, "approve", "ET-22").returncode == 0
+        code, out, err = finish(run)
+    finally:
+        end(run)
     assert code == 0, out + err
     item = status(cli_env, "ET-22")
     assert [r["role"] for r in item["agent_runs"]][:3] == ["analyst", "analyst", "architect"]
@@ -202,14 +232,20 @@ def test_custom_agent_command_follows_the_b5_protocol(tmp_path: Path, cli_env: d
 
 
 def test_two_work_items_at_once_on_one_repository(tmp_path: Path, cli_env: dict[str, str], data_dir: Path) -> None:
+    from tasks.ledger import Ledger
+
     origin = create_sample_repo(tmp_path / "repos")
     runs = [
         start_run(cli_env, "--repo", str(origin), "--work-item", f"ET-3{n}", "--title", f"Feature {n}", "--auto-approve")
         for n in (1, 2)
     ]
-    for run in runs:
-        code, out, err = finish(run, timeout=240)
-        assert code == 0, out + err
+    try:
+        for run in runs:
+            code, out, err = finish(run, timeout=240)
+            assert code == 0, out + err
+    finally:
+        for run in runs:
+            end(run)
     items = [status(cli_env, f"ET-3{n}") for n in (1, 2)]
     assert sorted(item["pull_request"]["number"] for item in items) == [1, 2]
     worktrees = sorted(p.name for p in (data_dir / "worktrees").glob("*/*") if p.is_dir())
@@ -220,6 +256,15 @@ def test_two_work_items_at_once_on_one_repository(tmp_path: Path, cli_env: dict[
         assert subprocess.run(
             ["git", "-C", str(origin), "cat-file", "-e", f"main:docs/work-items/ET-3{n}/13-test-report.md"]
         ).returncode == 0
+    # At once, not one after the other: each work item's agents ran while the other's were running.
+    ledger = Ledger.from_settings()
+    spans = []
+    for n in (1, 2):
+        agent_runs = ledger.agent_runs(f"ET-3{n}")
+        assert all(r.ended_at is not None for r in agent_runs)
+        spans.append((min(r.started_at for r in agent_runs), max(r.ended_at for r in agent_runs)))
+    (first_start, first_end), (second_start, second_end) = spans
+    assert first_start < second_end and second_start < first_end, spans
 
 
 def test_a_waiting_run_survives_its_process_and_no_agent_runs_twice(
@@ -232,10 +277,13 @@ def test_a_waiting_run_survives_its_process_and_no_agent_runs_twice(
 
     origin = create_sample_repo(tmp_path / "repos")
     run = start_run(cli_env, "--repo", str(origin), "--work-item", "ET-31", "--title", "Resilient waits")
-    wait_for_state(data_dir, "ET-31", "waiting_approval", run)
-    wait_for_suspension(Ledger.from_settings().get_work_item("ET-31").flow_run_id)
-    run.send_signal(signal.SIGKILL)
-    run.wait(timeout=10)
+    try:
+        wait_for_state(data_dir, "ET-31", "waiting_approval", run)
+        wait_for_suspension(Ledger.from_settings().get_work_item("ET-31").flow_run_id)
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=10)
+    finally:
+        end(run)
 
     approved = sdlc(cli_env, "approve", "ET-31", "--by", "dana")
     assert approved.returncode == 0, approved.stderr

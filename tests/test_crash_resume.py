@@ -17,7 +17,7 @@ from pathlib import Path
 from demo.sample import create_sample_repo
 import pytest
 
-from processes import processes_with
+from processes import end, processes_with
 from test_cli import SDLC, sdlc, status
 
 
@@ -86,6 +86,7 @@ def test_sigkill_during_development_then_resume_goes_on_from_development(
         resumed = sdlc(env, "resume", "ET-41", timeout=240)
         assert not processes_with(str(markers)), "`sdlc resume` left the dead driver's agent running"
     finally:
+        end(run)
         for pid in processes_with(str(markers)):
             os.kill(pid, signal.SIGKILL)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

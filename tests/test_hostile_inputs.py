@@ -28,7 +28,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ import pytest
 from entrypoints.cli import main
 from sdlc.models import default_branch_name, validate_branch
 from demo.sample import create_sample_repo
-from test_cli import SDLC, wait_for_state
+from test_cli import SDLC, wait_for_runs, wait_for_state
 from test_webhooks import events_for
 
 LONG = 100_000
@@ -458,7 +457,7 @@ def test_hostile_approval_comments_are_plain_data_and_bad_ones_change_nothing(
         # Hostile but valid: a rejection from the command line, an approval from a webhook comment.
         by, first = watched.fill(BY_DATA, "b"), watched.fill(COMMENT_DATA, "k")
         assert run_cli(["reject", work_item, f"--by={by}", f"--comment={first}"]) == 0
-        time.sleep(1)
+        wait_for_runs(data_dir, work_item, "analyst", 2, run)  # the rejection was taken up
         wait_for_state(data_dir, work_item, "waiting_approval", run)
         second = watched.fill(WEBHOOK_COMMENT_DATA, "w")
         answer = deliver(receiver_app, "issue_comment", comment(origin, 62, f"/approve {second}"))

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sdlc.models import AgentSpec, WorkItemRequest
+from sdlc.models import AgentSpec, TrackerSpec, WorkItemRequest
 from demo.sample import create_sample_repo
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -41,16 +42,16 @@ def greet_request(origin: Path, agent: AgentSpec) -> WorkItemRequest:
     )
 
 
-def run_pipeline(tmp_path: Path, scenario: dict[str, Any] | None = None, **agent: Any) -> tuple[Any, Path]:
+def run_pipeline(
+    tmp_path: Path, scenario: dict[str, Any] | None = None, tracker: TrackerSpec | None = None, **agent: Any
+) -> tuple[Any, Path]:
     from flows.pipeline import sdlc_pipeline
 
     origin = create_sample_repo(tmp_path / "repos")
     scenario_file = tmp_path / "scenario.json"
     scenario_file.write_text(json.dumps(scenario or {}))
-    state = sdlc_pipeline(
-        request=greet_request(origin, AgentSpec(kind="scripted", scenario_file=str(scenario_file), **agent)),
-        return_state=True,
-    )
+    request = greet_request(origin, AgentSpec(kind="scripted", scenario_file=str(scenario_file), **agent))
+    state = sdlc_pipeline(request=request.model_copy(update={"tracker": tracker}), return_state=True)
     return state, origin
 
 
@@ -75,8 +76,25 @@ def task_file(data_dir: Path, role: str) -> str:
     return (worktree / f".task-{role}.md").read_text()
 
 
+def stage_run_logs(pipeline_run_id: Any) -> dict[str, list[Any]]:
+    """The Prefect logs of each stage flow run of a pipeline run, by run name (``ET-7-development-1``)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.instance().drain()
+    with get_client(sync_client=True) as client:
+        stages = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[pipeline_run_id]))
+        )
+        return {
+            run.name: client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+            for run in stages
+        }
+
+
 def test_happy_path_ends_with_the_pr_merged(tmp_path: Path, data_dir: Path) -> None:
-    state, origin = run_pipeline(tmp_path)
+    state, origin = run_pipeline(tmp_path, {"developer": {"sleep_seconds": 1}})
     assert state.is_completed(), state.message
     row, runs, transitions = ledger_view()
     assert (row.state, row.stage) == ("done", "done")
@@ -95,6 +113,18 @@ def test_happy_path_ends_with_the_pr_merged(tmp_path: Path, data_dir: Path) -> N
     log = git(origin, "log", "--format=%an|%s", "feature/ET-7-greet-by-name")
     assert "sdlc-flows bot|developer(ET-7): development for Greet by name" in log
     assert notifications(data_dir)[-1]["event"] == "done"
+    # What each agent printed streamed into its stage's flow run logs while it ran.
+    logs = stage_run_logs(state.state_details.flow_run_id)
+    assert sorted(logs) == sorted(f"ET-7-{stage}-1" for stage in ("analysis", "architecture", "development", "review",
+                                                                 "testing", "deploy"))
+    line = "developer | scripted agent: developer attempt 1 on ET-7 (stage development)"
+    (streamed,) = [log for log in logs["ET-7-development-1"] if log.message.startswith(line)]
+    developer = runs[roles(runs).index("developer")]
+    assert streamed.timestamp < developer.ended_at  # printed, then 1 s of sleep: read before the agent ended
+    assert streamed.task_run_id is not None
+    assert not any(line in log.message for name, stage_logs in logs.items() if name != "ET-7-development-1"
+                   for log in stage_logs)
+    assert any(log.message.startswith("reviewer | scripted agent: reviewer attempt 1") for log in logs["ET-7-review-1"])
 
 
 def test_review_request_changes_returns_to_development_with_the_findings(tmp_path: Path, data_dir: Path) -> None:
@@ -130,8 +160,33 @@ def test_tester_fail_returns_to_development_with_the_report(tmp_path: Path, data
     assert "13-test-report.md" in task_file(data_dir, "developer")
 
 
-def test_deploy_failure_blocks_at_development_and_alerts(tmp_path: Path, data_dir: Path) -> None:
-    state, origin = run_pipeline(tmp_path, {"deployer": {"fail": 1}})
+def test_deploy_failure_blocks_at_development_and_alerts(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The alert reaches people where they look: a Telegram chat and the work item's Plane item."""
+    from blocks.notifications import TelegramNotification
+    from blocks.plane import PlaneCredentials
+    from forge_servers.plane import DEFAULT_API_KEY, PlaneServer
+    from forge_servers.telegram import TelegramTestServer
+
+    token, chat = "123456789:AAH-sdlc_deploy_TOKEN_abcdefghijklmnop", "-1001234567890"
+    with TelegramTestServer(token, chats=(chat,)) as telegram, PlaneServer(tmp_path / "plane") as plane:
+        notifier = f"deploy-alerts-{uuid.uuid4().hex[:8]}"
+        TelegramNotification(bot_token=token, chat_id=chat, api_url=telegram.web_url).save(notifier)
+        monkeypatch.setenv("SDLC_NOTIFY_BLOCKS", f"sdlc-telegram/{notifier}")
+        project = plane.add_project("ET")
+        for name in ("In Review", "Needs Input", "Blocked"):
+            plane.add_state(project, name)
+        item = plane.add_work_item(project, "Greet by name", state="Todo")
+        block = f"plane-{uuid.uuid4().hex[:8]}"
+        PlaneCredentials(api_url=plane.api_url, api_key=DEFAULT_API_KEY, workspace_slug=plane.workspace,
+                         project_id=project, timeout_seconds=5).save(block)
+        state, origin = run_pipeline(
+            tmp_path, {"deployer": {"fail": 1}}, tracker=TrackerSpec(credentials_block=block, ref=item["id"])
+        )
+        alerts = [m.text for m in telegram.delivered]
+        plane_state = {s["id"]: s["name"] for s in plane.states(project)}[plane.work_item(item["id"])["state"]]
+        plane_comments = [c["comment_html"] for c in plane.comments(item["id"])]
     assert state.is_failed()
     row, runs, _ = ledger_view()
     assert (row.state, row.stage) == ("blocked", "development")
@@ -139,6 +194,11 @@ def test_deploy_failure_blocks_at_development_and_alerts(tmp_path: Path, data_di
     assert roles(runs).count("deployer") == 1  # the deploy gate judges the exit code: no silent retry
     assert any(n["event"] == "blocked" for n in notifications(data_dir))
     assert not origin_has(origin, "main", "docs/work-items/ET-7/13-test-report.md")
+    # The notifier got the alert with the reason; the tracker shows Blocked and says why.
+    (alert,) = [text for text in alerts if "blocked ET-7" in text]
+    assert alert.startswith("❌ sdlc-flows: blocked ET-7") and "deployer exited 1" in alert, alerts
+    assert plane_state == "Blocked"
+    assert any("blocked" in c and "deployer exited 1" in c for c in plane_comments), plane_comments
 
 
 def test_architect_conflict_goes_back_to_analysis_with_the_conflict(tmp_path: Path, data_dir: Path) -> None:
@@ -274,7 +334,7 @@ def test_prompts_come_from_the_default_branch_and_a_gate_that_checked_nothing_sa
     path, _, text = (worktree / "scratch" / "reviewer-1.txt").read_text().partition("\n")
     assert text == "THE DEFAULT BRANCH'S REVIEWER PROMPT\n"
     assert Path(path) == data_dir.resolve() / "prompts" / "ET-7" / "reviewer.md"  # outside the worktree
-    from tasks.taskfile import BUILTIN_PROMPTS
+    from sdlc.graph import BUILTIN_PROMPTS
 
     analyst_prompt = (worktree / "scratch" / "analyst-1.txt").read_text().partition("\n")[0]
     assert Path(analyst_prompt) == BUILTIN_PROMPTS / "analyst.md"  # none on the default branch

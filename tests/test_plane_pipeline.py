@@ -21,6 +21,7 @@ from blocks.plane import PlaneCredentials
 from blocks.webhooks import WebhookSettings
 from forge_servers.plane import DEFAULT_API_KEY, PlaneServer
 from demo.sample import create_sample_repo
+from processes import end, wait_for
 from test_cli import finish, wait_for_state
 from test_webhooks import Receiver
 
@@ -74,6 +75,18 @@ def wait_for_plane_state(plane: PlaneServer, project: str, item_id: str, name: s
         time.sleep(0.2)
 
 
+def wait_for_comment(plane: PlaneServer, item_id: str, *needles: str, timeout: float = 30) -> str:
+    """The first comment on the item holding every one of ``needles``, as soon as it has arrived."""
+    found: list[str] = []
+
+    def arrived() -> bool:
+        found[:] = [c["comment_html"] for c in plane.comments(item_id) if all(n in c["comment_html"] for n in needles)]
+        return bool(found)
+
+    assert wait_for(arrived, timeout), f"no comment with {needles} on the item: {plane.comments(item_id)}"
+    return found[0]
+
+
 def test_plane_follows_the_work_item_and_people_decide_by_commenting(
     plane: PlaneServer, prefect_api: str, cli_env: dict[str, str], data_dir: Path, tmp_path: Path
 ) -> None:
@@ -94,32 +107,36 @@ def test_plane_follows_the_work_item_and_people_decide_by_commenting(
          "--title", "Export to CSV", "--scenario", str(scenario), "--plane-block", block],
         env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    with Receiver(WebhookSettings(plane_secret=PLANE_SECRET)) as receiver:
-        wait_for_state(data_dir, work_item, "needs_input", run)
-        wait_for_plane_state(plane, project, item["id"], "Needs Input")
-        questions = plane.comments(item["id"])[-1]["comment_html"]
-        assert "has questions" in questions and "/answer" in questions and "/runs/flow-run/" in questions
+    try:
+        with Receiver(WebhookSettings(plane_secret=PLANE_SECRET)) as receiver:
+            wait_for_state(data_dir, work_item, "needs_input", run)
+            wait_for_plane_state(plane, project, item["id"], "Needs Input")
+            # The questions comment follows the state change; wait for it by what it says.
+            questions = wait_for_comment(plane, item["id"], "has questions")
+            assert "/answer" in questions and "/runs/flow-run/" in questions
 
-        answer = receiver.send("plane", "issue_comment", comment_delivery(plane, item["id"], APPROVER,
-                               "/answer Use semicolons as separators."), secret=PLANE_SECRET)
-        assert answer.status_code == 202, answer.text
-        wait_for_state(data_dir, work_item, "waiting_approval", run)
-        wait_for_plane_state(plane, project, item["id"], "In Review")
+            answer = receiver.send("plane", "issue_comment", comment_delivery(plane, item["id"], APPROVER,
+                                   "/answer Use semicolons as separators."), secret=PLANE_SECRET)
+            assert answer.status_code == 202, answer.text
+            wait_for_state(data_dir, work_item, "waiting_approval", run)
+            wait_for_plane_state(plane, project, item["id"], "In Review")
 
-        # Someone who is not an approver cannot approve; the run keeps waiting.
-        refused = receiver.send("plane", "issue_comment", comment_delivery(plane, item["id"], STRANGER, "/approve"),
-                                secret=PLANE_SECRET)
-        assert refused.status_code == 409 and "not an approver" in refused.json()["reason"]
-        unsigned = receiver.send("plane", "issue_comment", comment_delivery(plane, item["id"], APPROVER, "/approve"),
-                                 secret=None)
-        assert unsigned.status_code == 401
-        time.sleep(1)
-        wait_for_state(data_dir, work_item, "waiting_approval", run, timeout=1)
+            # Someone who is not an approver cannot approve; the run keeps waiting.
+            refused = receiver.send("plane", "issue_comment", comment_delivery(plane, item["id"], STRANGER, "/approve"),
+                                    secret=PLANE_SECRET)
+            assert refused.status_code == 409 and "not an approver" in refused.json()["reason"]
+            unsigned = receiver.send("plane", "issue_comment", comment_delivery(plane, item["id"], APPROVER, "/approve"),
+                                     secret=None)
+            assert unsigned.status_code == 401
+            time.sleep(1)  # nothing is to happen: a second in which the run could wrongly go on
+            wait_for_state(data_dir, work_item, "waiting_approval", run, timeout=1)
 
-        approved = receiver.send("plane", "issue_comment", comment_delivery(plane, item["id"], APPROVER,
-                                 "/approve ship it"), secret=PLANE_SECRET)
-        assert approved.status_code == 202, approved.text
-        code, out, err = finish(run, timeout=180)
+            approved = receiver.send("plane", "issue_comment", comment_delivery(plane, item["id"], APPROVER,
+                                     "/approve ship it"), secret=PLANE_SECRET)
+            assert approved.status_code == 202, approved.text
+            code, out, err = finish(run, timeout=180)
+    finally:
+        end(run)
     assert code == 0, out + err
 
     assert names[plane.work_item(item["id"])["state"]] == "Done"

@@ -25,6 +25,7 @@ from blocks.webhooks import WebhookSettings
 from forge_servers.gitea import GiteaTestServer
 from forge_servers.plane import PlaneServer
 from forge_servers.telegram import TelegramTestServer
+from processes import end
 from test_cli import finish, wait_for_state
 from test_plane_pipeline import APPROVER, comment_delivery
 from test_webhooks import Receiver
@@ -131,13 +132,16 @@ def test_no_secret_appears_in_logs_artifacts_parameters_ledger_or_agent_environm
              "--plane-block", names["plane"], "--verbose"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
-        settings = WebhookSettings(gitea_secret=secrets["gitea webhook secret"], plane_secret=secrets["plane webhook secret"])
-        with Receiver(settings) as receiver:
-            wait_for_state(data_dir, work_item, "waiting_approval", run)
-            approval = comment_delivery(plane, item["id"], APPROVER, "/approve")
-            answer = receiver.send("plane", "issue_comment", approval, secret=secrets["plane webhook secret"])
-            assert answer.status_code == 202, answer.text
-            code, out, err = finish(run, timeout=240)
+        try:
+            settings = WebhookSettings(gitea_secret=secrets["gitea webhook secret"], plane_secret=secrets["plane webhook secret"])
+            with Receiver(settings) as receiver:
+                wait_for_state(data_dir, work_item, "waiting_approval", run)
+                approval = comment_delivery(plane, item["id"], APPROVER, "/approve")
+                answer = receiver.send("plane", "issue_comment", approval, secret=secrets["plane webhook secret"])
+                assert answer.status_code == 202, answer.text
+                code, out, err = finish(run, timeout=240)
+        finally:
+            end(run)
         assert code == 0, out + err
 
         # Every integration was really on.

@@ -16,6 +16,7 @@ import pytest
 
 from blocks.webhooks import WebhookSettings
 from gitrepo import free_port
+from processes import end
 from demo.sample import create_sample_repo
 from entrypoints.webhooks import SOURCES, signature_for, signature_valid
 
@@ -187,26 +188,25 @@ def test_an_approve_comment_resumes_the_paused_pipeline(
     receiver: Receiver, prefect_api: str, cli_env: dict[str, str], data_dir: Path, tmp_path: Path
 ) -> None:
     from tasks.ledger import Ledger
+    from test_cli import wait_for_state
 
     origin = create_sample_repo(tmp_path / "repos")
     run = subprocess.Popen(
         [sys.executable, "-m", "entrypoints.cli", "run", "--repo", str(origin), "--work-item", "APP-12", "--title", "Approve me"],
         env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        row = Ledger.from_settings().get_work_item("APP-12") if (data_dir / "ledger.db").exists() else None
-        if row is not None and row.state == "waiting_approval":
-            break
-        time.sleep(0.3)
-    comment = {
-        "action": "created", "issue": {"number": 12, "title": "Approve me"},
-        "comment": {"body": "/approve ship it", "user": {"login": "alice"}},
-        "repository": {"full_name": "team/app", "name": "app", "clone_url": str(origin)},
-    }
-    answer = receiver.send("gitea", "issue_comment", comment, secret=GITEA_SECRET)
-    assert answer.status_code == 202, answer.text
-    out, err = run.communicate(timeout=180)
+    try:
+        wait_for_state(data_dir, "APP-12", "waiting_approval", run)
+        comment = {
+            "action": "created", "issue": {"number": 12, "title": "Approve me"},
+            "comment": {"body": "/approve ship it", "user": {"login": "alice"}},
+            "repository": {"full_name": "team/app", "name": "app", "clone_url": str(origin)},
+        }
+        answer = receiver.send("gitea", "issue_comment", comment, secret=GITEA_SECRET)
+        assert answer.status_code == 202, answer.text
+        out, err = run.communicate(timeout=180)
+    finally:
+        end(run)
     assert run.returncode == 0, out + err
     reasons = [t.reason for t in Ledger.from_settings().transitions("APP-12")]
     assert "approved by alice" in reasons
