@@ -18,7 +18,7 @@ SANDBOX_MISSING := $(if $(wildcard /usr/bin/bwrap),,bubblewrap) $(if $(wildcard 
 	$(if $(wildcard /usr/sbin/ip /usr/bin/ip /sbin/ip /bin/ip),,iproute2)
 SANDBOX_MISSING := $(strip $(SANDBOX_MISSING))
 
-.PHONY: install demo test clean tools-missing system-packages
+.PHONY: install demo test lint clean tools-missing system-packages
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,7 +55,16 @@ install: system-packages $(STAMP) $(TOOLS_STAMP)
 demo: $(STAMP)
 	$(BIN)/sdlc demo
 
-test: install
+# The code sdlc runs: flows, tasks, blocks, the core, the entry points and the demo (tests are not linted).
+LINTED := flows tasks blocks sdlc entrypoints demo deployments
+
+# ruff (lint and format) and mypy, pinned in requirements.lock; configured in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
+
+test: install lint
 	$(BIN)/python -m pytest -q
 
 clean:

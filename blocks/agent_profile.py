@@ -11,7 +11,7 @@ import sys
 from typing import ClassVar, Literal
 
 from prefect.blocks.core import Block
-from pydantic import Field, model_validator
+from pydantic import Field, HttpUrl, model_validator
 
 from sdlc.models import AgentKind
 
@@ -50,7 +50,7 @@ class AgentProfile(Block):
     _block_type_name: ClassVar[str] = "SDLC Agent Profile"
     _block_type_slug: ClassVar[str] = "sdlc-agent-profile"
     _description: ClassVar[str] = "Agent CLI, models, tools and timeouts per role for sdlc-flows."
-    _documentation_url: ClassVar[str] = "https://docs.prefect.io/v3/concepts/blocks"
+    _documentation_url: ClassVar[HttpUrl] = HttpUrl("https://docs.prefect.io/v3/concepts/blocks")
     _code_example: ClassVar[str] = """
 ```python
 from blocks.agent_profile import AgentProfile
@@ -63,7 +63,9 @@ profile = AgentProfile.load("BLOCK_NAME")
     kind: AgentKind = Field(default="scripted", description="scripted, claude, codex, gemini, aider or custom.")
     binary: str | None = Field(default=None, description="Executable; defaults to the kind's own name on PATH.")
     command: list[str] | None = Field(default=None, description="Full argument list of a custom agent.")
-    models: dict[str, str] = Field(default_factory=dict, description="Model per role; unset roles use the kind's default.")
+    models: dict[str, str] = Field(
+        default_factory=dict, description="Model per role; unset roles use the kind's default."
+    )
     allowed_tools: dict[str, list[str]] = Field(default_factory=dict, description="Allowed tools per role (claude).")
     extra_args: list[str] = Field(default_factory=list, description="Arguments appended to every run.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the agent (no secrets).")
@@ -73,17 +75,22 @@ profile = AgentProfile.load("BLOCK_NAME")
         default=None, description="Confine this profile's agents: auto, bwrap or none (unset: SDLC_AGENT_SANDBOX)."
     )
     sandbox_read_paths: list[str] = Field(
-        default_factory=list, description="Paths its agents may read in the sandbox, e.g. a CLI's login under ~/.claude."
+        default_factory=list,
+        description="Paths its agents may read in the sandbox, e.g. a CLI's login under ~/.claude.",
     )
-    sandbox_write_paths: list[str] = Field(default_factory=list, description="Paths its agents may write in the sandbox.")
-    network: bool = Field(default=True, description="Outbound network in the sandbox (never the worker's loopback); false: none.")
+    sandbox_write_paths: list[str] = Field(
+        default_factory=list, description="Paths its agents may write in the sandbox."
+    )
+    network: bool = Field(
+        default=True, description="Outbound network in the sandbox (never the worker's loopback); false: none."
+    )
     resume_sessions: bool = Field(
         default=True,
         description="When work comes back to a role, continue its previous CLI session (claude --resume).",
     )
 
     @model_validator(mode="after")
-    def _custom_needs_command(self) -> "AgentProfile":
+    def _custom_needs_command(self) -> AgentProfile:
         if self.kind == "custom" and not self.command:
             raise ValueError("a custom agent profile needs `command`")
         return self
@@ -118,12 +125,19 @@ profile = AgentProfile.load("BLOCK_NAME")
         elif kind == "claude":
             tools = self.allowed_tools.get(role, DEFAULT_TOOLS.get(role, ["Read", "Write", "Edit"]))
             argv = [
-                self.binary or "claude", "-p", prompt,
-                "--output-format", "json",
-                "--model", model,
-                "--append-system-prompt-file", system_prompt_file,
-                "--allowedTools", ",".join(tools),
-                "--permission-mode", "acceptEdits",
+                self.binary or "claude",
+                "-p",
+                prompt,
+                "--output-format",
+                "json",
+                "--model",
+                model,
+                "--append-system-prompt-file",
+                system_prompt_file,
+                "--allowedTools",
+                ",".join(tools),
+                "--permission-mode",
+                "acceptEdits",
             ]
             if max_budget_usd is not None:
                 argv += ["--max-budget-usd", f"{max_budget_usd:.4f}"]
@@ -131,33 +145,51 @@ profile = AgentProfile.load("BLOCK_NAME")
                 argv += ["--resume", resume_session]
         elif kind == "codex":
             argv = [
-                self.binary or "codex", "exec",
-                "--model", model,
-                "--sandbox", "workspace-write",
+                self.binary or "codex",
+                "exec",
+                "--model",
+                model,
+                "--sandbox",
+                "workspace-write",
                 "--skip-git-repo-check",
                 "--json",
                 prompt,
             ]
         elif kind == "gemini":
             argv = [
-                self.binary or "gemini", "--model", model, "--yolo", "--skip-trust",
-                "--output-format", "json", "--prompt", prompt,
+                self.binary or "gemini",
+                "--model",
+                model,
+                "--yolo",
+                "--skip-trust",
+                "--output-format",
+                "json",
+                "--prompt",
+                prompt,
             ]
         elif kind == "aider":
             argv = [
                 self.binary or "aider",
-                "--model", model,
-                "--message-file", task_file,
-                "--read", system_prompt_file,
-                "--yes-always", "--no-auto-commits", "--no-check-update",
-                "--analytics-disable", "--no-pretty",
+                "--model",
+                model,
+                "--message-file",
+                task_file,
+                "--read",
+                system_prompt_file,
+                "--yes-always",
+                "--no-auto-commits",
+                "--no-check-update",
+                "--analytics-disable",
+                "--no-pretty",
             ]
         else:  # pragma: no cover - guarded by the Literal type
             raise ValueError(f"unknown agent kind {kind!r}")
         return [*argv, *self.extra_args]
 
 
-def profile_for(kind: AgentKind, command: list[str] | None = None, timeout_seconds: float | None = None) -> AgentProfile:
+def profile_for(
+    kind: AgentKind, command: list[str] | None = None, timeout_seconds: float | None = None
+) -> AgentProfile:
     """A profile with the kind's defaults, for runs that name no saved block."""
     profile = AgentProfile(kind=kind, command=command)
     if timeout_seconds is not None:

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import httpx
 from prefect.blocks.abstract import CredentialsBlock
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, HttpUrl, SecretStr, field_validator
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
@@ -18,7 +18,7 @@ DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 class _ForgeCredentials(CredentialsBlock):
     """Shared shape: an API base URL, a token and an explicit default timeout."""
 
-    _documentation_url: ClassVar[str] = "https://docs.prefect.io/v3/concepts/blocks"
+    _documentation_url: ClassVar[HttpUrl] = HttpUrl("https://docs.prefect.io/v3/concepts/blocks")
     api_url: str = Field(description="Base URL of the forge's REST API.")
     token: SecretStr = Field(description="API token; stored as a secret and never logged.")
     timeout_seconds: float = Field(default=30.0, gt=0, le=600, description="Timeout of one API request in seconds.")

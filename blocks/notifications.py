@@ -29,7 +29,7 @@ import httpx
 from prefect._internal.compatibility.async_dispatch import async_dispatch
 from prefect.blocks.abstract import NotificationError
 from prefect.blocks.notifications import AbstractAppriseNotificationBlock, AppriseNotificationBlock
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, HttpUrl, SecretStr, field_validator
 
 from sdlc.retry import (
     HTTP_MAX_ATTEMPTS,
@@ -149,7 +149,7 @@ class TelegramNotification(AbstractAppriseNotificationBlock):
     _description: ClassVar[str] = (
         "Telegram messages from a bot, split over 4096 UTF-16 units and retried after flood control (429)."
     )
-    _documentation_url: ClassVar[str] = "https://core.telegram.org/bots/api#sendmessage"
+    _documentation_url: ClassVar[HttpUrl] = HttpUrl("https://core.telegram.org/bots/api#sendmessage")
     _code_example: ClassVar[str] = """
 ```python
 from blocks.notifications import TelegramNotification
@@ -176,10 +176,14 @@ telegram.notify("ET-7 is done", subject="sdlc-flows")
         description="HTML bolds the subject; texts are escaped either way, so a `<` in a message never breaks it.",
     )
     max_attempts: int = Field(
-        default=HTTP_MAX_ATTEMPTS, ge=1, le=20, description="Attempts per message part, counting 429, 5xx and network failures."
+        default=HTTP_MAX_ATTEMPTS,
+        ge=1,
+        le=20,
+        description="Attempts per message part, counting 429, 5xx and network failures.",
     )
     max_retry_after_seconds: float = Field(
-        default=NOTIFY_MAX_RETRY_AFTER_SECONDS, ge=0,
+        default=NOTIFY_MAX_RETRY_AFTER_SECONDS,
+        ge=0,
         description="Longest flood-control wait honoured; a longer retry_after fails at once.",
     )
     timeout_seconds: float = Field(default=10.0, gt=0, le=120, description="Timeout of one Bot API request in seconds.")
@@ -233,7 +237,7 @@ telegram.notify("ET-7 is done", subject="sdlc-flows")
             return parts
         escaped = [_escape(part) for part in parts]
         if heading and parts[0].startswith(heading):  # escaping and <b> leave the rendered length as split
-            escaped[0] = f"<b>{_escape(heading)}</b>{_escape(parts[0][len(heading):])}"
+            escaped[0] = f"<b>{_escape(heading)}</b>{_escape(parts[0][len(heading) :])}"
         return escaped
 
     def _payload(self, text: str) -> dict[str, Any]:
@@ -260,7 +264,8 @@ telegram.notify("ET-7 is done", subject="sdlc-flows")
             if verdict.migrate_to_chat_id is not None:
                 self.logger.warning(
                     "Telegram chat %s became %s; set chat_id to it in this block",
-                    payload["chat_id"], verdict.migrate_to_chat_id,
+                    payload["chat_id"],
+                    verdict.migrate_to_chat_id,
                 )
                 payload["chat_id"] = verdict.migrate_to_chat_id
                 continue
@@ -269,7 +274,10 @@ telegram.notify("ET-7 is done", subject="sdlc-flows")
                 return decision.why
             self.logger.warning(
                 "Telegram sendMessage: %s; retry %d of %d in %.1f s",
-                reason, attempt + 1, self.max_attempts - 1, decision.wait_seconds,
+                reason,
+                attempt + 1,
+                self.max_attempts - 1,
+                decision.wait_seconds,
             )
             time.sleep(decision.wait_seconds)
         return reason
@@ -292,14 +300,15 @@ telegram.notify("ET-7 is done", subject="sdlc-flows")
         data = data if isinstance(data, dict) else {}
         if response.status_code == 200 and data.get("ok"):
             return _Verdict(delivered=True)
-        parameters = data.get("parameters") if isinstance(data.get("parameters"), dict) else {}
+        raw_parameters = data.get("parameters")
+        parameters: dict[str, Any] = raw_parameters if isinstance(raw_parameters, dict) else {}
         reason = f"HTTP {response.status_code}: {data.get('description') or response.reason_phrase}"
         retry_after = parameters.get("retry_after")
         if isinstance(parameters.get("migrate_to_chat_id"), int):
             return _Verdict(reason=reason, migrate_to_chat_id=parameters["migrate_to_chat_id"])
         if response.status_code == 429 or response.status_code >= 500:
-            waits = isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool)
-            return _Verdict(transient=True, retry_after=max(0.0, float(retry_after)) if waits else None, reason=reason)
+            wait = retry_after if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool) else None
+            return _Verdict(transient=True, retry_after=None if wait is None else max(0.0, float(wait)), reason=reason)
         return _Verdict(reason=reason)
 
 
@@ -323,7 +332,7 @@ class AppriseURLNotification(AppriseNotificationBlock):
     _block_type_name: ClassVar[str] = "SDLC Apprise URL"
     _block_type_slug: ClassVar[str] = "sdlc-apprise-url"
     _description: ClassVar[str] = "Notifications to any Apprise URL (json://, tgram://, ntfy://, mailto://...)."
-    _documentation_url: ClassVar[str] = "https://github.com/caronc/apprise/wiki"
+    _documentation_url: ClassVar[HttpUrl] = HttpUrl("https://github.com/caronc/apprise/wiki")
     _code_example: ClassVar[str] = """
 ```python
 from blocks.notifications import AppriseURLNotification

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 
 import httpx
 from prefect.blocks.abstract import CredentialsBlock
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, HttpUrl, SecretStr, field_validator
 
 StateKey = Literal["in_progress", "in_review", "needs_input", "blocked", "done"]
 STATE_KEYS: tuple[StateKey, ...] = ("in_progress", "in_review", "needs_input", "blocked", "done")
@@ -49,7 +49,7 @@ class PlaneCredentials(CredentialsBlock):
     _block_type_name: ClassVar[str] = "SDLC Plane Credentials"
     _block_type_slug: ClassVar[str] = "sdlc-plane-credentials"
     _description: ClassVar[str] = "Plane API key, project and state names for sdlc-flows work items."
-    _documentation_url: ClassVar[str] = "https://docs.prefect.io/v3/concepts/blocks"
+    _documentation_url: ClassVar[HttpUrl] = HttpUrl("https://docs.prefect.io/v3/concepts/blocks")
     _code_example: ClassVar[str] = """
 ```python
 from blocks.plane import PlaneCredentials

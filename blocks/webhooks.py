@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, HttpUrl, SecretStr
 
 
 class WebhookSettings(Block):
@@ -14,7 +14,7 @@ class WebhookSettings(Block):
     _block_type_name: ClassVar[str] = "SDLC Webhook Settings"
     _block_type_slug: ClassVar[str] = "sdlc-webhook-settings"
     _description: ClassVar[str] = "Signing secrets, trigger label and approvers for sdlc-flows webhooks."
-    _documentation_url: ClassVar[str] = "https://docs.prefect.io/v3/concepts/blocks"
+    _documentation_url: ClassVar[HttpUrl] = HttpUrl("https://docs.prefect.io/v3/concepts/blocks")
     _code_example: ClassVar[str] = """
 ```python
 from blocks.webhooks import WebhookSettings
@@ -24,17 +24,27 @@ settings = WebhookSettings.load("BLOCK_NAME")
 ```
 """
 
-    gitea_secret: SecretStr | None = Field(default=None, description="Secret of the Gitea webhook; unset refuses Gitea deliveries.")
-    github_secret: SecretStr | None = Field(default=None, description="Secret of the GitHub webhook; unset refuses GitHub deliveries.")
-    plane_secret: SecretStr | None = Field(default=None, description="Secret of the Plane webhook; unset refuses Plane deliveries.")
+    gitea_secret: SecretStr | None = Field(
+        default=None, description="Secret of the Gitea webhook; unset refuses Gitea deliveries."
+    )
+    github_secret: SecretStr | None = Field(
+        default=None, description="Secret of the GitHub webhook; unset refuses GitHub deliveries."
+    )
+    plane_secret: SecretStr | None = Field(
+        default=None, description="Secret of the Plane webhook; unset refuses Plane deliveries."
+    )
     gitea_credentials_block: str | None = Field(
-        default=None, description="GiteaCredentials block: work items from Gitea deliveries open and merge their PRs there."
+        default=None,
+        description="GiteaCredentials block: work items from Gitea deliveries open and merge their PRs there.",
     )
     github_credentials_block: str | None = Field(
-        default=None, description="GitHubCredentials block: work items from GitHub deliveries open and merge their PRs there."
+        default=None,
+        description="GitHubCredentials block: work items from GitHub deliveries open and merge their PRs there.",
     )
     trigger_label: str = Field(default="sdlc", description="An issue given this label becomes a work item.")
-    approvers: list[str] = Field(default_factory=list, description="Forge logins whose /approve and /reject comments count.")
+    approvers: list[str] = Field(
+        default_factory=list, description="Forge logins whose /approve and /reject comments count."
+    )
     project_keys: dict[str, str] = Field(
         default_factory=dict,
         description="Work item ID prefix per repository full name (owner/name); default from the repository name.",

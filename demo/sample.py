@@ -33,9 +33,9 @@ SAMPLE_FILES: dict[str, str] = {
     "src/__init__.py": "",
     "src/greeter.py": (
         '"""Greets people."""\n\n\n'
-        "def greet(name: str = \"world\") -> str:\n"
+        'def greet(name: str = "world") -> str:\n'
         '    """Return a greeting for `name`."""\n'
-        "    name = name.strip() or \"world\"\n"
+        '    name = name.strip() or "world"\n'
         '    return f"Hello, {name}!"\n'
     ),
     "tests/__init__.py": "",
@@ -112,8 +112,14 @@ def create_sample_repo(dest: Path) -> Path:
             path.write_text(content, encoding="utf-8")
         _git("add", "--all", cwd=clone)
         _git(
-            "-c", f"user.name={AUTHOR_NAME}", "-c", f"user.email={AUTHOR_EMAIL}",
-            "commit", "--quiet", "-m", "Initial commit: greeter sample project",
+            "-c",
+            f"user.name={AUTHOR_NAME}",
+            "-c",
+            f"user.email={AUTHOR_EMAIL}",
+            "commit",
+            "--quiet",
+            "-m",
+            "Initial commit: greeter sample project",
             cwd=clone,
         )
         _git("push", "--quiet", "origin", f"HEAD:refs/heads/{DEFAULT_BRANCH}", cwd=clone)

@@ -21,7 +21,7 @@ import dataclasses
 import json
 import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
@@ -44,7 +44,10 @@ def _model_of(options: type[Any]) -> type[BaseModel]:
     return create_model(options.__name__, __config__=ConfigDict(extra="forbid"), **fields)
 
 
-RoleScenarioModel = _model_of(RoleScenario)
+if TYPE_CHECKING:  # a model made at run time is no type mypy can check against
+    RoleScenarioModel = BaseModel
+else:
+    RoleScenarioModel = _model_of(RoleScenario)
 
 
 class Scenario(BaseModel):
@@ -52,19 +55,17 @@ class Scenario(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    roles: dict[str, RoleScenarioModel] = Field(default_factory=dict)  # type: ignore[valid-type]
+    roles: dict[str, RoleScenarioModel] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _check_roles(self) -> "Scenario":
+    def _check_roles(self) -> Scenario:
         for role, options in self.roles.items():
             if role != WILDCARD and not ROLE_PATTERN.match(role):
                 raise ValueError(f"{role!r} is not a role name (lower-case letters, digits, '-', '_') or '*'")
             for option in ROLE_OPTIONS:
                 allowed = ROLE_OPTIONS[option].split("|")
                 if option in options.model_fields_set and role not in allowed:
-                    raise ValueError(
-                        f"option {option!r} is for the {' or '.join(allowed)} only, not for {role!r}"
-                    )
+                    raise ValueError(f"option {option!r} is for the {' or '.join(allowed)} only, not for {role!r}")
         return self
 
     def for_role(self, role: str) -> RoleScenario:
@@ -98,7 +99,9 @@ def load_scenario(path: Path) -> Scenario:
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ScenarioError(f"scenario file {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}") from exc
+        raise ScenarioError(
+            f"scenario file {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}"
+        ) from exc
     try:
         return parse_scenario(data)
     except ValidationError as exc:

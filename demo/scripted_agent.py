@@ -232,9 +232,7 @@ def read_task(path: Path) -> TaskInfo:
             title = stripped.split(":", 1)[1]
         if not first_heading and stripped.startswith("#"):
             first_heading = stripped.lstrip("#")
-    feedback = tuple(
-        _one_line(match, 40) for match in re.findall(r"(?m)^###\s+From\s+([A-Za-z_][\w-]*)", text)
-    )
+    feedback = tuple(_one_line(match, 40) for match in re.findall(r"(?m)^###\s+From\s+([A-Za-z_][\w-]*)", text))
     return TaskInfo(text=text, title=_one_line(title or first_heading or "(untitled)"), feedback=feedback)
 
 
@@ -282,8 +280,7 @@ def do_analyst(inv: Invocation, task: TaskInfo, out: Writer) -> None:
     if _times(inv.scenario.questions, inv.attempt):
         out.artifact(
             "01-questions.md",
-            _header(inv, task, "Questions")
-            + "\nThe requirements cannot be written before these are answered:\n\n"
+            _header(inv, task, "Questions") + "\nThe requirements cannot be written before these are answered:\n\n"
             "1. Who are the users of this change, and which of them must see it first?\n"
             "2. What should happen when the input is empty or invalid?\n"
             "3. Is there a deadline or a release this must ship with?\n",
@@ -300,8 +297,7 @@ def do_analyst(inv: Invocation, task: TaskInfo, out: Writer) -> None:
     )
     out.artifact(
         "03-requirements.md",
-        _header(inv, task, "Requirements")
-        + "\n- R1: The new behaviour is available from the code under `src/`.\n"
+        _header(inv, task, "Requirements") + "\n- R1: The new behaviour is available from the code under `src/`.\n"
         "- R2: Existing behaviour and tests keep working.\n"
         "- R3: The change is covered by automated tests under `tests/`.\n",
     )
@@ -313,8 +309,7 @@ def do_analyst(inv: Invocation, task: TaskInfo, out: Writer) -> None:
     )
     out.artifact(
         "05-test-plan.md",
-        _header(inv, task, "Test plan")
-        + "\n- T1: Unit tests for the new code (AC1).\n"
+        _header(inv, task, "Test plan") + "\n- T1: Unit tests for the new code (AC1).\n"
         "- T2: The full test suite runs green (AC2).\n",
     )
 
@@ -399,8 +394,7 @@ def do_developer(inv: Invocation, task: TaskInfo, out: Writer) -> None:
     notes_exist = notes.is_file()
     out.write(
         notes,
-        ("" if notes_exist else _header(inv, task, "Developer notes"))
-        + f"\n## Attempt {inv.attempt}\n\n"
+        ("" if notes_exist else _header(inv, task, "Developer notes")) + f"\n## Attempt {inv.attempt}\n\n"
         f"- Added `change_{number}` to `src/{slug}.py`.\n"
         f"- Tests: `tests/test_{slug}.py` ({'broken on purpose' if broken else 'passing'}).\n"
         f"- Feedback addressed: {addressed}.\n",
@@ -501,7 +495,10 @@ def run(inv: Invocation) -> int:
     else:
         handlers.get(inv.role, do_other)(inv, task, out)
         code = 0
-    print(f"scripted agent: {inv.role} {'done' if code == 0 else 'failed'}, {len(out.written)} file(s) written", flush=True)
+    print(
+        f"scripted agent: {inv.role} {'done' if code == 0 else 'failed'}, {len(out.written)} file(s) written",
+        flush=True,
+    )
     return code
 
 

@@ -10,12 +10,13 @@ from prefect import serve
 
 from flows.pipeline import sdlc_pipeline
 from flows.stages import stage_flow
+from sdlc.sync import sync_result
 
 
 def main() -> None:
     serve(
-        sdlc_pipeline.to_deployment(name="sdlc-pipeline", tags=["sdlc"]),
-        stage_flow.to_deployment(name="sdlc-stage", tags=["sdlc"]),
+        sync_result(sdlc_pipeline.to_deployment(name="sdlc-pipeline", tags=["sdlc"])),
+        sync_result(stage_flow.to_deployment(name="sdlc-stage", tags=["sdlc"])),
     )
 
 

@@ -14,14 +14,25 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Sequence
+from datetime import UTC
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from sdlc.models import AGENT_KINDS, AgentSpec, ForgeSpec, TrackerSpec, WorkItemRequest, WorkItemState, validate_work_item_id
-from sdlc.models import validate_comment, validate_person
 from entrypoints.approvals import resume_waiting_run
+from sdlc.models import (
+    AGENT_KINDS,
+    AgentSpec,
+    ForgeSpec,
+    TrackerSpec,
+    WorkItemRequest,
+    WorkItemState,
+    validate_comment,
+    validate_person,
+    validate_work_item_id,
+)
 from sdlc.settings import SdlcSettings, get_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -60,10 +71,13 @@ def build_parser() -> OneLineParser:
     run.add_argument("--agent-timeout", type=float, help="Seconds per agent run (default 1800).")
     run.add_argument("--scenario", help="Scenario file of the scripted agent (JSON or YAML).")
     run.add_argument(
-        "--sandbox", choices=("auto", "bwrap", "none"),
+        "--sandbox",
+        choices=("auto", "bwrap", "none"),
         help="Confine the agents with bubblewrap: auto (default: where it works), bwrap (or fail), none.",
     )
-    run.add_argument("--forge", choices=("local", "gitea", "github"), default="local", help="Where the PR lives (default local).")
+    run.add_argument(
+        "--forge", choices=("local", "gitea", "github"), default="local", help="Where the PR lives (default local)."
+    )
     run.add_argument("--forge-block", help="GiteaCredentials / GitHubCredentials block of --forge gitea|github.")
     run.add_argument("--forge-repo", help="OWNER/NAME of the repository on --forge gitea|github.")
     run.add_argument("--plane-block", help="PlaneCredentials block: keep this work item's Plane item in step (B50).")
@@ -238,7 +252,10 @@ class ProgressPrinter(threading.Thread):
             self.once(("start", run.id), f"{wi} {run.stage}: {run.role} attempt {run.attempt} running")
             if run.ended_at is not None:
                 outcome = run.error or f"exited {run.exit_code}"
-                self.once(("end", run.id), f"{wi} {run.stage}: {run.role} attempt {run.attempt} {outcome} after {run.duration_seconds:.1f} s")
+                self.once(
+                    ("end", run.id),
+                    f"{wi} {run.stage}: {run.role} attempt {run.attempt} {outcome} after {run.duration_seconds:.1f} s",
+                )
         if row.state == WorkItemState.waiting_approval.value:
             self.once(
                 ("approval", progress),
@@ -481,7 +498,7 @@ def status_report(work_item: str | None) -> list[dict[str, Any]]:
 
 def breaker_lines() -> list[str]:
     """One line per provider breaker, when a Prefect server answers (B32)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from entrypoints.server import ServerError, ensure_prefect_api
 
@@ -492,8 +509,11 @@ def breaker_lines() -> list[str]:
         return []
     from tasks.breaker import breaker_states
 
-    now = datetime.now(timezone.utc)
-    return [f"breaker {name}: {state.describe(now)}" for name, state in sorted(breaker_states(settings.breaker_scope).items())]
+    now = datetime.now(UTC)
+    return [
+        f"breaker {name}: {state.describe(now)}"
+        for name, state in sorted(breaker_states(settings.breaker_scope).items())
+    ]
 
 
 def command_status(args: argparse.Namespace) -> int:
@@ -513,7 +533,9 @@ def command_status(args: argparse.Namespace) -> int:
         usage = item["usage"]
         if usage["cost_usd"] or usage["input_tokens"] or usage["budget_usd"]:
             budget = f" of ${usage['budget_usd']:.4f}" if usage["budget_usd"] else ""
-            print(f"    spent ${usage['cost_usd']:.4f}{budget}, {usage['input_tokens']} input / {usage['output_tokens']} output tokens")
+            print(
+                f"    spent ${usage['cost_usd']:.4f}{budget}, {usage['input_tokens']} input / {usage['output_tokens']} output tokens"
+            )
         for move in item["transitions"]:
             arrow = f"{move['from']} -> {move['to']}" if move["from"] else f"starts at {move['to']}"
             print(f"    {arrow}: {move['reason']}")
@@ -521,7 +543,9 @@ def command_status(args: argparse.Namespace) -> int:
             duration = "-" if run["duration_seconds"] is None else f"{run['duration_seconds']:.1f} s"
             failure = f"  {run['failure_kind']}: {run['failure_reason']}" if run["failure_kind"] else ""
             print(f"    {run['role']:<10} attempt {run['attempt']}  exit {run['exit_code']}  {duration}{failure}")
-        unconfined = sorted({run["sandbox"] for run in item["agent_runs"] if (run["sandbox"] or "").startswith("unconfined")})
+        unconfined = sorted(
+            {run["sandbox"] for run in item["agent_runs"] if (run["sandbox"] or "").startswith("unconfined")}
+        )
         for why in unconfined:
             print(f"    warning: agents ran {why}")
     for line in breaker_lines():
@@ -602,12 +626,18 @@ def _approve_when_waiting(work_item: str, delay: float, say: Any) -> None:
         row = ledger.get_work_item(work_item)
         if row is not None and row.state == WorkItemState.waiting_approval.value:
             break
-        if row is not None and row.state in (WorkItemState.done.value, WorkItemState.blocked.value, WorkItemState.failed.value):
+        if row is not None and row.state in (
+            WorkItemState.done.value,
+            WorkItemState.blocked.value,
+            WorkItemState.failed.value,
+        ):
             return
         time.sleep(0.3)
     say(f"demo: approving {work_item} in {delay:g} s (run `sdlc demo --wait-approval` to do it yourself)")
     time.sleep(delay)
-    resume_waiting_run(work_item, WorkItemState.waiting_approval, {"approve": True, "approver": "demo", "comment": "looks good"})
+    resume_waiting_run(
+        work_item, WorkItemState.waiting_approval, {"approve": True, "approver": "demo", "comment": "looks good"}
+    )
 
 
 def command_demo(args: argparse.Namespace) -> int:
@@ -629,9 +659,7 @@ def command_demo(args: argparse.Namespace) -> int:
     )
     print(f"demo: sample repository {origin}, work item {work_item}; the reviewer will ask for changes once")
     if not args.wait_approval:
-        threading.Thread(
-            target=_approve_when_waiting, args=(work_item, args.approve_after, print), daemon=True
-        ).start()
+        threading.Thread(target=_approve_when_waiting, args=(work_item, args.approve_after, print), daemon=True).start()
     return execute(request, work_item, settings, verbose=args.verbose)
 
 

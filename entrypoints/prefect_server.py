@@ -91,8 +91,13 @@ class RetryBusyRequests:
             return
         self.retried += 1
         if status == 503:
-            logger.warning("%s %s still answered 503 after %d attempts in %.0f s",
-                           scope.get("method"), scope.get("path"), attempts, self.budget_seconds)
+            logger.warning(
+                "%s %s still answered 503 after %d attempts in %.0f s",
+                scope.get("method"),
+                scope.get("path"),
+                attempts,
+                self.budget_seconds,
+            )
 
 
 async def _read_body(receive: Receive) -> list[Message]:

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timezone
-from typing import Any
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
@@ -32,6 +32,7 @@ from prefect.states import Scheduled
 
 from sdlc.models import WorkItemRequest, WorkItemState
 from sdlc.settings import get_settings
+from sdlc.sync import sync_result
 
 CLI_DEPLOYMENT = "cli"
 WATCH_SECONDS = 0.5
@@ -82,14 +83,19 @@ def start_run(request: WorkItemRequest) -> UUID:
     """A new flow run of the pipeline from the CLI deployment (registered on first use)."""
     from flows.pipeline import sdlc_pipeline
 
-    sdlc_pipeline.to_deployment(
-        name=CLI_DEPLOYMENT,
-        description="Runs started by `sdlc run`; the command runs them itself (no worker serves this deployment).",
-    ).apply()
-    flow_run = run_deployment(
-        f"sdlc-pipeline/{CLI_DEPLOYMENT}",
-        parameters={"request": request.model_dump(mode="json")},
-        timeout=0,
+    cli_deployment = sync_result(
+        sdlc_pipeline.to_deployment(
+            name=CLI_DEPLOYMENT,
+            description="Runs started by `sdlc run`; the command runs them itself (no worker serves this deployment).",
+        )
+    )
+    cli_deployment.apply()
+    flow_run = sync_result(
+        run_deployment(
+            f"sdlc-pipeline/{CLI_DEPLOYMENT}",
+            parameters={"request": request.model_dump(mode="json")},
+            timeout=0,
+        )
     )
     return flow_run.id
 
@@ -114,7 +120,7 @@ def execute(flow: Any, flow_run: FlowRun) -> None:
 def _due(state: Any) -> bool:
     """A scheduled run is due at its time (a usage-limit wait is scheduled for the reset)."""
     when = state.state_details.scheduled_time
-    return when is None or when <= datetime.now(timezone.utc)
+    return when is None or when <= datetime.now(UTC)
 
 
 def drive(flow_run_id: UUID, work_item: str, *, on_wait: Callable[[FlowRun], None] | None = None) -> FlowRun:

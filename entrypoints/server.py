@@ -46,7 +46,7 @@ def api_url_for(port: int) -> str:
 
 def is_healthy(api_url: str, timeout: float = 2.0) -> bool:
     try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as response:  # noqa: S310 - loopback
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -77,10 +77,18 @@ def start_server(settings: SdlcSettings) -> str:
     if not (env.get("PREFECT_SERVER_UI_API_URL") or env.get("PREFECT_UI_API_URL")):
         # Prefect's UI points at PREFECT_API_URL or port 4200, not at the port it is served on.
         env["PREFECT_SERVER_UI_API_URL"] = api_url
-    log = open(home / "server.log", "ab")  # noqa: SIM115 - handed to the child
+    log = open(home / "server.log", "ab")
     process = subprocess.Popen(
         # Prefect's server app, retrying in-server what SQLite refused as locked (entrypoints/prefect_server.py).
-        [sys.executable, "-m", "entrypoints.prefect_server", "--host", "127.0.0.1", "--port", str(settings.prefect_port)],
+        [
+            sys.executable,
+            "-m",
+            "entrypoints.prefect_server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(settings.prefect_port),
+        ],
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -96,9 +104,13 @@ def start_server(settings: SdlcSettings) -> str:
             return api_url
         if process.poll() is not None:
             tail = (home / "server.log").read_text(errors="replace")[-2000:]
-            raise ServerError(f"the Prefect server exited with {process.returncode}; see {home / 'server.log'}:\n{tail}")
+            raise ServerError(
+                f"the Prefect server exited with {process.returncode}; see {home / 'server.log'}:\n{tail}"
+            )
         time.sleep(0.3)
-    raise ServerError(f"the Prefect server did not answer within {START_TIMEOUT_SECONDS:.0f} s; see {home / 'server.log'}")
+    raise ServerError(
+        f"the Prefect server did not answer within {START_TIMEOUT_SECONDS:.0f} s; see {home / 'server.log'}"
+    )
 
 
 def ensure_prefect_api(settings: SdlcSettings, *, start: bool = True) -> str:

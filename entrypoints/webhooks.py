@@ -15,13 +15,15 @@ import hashlib
 import hmac
 import json
 import re
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from blocks import load_block
 from blocks.webhooks import WebhookSettings
 from sdlc.models import ForgeSpec, WorkItemRequest, WorkItemState, validate_comment
 
@@ -40,16 +42,25 @@ class SourceSpec(BaseModel):
 
 SOURCES: dict[str, SourceSpec] = {
     "gitea": SourceSpec(
-        signature_header="x-gitea-signature", signature_prefix="", event_header="x-gitea-event",
-        delivery_header="x-gitea-delivery", secret_field="gitea_secret",
+        signature_header="x-gitea-signature",
+        signature_prefix="",
+        event_header="x-gitea-event",
+        delivery_header="x-gitea-delivery",
+        secret_field="gitea_secret",
     ),
     "github": SourceSpec(
-        signature_header="x-hub-signature-256", signature_prefix="sha256=", event_header="x-github-event",
-        delivery_header="x-github-delivery", secret_field="github_secret",
+        signature_header="x-hub-signature-256",
+        signature_prefix="sha256=",
+        event_header="x-github-event",
+        delivery_header="x-github-delivery",
+        secret_field="github_secret",
     ),
     "plane": SourceSpec(
-        signature_header="x-plane-signature", signature_prefix="", event_header="x-plane-event",
-        delivery_header="x-plane-delivery", secret_field="plane_secret",
+        signature_header="x-plane-signature",
+        signature_prefix="",
+        event_header="x-plane-event",
+        delivery_header="x-plane-delivery",
+        secret_field="plane_secret",
     ),
 }
 
@@ -136,13 +147,17 @@ class Decision(BaseModel):
     reason: str = ""
     request: WorkItemRequest | None = None
     work_item: str | None = None
-    tracker_item: str | None = Field(default=None, description="The tracker's own id when the delivery names no work item.")
+    tracker_item: str | None = Field(
+        default=None, description="The tracker's own id when the delivery names no work item."
+    )
     by: str | None = None
     comment: str = ""
 
 
 PLANE_COMMANDS: dict[str, Literal["approve", "reject", "answer"]] = {
-    "/approve": "approve", "/reject": "reject", "/answer": "answer",
+    "/approve": "approve",
+    "/reject": "reject",
+    "/answer": "answer",
 }
 
 
@@ -192,7 +207,7 @@ def interpret(source: str, event: str, payload: dict[str, Any], settings: Webhoo
         by = data_c.comment.user.login
         if by not in settings.approvers:
             return Decision(kind="ignore", reason=f"{by} is not an allowed approver")
-        rest = validate_comment(text[len(command):].strip())
+        rest = validate_comment(text[len(command) :].strip())
         return Decision(
             kind="approve" if command == "/approve" else "reject",
             work_item=work_item_id(data_c.repository, data_c.issue.number, settings),
@@ -208,10 +223,12 @@ def interpret(source: str, event: str, payload: dict[str, Any], settings: Webhoo
         if data_p.action not in ("created", "create") or command not in PLANE_COMMANDS:
             return Decision(kind="ignore", reason="a comment without /approve, /reject or /answer")
         kind = PLANE_COMMANDS[command]
-        rest = text[len(command):].strip()
+        rest = text[len(command) :].strip()
         if kind == "answer":
             if len(rest) > ANSWERS_MAX_LENGTH:
-                raise ValueError(f"the answers are {len(rest)} characters long; at most {ANSWERS_MAX_LENGTH} are allowed")
+                raise ValueError(
+                    f"the answers are {len(rest)} characters long; at most {ANSWERS_MAX_LENGTH} are allowed"
+                )
         else:
             validate_comment(rest)
         # Who may decide is the tracker block's list, checked when the work item is known (act).
@@ -269,19 +286,25 @@ def delivery_openapi() -> dict[str, Any]:
     for source, spec in SOURCES.items():
         parameters += [
             {
-                "name": spec.signature_header, "in": "header", "required": False,
+                "name": spec.signature_header,
+                "in": "header",
+                "required": False,
                 "description": f"{source}: hex HMAC-SHA256 of the raw body with the {source} secret"
                 + (f" (prefixed {spec.signature_prefix!r})" if spec.signature_prefix else "")
                 + "; missing or wrong answers 401.",
                 "schema": {"type": "string", "pattern": SIGNATURE_PATTERNS[source]},
             },
             {
-                "name": spec.event_header, "in": "header", "required": False,
+                "name": spec.event_header,
+                "in": "header",
+                "required": False,
                 "description": f"{source}: the event, e.g. issues or issue_comment; required with a {source} delivery.",
                 "schema": {"type": "string", "examples": ["issues", "issue_comment"]},
             },
             {
-                "name": spec.delivery_header, "in": "header", "required": False,
+                "name": spec.delivery_header,
+                "in": "header",
+                "required": False,
                 "description": f"{source}: the delivery id; one seen before answers 200 duplicate.",
                 "schema": {"type": "string", "minLength": 1, "maxLength": 200},
             },
@@ -301,9 +324,15 @@ DELIVERY_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": DeliveryAnswer, "description": "A delivery id seen before: nothing starts again."},
     202: {"model": DeliveryAnswer, "description": "Accepted (event emitted or run resumed), or verified and ignored."},
     401: {"model": Problem, "description": "Missing or wrong signature, or no secret configured for the source."},
-    409: {"model": DeliveryAnswer, "description": "A verified decision that cannot be applied, e.g. the work item is not waiting."},
+    409: {
+        "model": DeliveryAnswer,
+        "description": "A verified decision that cannot be applied, e.g. the work item is not waiting.",
+    },
     413: {"model": Problem, "description": "The delivery is over 1 MiB."},
-    422: {"model": Problem, "description": "Malformed JSON, invalid values, missing event or delivery header, unknown source."},
+    422: {
+        "model": Problem,
+        "description": "Malformed JSON, invalid values, missing event or delivery header, unknown source.",
+    },
 }
 
 
@@ -315,7 +344,7 @@ def _plane_decision_target(decision: Decision) -> tuple[str | None, str]:
     link = Ledger.from_settings().work_item_of_tracker_item("plane", decision.tracker_item or "")
     if link is None:
         return None, "no work item is linked to this Plane work item"
-    approvers = PlaneCredentials.load(link.credentials_block).approvers
+    approvers = load_block(PlaneCredentials, link.credentials_block).approvers
     if decision.by not in approvers:
         return None, f"{decision.by} is not an approver in the {link.credentials_block} block"
     return link.work_item_id, ""
@@ -373,7 +402,9 @@ def act(decision: Decision, source: str, delivery: str) -> dict[str, Any]:
                 {"answers": decision.comment, "answered_by": decision.by or source},
             )
             emit_work_item_event(
-                "sdlc.work-item.answered", decision.work_item, {"work_item": decision.work_item, "by": decision.by, "source": source}
+                "sdlc.work-item.answered",
+                decision.work_item,
+                {"work_item": decision.work_item, "by": decision.by, "source": source},
             )
             return {"accepted": True, "event": "sdlc.work-item.answered", "work_item": decision.work_item}
         resume_waiting_run(
@@ -384,7 +415,9 @@ def act(decision: Decision, source: str, delivery: str) -> dict[str, Any]:
     except RuntimeError as exc:  # NotWaiting, or Prefect refused the input or the run did not pause
         return {"accepted": False, "reason": str(exc)}
     name = "sdlc.work-item.approved" if approve else "sdlc.work-item.rejected"
-    emit_work_item_event(name, decision.work_item, {"work_item": decision.work_item, "by": decision.by, "source": source})
+    emit_work_item_event(
+        name, decision.work_item, {"work_item": decision.work_item, "by": decision.by, "source": source}
+    )
     return {"accepted": True, "event": name, "work_item": decision.work_item}
 
 
@@ -453,5 +486,5 @@ def create_app(settings: WebhookSettings) -> FastAPI:
 def serve(*, host: str, port: int, settings_block: str) -> None:
     import uvicorn
 
-    settings = WebhookSettings.load(settings_block)
+    settings = load_block(WebhookSettings, settings_block)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -44,7 +44,9 @@ def _flows() -> dict[str, Any]:
 class InProcessWorker:
     """Polls a work pool and runs its due flow runs in threads, at most ``limit`` at once."""
 
-    def __init__(self, pool: str, *, limit: int = 50, query_seconds: float = 1.0, prefetch_seconds: float = 1.0) -> None:
+    def __init__(
+        self, pool: str, *, limit: int = 50, query_seconds: float = 1.0, prefetch_seconds: float = 1.0
+    ) -> None:
         self.pool, self.limit = pool, limit
         self.query_seconds, self.prefetch_seconds = query_seconds, prefetch_seconds
         self.flows = _flows()
@@ -70,7 +72,7 @@ class InProcessWorker:
             with get_client(sync_client=True) as client:
                 flow_run = client.read_flow_run(flow_run_id)
             execute(flow, flow_run)  # a suspended run comes back through the pool when it is rescheduled
-        except Exception:  # noqa: BLE001 - the engine has recorded the state; the worker goes on
+        except Exception:
             logger.exception("flow run %s ended with an error", flow_run_id)
         finally:
             self.running.pop(flow_run_id, None)
@@ -86,16 +88,20 @@ class InProcessWorker:
         started = 0
         with get_client(sync_client=True) as client:
             due = client.get_scheduled_flow_runs_for_work_pool(
-                self.pool, scheduled_before=datetime.now(timezone.utc) + timedelta(seconds=self.prefetch_seconds)
+                self.pool, scheduled_before=datetime.now(UTC) + timedelta(seconds=self.prefetch_seconds)
             )
-            for response in sorted(due, key=lambda r: r.flow_run.next_scheduled_start_time or datetime.min.replace(tzinfo=timezone.utc)):
+            for response in sorted(
+                due, key=lambda r: r.flow_run.next_scheduled_start_time or datetime.min.replace(tzinfo=UTC)
+            ):
                 flow_run = response.flow_run
                 if started >= room or flow_run.id in self.running:
                     continue
                 flow = self.flows.get(self._flow_name(client, flow_run.flow_id))
                 if flow is None or not self._claim(client, flow_run):
                     continue
-                thread = threading.Thread(target=self._run, args=(flow, flow_run.id), name=f"flow-run-{flow_run.name}", daemon=True)
+                thread = threading.Thread(
+                    target=self._run, args=(flow, flow_run.id), name=f"flow-run-{flow_run.name}", daemon=True
+                )
                 self.running[flow_run.id] = thread
                 thread.start()
                 started += 1
@@ -103,11 +109,16 @@ class InProcessWorker:
         return started
 
     def serve(self) -> None:
-        logger.info("sdlc worker polling pool %s every %.1f s (at most %d runs at once)", self.pool, self.query_seconds, self.limit)
+        logger.info(
+            "sdlc worker polling pool %s every %.1f s (at most %d runs at once)",
+            self.pool,
+            self.query_seconds,
+            self.limit,
+        )
         while not self.stopping.is_set():
             try:
                 self.poll_once()
-            except Exception:  # noqa: BLE001 - a failed poll (server restarting) is retried
+            except Exception:
                 logger.exception("polling pool %s failed", self.pool)
             self.stopping.wait(self.query_seconds)
         for thread in list(self.running.values()):

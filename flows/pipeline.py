@@ -12,20 +12,22 @@ from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
-from prefect import flow
+from prefect import Flow, State, flow
+from prefect.client.schemas.objects import FlowRun
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.runtime import deployment, flow_run
 
+from blocks.plane import StateKey
 from flows.inputs import AnalystAnswers, ApprovalDecision
 from flows.replay import replayed
 from flows.stages import stage_flow
-from blocks.plane import StateKey
 from sdlc import router
 from sdlc.config import current_graph
 from sdlc.graph import BLOCKED, DONE
 from sdlc.models import PipelineResult, StageInput, WorkItemRequest, WorkItemState
 from sdlc.settings import get_settings
-from tasks import forge, notify as notifications, tracking
+from tasks import forge, tracking
+from tasks import notify as notifications
 from tasks.failures import SdlcError, UsageLimitWait
 from tasks.graph_check import require_valid_graph
 
@@ -49,11 +51,15 @@ def _pipeline_run_name() -> str:
     return str(request.get("work_item", "work-item"))
 
 
-def _mark_failed(flow: Any, run: Any, state: Any) -> None:
-    """on_failure / on_crashed: a run that ended without deciding leaves a clear ledger row."""
+def _mark_failed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """on_failure / on_crashed: a run that ended without deciding leaves a clear ledger row.
+
+    The parameters are named as in Prefect's ``FlowStateHook``; ``flow_run`` is the ended
+    run here, not ``prefect.runtime.flow_run``.
+    """
     from tasks.ledger import Ledger
 
-    request = run.parameters.get("request") or {}
+    request = flow_run.parameters.get("request") or {}
     work_item = request.get("work_item") if isinstance(request, dict) else getattr(request, "work_item", None)
     if not work_item:
         return
@@ -88,7 +94,7 @@ def _without_subflow_heartbeat() -> Iterator[None]:
         yield
 
 
-def _wait_for_input(form: Any, *, key: str, timeout: float | None) -> Any:
+def _wait_for_input(form: Any, *, key: str, timeout: int) -> Any:
     """Wait for a person. A deployed run suspends: no process stays alive while they think (B21)."""
     if deployment.id:
         return suspend_flow_run(wait_for_input=form, timeout=timeout, key=key)
@@ -133,7 +139,9 @@ def _move(request: WorkItemRequest, run_id: str | None, transition: router.Trans
 def _wait_for_approval(request: WorkItemRequest, stage: str, visit: int, run_id: str | None) -> ApprovalDecision:
     if request.auto_approve:
         return ApprovalDecision(approve=True, approver="auto-approve", comment="")
-    set_work_item_state(request.work_item, WorkItemState.waiting_approval, stage, "waiting for approval of the analysis")
+    set_work_item_state(
+        request.work_item, WorkItemState.waiting_approval, stage, "waiting for approval of the analysis"
+    )
     _tell(
         request,
         run_id,
@@ -169,7 +177,9 @@ def _wait_for_answers(request: WorkItemRequest, action: router.AskForAnswers, ru
         "Reply /answer followed by your answers.",
     )
     answers: AnalystAnswers = _wait_for_input(
-        AnalystAnswers.with_initial_data(description=f"Questions from the analyst of {request.work_item}:\n\n{gate.details}"),
+        AnalystAnswers.with_initial_data(
+            description=f"Questions from the analyst of {request.work_item}:\n\n{gate.details}"
+        ),
         # Resume relies on this key: the resumed run finds the person's input under it (B21).
         key=f"answers-{action.stage}-{action.visit}",
         timeout=request.approval_timeout_seconds,
@@ -230,7 +240,9 @@ def sdlc_pipeline(request: WorkItemRequest) -> PipelineResult:
             _move(request, run_id, decision.transition)
         if decision.notice is not None:
             notice = decision.notice
-            _tell(request, run_id, notice.event, f"{work_item} {notice.message}", comment=f"{work_item} {notice.comment}")
+            _tell(
+                request, run_id, notice.event, f"{work_item} {notice.message}", comment=f"{work_item} {notice.comment}"
+            )
         event: router.Event
         if isinstance(action, router.RunStage):
             event = _run_stage(request, action, run_id)

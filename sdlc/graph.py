@@ -103,7 +103,7 @@ class StageGraph(BaseModel):
     stages: list[StageSpec]
 
     @model_validator(mode="after")
-    def _check_structure(self) -> "StageGraph":
+    def _check_structure(self) -> StageGraph:
         problems = structural_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
@@ -139,12 +139,16 @@ GATE_OUTCOMES: dict[str, Callable[[StageSpec], tuple[str, ...]]] = {
 def structural_problems(graph: StageGraph) -> list[str]:
     """What is wrong with the graph itself (routes, reach, gate kinds), every problem at once."""
     names = [s.name for s in graph.stages]
-    problems = [f"stage {name!r} is defined more than once" for name in sorted({n for n in names if names.count(n) > 1})]
+    problems = [
+        f"stage {name!r} is defined more than once" for name in sorted({n for n in names if names.count(n) > 1})
+    ]
     if graph.start not in names:
         problems.append(f"start stage {graph.start!r} is not defined")
     for stage in graph.stages:
         if not ROLE_PATTERN.fullmatch(stage.role):
-            problems.append(f"stage {stage.name!r} has role {stage.role!r}: a role is lower-case letters, digits, '-' or '_'")
+            problems.append(
+                f"stage {stage.name!r} has role {stage.role!r}: a role is lower-case letters, digits, '-' or '_'"
+            )
         if "pass" not in stage.routes:
             problems.append(f"stage {stage.name!r} has no 'pass' route")
         for outcome, route in stage.routes.items():
@@ -197,10 +201,12 @@ def graph_problems(graph: StageGraph, has_prompt: Callable[[str], bool]) -> list
 def dump_graph(graph: StageGraph) -> str:
     """The graph as the YAML ``load_graph`` reads back (``sdlc graph dump``)."""
     data = graph.model_dump(mode="json")
-    for stage, spec in zip(data["stages"], graph.stages):
+    for stage, spec in zip(data["stages"], graph.stages, strict=True):
         # Every stage field is written, so people see each knob; a route only says what differs.
-        stage["routes"] = {outcome: route.model_dump(mode="json", exclude_defaults=True) | {"to": route.to}
-                           for outcome, route in spec.routes.items()}
+        stage["routes"] = {
+            outcome: route.model_dump(mode="json", exclude_defaults=True) | {"to": route.to}
+            for outcome, route in spec.routes.items()
+        }
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
 
 
@@ -254,7 +260,10 @@ DEFAULT_GRAPH = StageGraph(
             role="reviewer",
             gate="verdict",
             artifacts=["12-review.md"],
-            verdicts={"pass": r"(?mi)^\W*verdict\W*:\W*approve\b", "request_changes": r"(?mi)^\W*verdict\W*:\W*request_changes\b"},
+            verdicts={
+                "pass": r"(?mi)^\W*verdict\W*:\W*approve\b",
+                "request_changes": r"(?mi)^\W*verdict\W*:\W*request_changes\b",
+            },
             tracker_state="in_review",
             routes={
                 "pass": {"to": "testing", "feedback": "none"},

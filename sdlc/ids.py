@@ -16,7 +16,5 @@ def validate_work_item_id(value: str) -> str:
     """The value if it is a work item ID (PROJECT-NUMBER, e.g. ET-12); ValueError otherwise."""
     # fullmatch: with match(), "$" also matches before a trailing newline ("ET-1\n" passed).
     if not WORK_ITEM_ID_PATTERN.fullmatch(value):
-        raise ValueError(
-            f"work item ID {value[:40]!r} is not of the form PROJECT-NUMBER, e.g. ET-12"
-        )
+        raise ValueError(f"work item ID {value[:40]!r} is not of the form PROJECT-NUMBER, e.g. ET-12")
     return value

@@ -19,7 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # Defined in the stdlib-only sdlc.ids (the scripted agent checks IDs without pydantic); re-exported here.
 from sdlc.ids import WORK_ITEM_ID_PATTERN as WORK_ITEM_ID_PATTERN
 from sdlc.ids import validate_work_item_id as validate_work_item_id
-from sdlc.retry import AGENT_BACKOFF_BASE_SECONDS, AGENT_BACKOFF_CAP_SECONDS, AGENT_MAX_ATTEMPTS, AGENT_TRANSIENT_RETRIES
+from sdlc.retry import (
+    AGENT_BACKOFF_BASE_SECONDS,
+    AGENT_BACKOFF_CAP_SECONDS,
+    AGENT_MAX_ATTEMPTS,
+    AGENT_TRANSIENT_RETRIES,
+)
 
 BRANCH_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 URL_PATTERN = re.compile(r"^(https?|ssh|git|file)://[^\s]+$")
@@ -48,8 +53,7 @@ def validate_branch(value: str) -> str:
         or value == "HEAD"
     ):
         raise ValueError(
-            f"branch name {value[:60]!r} is not allowed "
-            "(letters, digits, '.', '_', '-', '/'; no '..', no leading '-')"
+            f"branch name {value[:60]!r} is not allowed (letters, digits, '.', '_', '-', '/'; no '..', no leading '-')"
         )
     return value
 
@@ -112,9 +116,7 @@ class AgentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: AgentKind = Field(default="scripted", description="scripted, claude, codex, gemini, aider or custom.")
-    command: list[str] | None = Field(
-        default=None, description="Argument list of a custom agent (kind=custom)."
-    )
+    command: list[str] | None = Field(default=None, description="Argument list of a custom agent (kind=custom).")
     timeout_seconds: float = Field(
         default=1800, gt=0, le=7 * 24 * 3600, description="Per-run timeout; the whole process group is ended."
     )
@@ -125,13 +127,20 @@ class AgentSpec(BaseModel):
         default=None, description="Name of an AgentProfile block to load instead of the defaults."
     )
     max_attempts: int = Field(
-        default=AGENT_MAX_ATTEMPTS, ge=1, le=10, description="Permanent budget: runs per stage visit while failures are permanent."
+        default=AGENT_MAX_ATTEMPTS,
+        ge=1,
+        le=10,
+        description="Permanent budget: runs per stage visit while failures are permanent.",
     )
     transient_retries: int = Field(
-        default=AGENT_TRANSIENT_RETRIES, ge=0, le=50, description="Transient budget: retries after rate limits, overloads, 5xx, network errors."
+        default=AGENT_TRANSIENT_RETRIES,
+        ge=0,
+        le=50,
+        description="Transient budget: retries after rate limits, overloads, 5xx, network errors.",
     )
     sandbox: Literal["auto", "bwrap", "none"] | None = Field(
-        default=None, description="Confine the agents: auto, bwrap or none (unset: the profile's, else SDLC_AGENT_SANDBOX)."
+        default=None,
+        description="Confine the agents: auto, bwrap or none (unset: the profile's, else SDLC_AGENT_SANDBOX).",
     )
     backoff_base_seconds: float = Field(
         default=AGENT_BACKOFF_BASE_SECONDS, gt=0, le=3600, description="Transient wait: min(2^n x base, cap)."
@@ -139,7 +148,7 @@ class AgentSpec(BaseModel):
     backoff_cap_seconds: float = Field(default=AGENT_BACKOFF_CAP_SECONDS, gt=0, le=24 * 3600)
 
     @model_validator(mode="after")
-    def _custom_needs_command(self) -> "AgentSpec":
+    def _custom_needs_command(self) -> AgentSpec:
         if self.kind == "custom" and not self.command:
             raise ValueError("a custom agent needs a command")
         if self.command is not None:
@@ -161,10 +170,14 @@ class ForgeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["local", "gitea", "github"] = Field(default="local", description="local, gitea or github.")
-    credentials_block: str | None = Field(default=None, description="Name of the GiteaCredentials / GitHubCredentials block.")
+    credentials_block: str | None = Field(
+        default=None, description="Name of the GiteaCredentials / GitHubCredentials block."
+    )
     owner: str | None = Field(default=None, description="Repository owner on the forge.")
     name: str | None = Field(default=None, description="Repository name on the forge.")
-    ci_timeout_seconds: float = Field(default=900, gt=0, description="How long the CI-green gate waits while CI is pending.")
+    ci_timeout_seconds: float = Field(
+        default=900, gt=0, description="How long the CI-green gate waits while CI is pending."
+    )
     ci_poll_seconds: float = Field(default=5, gt=0)
 
     @field_validator("credentials_block", "owner", "name", mode="before")
@@ -173,7 +186,7 @@ class ForgeSpec(BaseModel):
         return None if value == "" else value
 
     @model_validator(mode="after")
-    def _remote_needs_coordinates(self) -> "ForgeSpec":
+    def _remote_needs_coordinates(self) -> ForgeSpec:
         if self.kind != "local":
             missing = [f for f in ("credentials_block", "owner", "name") if not getattr(self, f)]
             if missing:
@@ -215,7 +228,9 @@ class WorkItemRequest(BaseModel):
     forge: ForgeSpec = Field(default_factory=ForgeSpec)
     tracker: TrackerSpec | None = Field(default=None, description="A Plane work item to keep in step; none by default.")
     budget_usd: float | None = Field(
-        default=None, gt=0, description="Spend budget of the work item in dollars, from the agents' reported cost (B34)."
+        default=None,
+        gt=0,
+        description="Spend budget of the work item in dollars, from the agents' reported cost (B34).",
     )
     auto_approve: bool = Field(default=False, description="Skip the human approval of the analysis.")
     approval_timeout_seconds: int = Field(default=7 * 24 * 3600, gt=0)
@@ -248,7 +263,7 @@ class WorkItemRequest(BaseModel):
         return None if value is None else validate_branch(value)
 
     @model_validator(mode="after")
-    def _default_branch(self) -> "WorkItemRequest":
+    def _default_branch(self) -> WorkItemRequest:
         if self.branch is None:
             self.branch = default_branch_name(self.work_item, self.title)
         return self
@@ -306,9 +321,15 @@ class AgentResult(BaseModel):
     output_tokens: int | None = None
     num_turns: int | None = None
     session_id: str | None = None
-    sandbox: str | None = Field(default=None, description="How the run was confined: bwrap (...), or unconfined and why.")
-    folded_commits: int = Field(default=0, description="Commits the agent made itself, folded back into sdlc's one commit.")
-    left_out: list[str] = Field(default_factory=list, description="Changed paths outside the role's allowlist: never committed.")
+    sandbox: str | None = Field(
+        default=None, description="How the run was confined: bwrap (...), or unconfined and why."
+    )
+    folded_commits: int = Field(
+        default=0, description="Commits the agent made itself, folded back into sdlc's one commit."
+    )
+    left_out: list[str] = Field(
+        default_factory=list, description="Changed paths outside the role's allowlist: never committed."
+    )
 
     @property
     def succeeded(self) -> bool:

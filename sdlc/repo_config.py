@@ -15,11 +15,14 @@ class RepoConfig(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     test_command: list[str] | None = Field(
-        default=None, description="Local test command of the development gate, as a list or a string (split, never run by a shell)."
+        default=None,
+        description="Local test command of the development gate, as a list or a string (split, never run by a shell).",
     )
     test_timeout_seconds: float = Field(default=600, gt=0)
     budget_usd: float | None = Field(
-        default=None, gt=0, description="Default spend budget of each work item on this repository (B34); read from the default branch."
+        default=None,
+        gt=0,
+        description="Default spend budget of each work item on this repository (B34); read from the default branch.",
     )
 
     @field_validator("test_command", mode="before")

@@ -83,7 +83,9 @@ class RetryPolicy(BaseModel):
     """The agent's policy: two budgets, backoff, and how usage limits are waited for."""
 
     max_attempts: int = Field(default=AGENT_MAX_ATTEMPTS, ge=1, description="Runs while failures are permanent.")
-    transient_retries: int = Field(default=AGENT_TRANSIENT_RETRIES, ge=0, description="Retries after transient failures.")
+    transient_retries: int = Field(
+        default=AGENT_TRANSIENT_RETRIES, ge=0, description="Retries after transient failures."
+    )
     backoff_base_seconds: float = Field(default=AGENT_BACKOFF_BASE_SECONDS, gt=0)
     backoff_cap_seconds: float = Field(default=AGENT_BACKOFF_CAP_SECONDS, gt=0)
     max_retry_after_seconds: float | None = Field(
@@ -124,11 +126,19 @@ class HttpRetry(BaseModel):
             usage_limit_waits=0,
         )
 
-    def decide(self, attempt: int, reason: str, *, retry_after: float | None = None, permanent: bool = False) -> RetryDecision:
+    def decide(
+        self, attempt: int, reason: str, *, retry_after: float | None = None, permanent: bool = False
+    ) -> RetryDecision:
         """After failed request ``attempt`` (from 0): try again, after how long, or stop."""
-        kind = FailureKind.permanent if permanent else FailureKind.transient
-        counts = {"permanent_failures": 1} if permanent else {"transient_failures": attempt + 1}
-        return decide_retry(Classification(kind=kind, reason=reason, retry_after=retry_after, **counts), self.policy)
+        if permanent:
+            failure = Classification(
+                kind=FailureKind.permanent, reason=reason, retry_after=retry_after, permanent_failures=1
+            )
+        else:
+            failure = Classification(
+                kind=FailureKind.transient, reason=reason, retry_after=retry_after, transient_failures=attempt + 1
+            )
+        return decide_retry(failure, self.policy)
 
 
 def backoff_seconds(attempt: int, *, base: float, cap: float, retry_after: float | None = None) -> float:
@@ -152,7 +162,8 @@ def decide_retry(failure: Classification, policy: RetryPolicy, *, now: datetime 
         limit = policy.max_retry_after_seconds
         if limit is not None and failure.retry_after is not None and failure.retry_after > limit:
             return RetryDecision(
-                retry=False, why=f"{reason}: asks to wait {failure.retry_after:g} s (over max_retry_after_seconds={limit:g})"
+                retry=False,
+                why=f"{reason}: asks to wait {failure.retry_after:g} s (over max_retry_after_seconds={limit:g})",
             )
         wait = backoff_seconds(
             max(failure.transient_failures - 1, 0),
@@ -160,7 +171,9 @@ def decide_retry(failure: Classification, policy: RetryPolicy, *, now: datetime 
             cap=policy.backoff_cap_seconds,
             retry_after=failure.retry_after,
         )
-        return RetryDecision(retry=True, why=f"{reason}: transient retry {failure.transient_failures} of {budget}", wait_seconds=wait)
+        return RetryDecision(
+            retry=True, why=f"{reason}: transient retry {failure.transient_failures} of {budget}", wait_seconds=wait
+        )
     if failure.kind is FailureKind.usage_limit:
         if failure.resets_at is None or failure.usage_limit_waits > policy.usage_limit_waits:
             return RetryDecision(retry=False, why=f"{reason}: usage limit without a usable reset time")
@@ -168,8 +181,14 @@ def decide_retry(failure: Classification, policy: RetryPolicy, *, now: datetime 
             raise ValueError("waiting for a usage-limit reset needs the time now")
         wait = max(0.0, (failure.resets_at - now).total_seconds()) + policy.usage_limit_margin_seconds
         return RetryDecision(
-            retry=True, why=f"{reason}: waiting for the usage-limit reset at {failure.resets_at.isoformat()}", wait_seconds=wait
+            retry=True,
+            why=f"{reason}: waiting for the usage-limit reset at {failure.resets_at.isoformat()}",
+            wait_seconds=wait,
         )
     if failure.permanent_failures >= policy.max_attempts:
-        return RetryDecision(retry=False, why=f"{reason}: {failure.permanent_failures} of {policy.max_attempts} attempts failed")
-    return RetryDecision(retry=True, why=f"{reason}: attempt {failure.permanent_failures} of {policy.max_attempts} failed")
+        return RetryDecision(
+            retry=False, why=f"{reason}: {failure.permanent_failures} of {policy.max_attempts} attempts failed"
+        )
+    return RetryDecision(
+        retry=True, why=f"{reason}: attempt {failure.permanent_failures} of {policy.max_attempts} failed"
+    )

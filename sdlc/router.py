@@ -14,7 +14,7 @@ ledger and the tracker, a gate notice for people), then the one action to take.
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -78,7 +78,7 @@ class MergeFinished(_Frozen):
     error: str | None = None
 
 
-Event = Union[StageFinished, StageFailed, ApprovalGiven, AnswersGiven, MergeFinished]
+Event = StageFinished | StageFailed | ApprovalGiven | AnswersGiven | MergeFinished
 
 
 # --- what the flow does next ------------------------------------------------------------------
@@ -122,7 +122,7 @@ class Finish(_Frozen):
     pull_request: PullRequestRef | None = None
 
 
-Action = Union[RunStage, AskForApproval, AskForAnswers, MergePullRequest, Block, Finish]
+Action = RunStage | AskForApproval | AskForAnswers | MergePullRequest | Block | Finish
 
 
 class Transition(_Frozen):
@@ -223,7 +223,9 @@ def _after_answers(graph: StageGraph, progress: Progress, event: AnswersGiven) -
 def _after_merge(graph: StageGraph, progress: Progress, event: MergeFinished) -> Decision:
     number = progress.pull_request.number if progress.pull_request else "?"
     if event.error is not None:
-        return Decision(progress=progress, action=Block(at=progress.stage, reason=f"merging PR #{number} failed: {event.error}"))
+        return Decision(
+            progress=progress, action=Block(at=progress.stage, reason=f"merging PR #{number} failed: {event.error}")
+        )
     progress = progress.model_copy(update={"pull_request": event.pull_request or progress.pull_request})
     gate = _pending_gate(progress)
     route = graph.route(progress.stage, gate.outcome).model_copy(update={"merge_pull_request": False})

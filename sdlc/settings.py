@@ -46,13 +46,17 @@ class SdlcSettings(BaseSettings):
     )
     prefect_port: int = Field(default=4200, description="Port of the embedded Prefect server.")
     server_locked_retry_seconds: float = Field(
-        default=20, ge=0, description="How long the embedded server retries a request SQLite refused as locked (0: never)."
+        default=20,
+        ge=0,
+        description="How long the embedded server retries a request SQLite refused as locked (0: never).",
     )
     breaker_threshold: int = Field(
         default=3, ge=1, description="Consecutive transient failures of a provider that open its circuit breaker."
     )
     breaker_scope: str = Field(
-        default="", pattern=r"^[a-z0-9_-]{0,40}$", description="Separates the breakers of installations sharing one Prefect server."
+        default="",
+        pattern=r"^[a-z0-9_-]{0,40}$",
+        description="Separates the breakers of installations sharing one Prefect server.",
     )
     breaker_cooldown_seconds: float = Field(default=60, gt=0, description="How long an open breaker holds new runs.")
     git_timeout_seconds: float = Field(
@@ -84,12 +88,15 @@ class SdlcSettings(BaseSettings):
         default_factory=list, description="Paths every sandboxed agent may write (colon-separated)."
     )
     sandbox_hide_paths: Annotated[list[str], NoDecode, BeforeValidator(_colon_paths)] = Field(
-        default_factory=list, description="Paths no sandboxed agent ever sees, even inside a granted path (colon-separated)."
+        default_factory=list,
+        description="Paths no sandboxed agent ever sees, even inside a granted path (colon-separated).",
     )
     graph_file: Path | None = Field(
         default=None, description="YAML stage graph to run instead of the built-in one (`sdlc graph dump` writes one)."
     )
-    bot_name: str = Field(default="sdlc-flows bot", min_length=1, description="Author and committer name of sdlc's commits.")
+    bot_name: str = Field(
+        default="sdlc-flows bot", min_length=1, description="Author and committer name of sdlc's commits."
+    )
     bot_email: str = Field(
         default="sdlc-bot@localhost", min_length=3, description="Author and committer email of sdlc's commits."
     )

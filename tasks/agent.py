@@ -19,13 +19,13 @@ import shlex
 import shutil
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
-from prefect.logging import get_run_logger
 from prefect_shell import ShellOperation
 from pydantic import BaseModel, Field
 
@@ -35,8 +35,8 @@ from sdlc.settings import get_settings
 from tasks.breaker import CircuitBreaker
 from tasks.classify import classify_output, parse_result_json, read_tail
 from tasks.failures import PermanentError, SdlcError, TransientError
+from tasks.git import fold_agent_commits, head_commit, paths_outside, run_logger
 from tasks.ledger import Ledger
-from tasks.git import fold_agent_commits, head_commit, paths_outside
 from tasks.limits import agent_slots
 from tasks.processes import TERMINATE_GRACE_SECONDS, end_group, group_alive, process_start_ticks
 from tasks.sandbox import SandboxSpec, confinement, resolve_mode
@@ -63,13 +63,17 @@ class AgentInvocation(BaseModel):
     timeout_seconds: float = Field(gt=0)
     protocol_env: dict[str, str] = Field(description="The B5 SDLC_* variables.")
     profile_env: dict[str, str] = Field(default_factory=dict)
-    provider: str = Field(default="scripted", description="Whose circuit breaker and concurrency limit this run answers to.")
+    provider: str = Field(
+        default="scripted", description="Whose circuit breaker and concurrency limit this run answers to."
+    )
     repo_key: str = Field(default="", description="The repository's short name: its concurrency limit (B64).")
     budget_usd: float | None = Field(default=None, description="The work item's spend budget (B34).")
     visit: str | None = Field(default=None, description="Stage visit the retry budgets are counted in.")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     sandbox: SandboxSpec = Field(default_factory=SandboxSpec)
-    branch: str | None = Field(default=None, description="The work item's branch: only sdlc moves it (folded after the run).")
+    branch: str | None = Field(
+        default=None, description="The work item's branch: only sdlc moves it (folded after the run)."
+    )
     allowed_paths: list[str] = Field(default_factory=lambda: ["."], description="What the role may change.")
 
 
@@ -111,7 +115,11 @@ class AgentRunFailed(SdlcError):
     @property
     def waits_for_usage_reset(self) -> bool:
         """A usage limit with a reset time: the next attempt waits for it and spends no budget."""
-        return self.decision.retry and self.result.failure_kind == "usage_limit" and self.result.retry_not_before is not None
+        return (
+            self.decision.retry
+            and self.result.failure_kind == "usage_limit"
+            and self.result.retry_not_before is not None
+        )
 
 
 class AgentRunTransient(AgentRunFailed, TransientError):
@@ -195,10 +203,7 @@ def agent_script(argv: list[str], env_names: list[str], log_path: Path) -> str:
     ``argv`` starts with the sandbox's own prefix when the run is confined.
     """
     assignments = " ".join(f'"{name}=${{{name}}}"' for name in env_names)
-    return (
-        f"exec env -i {assignments} {shlex.join(argv)} "
-        f">> {shlex.quote(str(log_path))} 2>&1 < /dev/null"
-    )
+    return f"exec env -i {assignments} {shlex.join(argv)} >> {shlex.quote(str(log_path))} 2>&1 < /dev/null"
 
 
 class _LogFollower(threading.Thread):
@@ -260,18 +265,17 @@ def end_abandoned_agents(ledger: Ledger, work_item: str, logger: logging.LoggerA
         started = process_start_ticks(pgid)
         ours = started is None or run.process_started is None or started == run.process_started
         if ours and group_alive(pgid):
-            logger.warning("%s attempt %s (process group %s) outlived its driver; ending it", run.role, run.attempt, pgid)
+            logger.warning(
+                "%s attempt %s (process group %s) outlived its driver; ending it", run.role, run.attempt, pgid
+            )
             end_group(pgid)
             ended += 1
         ledger.end_abandoned_run(run.id, "its driver died while it ran" + ("; sdlc ended it" if ours else ""))  # type: ignore[arg-type]
     return ended
 
 
-def _run_logger() -> logging.LoggerAdapter[Any] | logging.Logger:
-    try:
-        return get_run_logger()
-    except Exception:  # outside a flow or task run, e.g. in unit tests
-        return logging.getLogger("sdlc.agent")
+def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    return run_logger(logging.getLogger("sdlc.agent"))
 
 
 class _NotStarted(Exception):
@@ -290,7 +294,7 @@ def execute_agent(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = agent_environment(os.environ, invocation.protocol_env, invocation.profile_env)
     env["SDLC_ATTEMPT"] = str(attempt)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     clock = time.monotonic()
     exit_code: int | None = None
     timed_out = False
@@ -322,7 +326,9 @@ def execute_agent(
             if not confined.confined:
                 # Turned off on purpose: said once per run; fallen back from `auto`: a warning people must see.
                 log_level = logging.INFO if invocation.sandbox.mode == "none" else logging.WARNING
-                logger.log(log_level, "%s runs UNCONFINED (%s): it can read what this worker can", invocation.role, sandbox)
+                logger.log(
+                    log_level, "%s runs UNCONFINED (%s): it can read what this worker can", invocation.role, sandbox
+                )
             follower = _LogFollower(log_path, logger, invocation.role)
             follower.start()
             operation = stack.enter_context(
@@ -349,7 +355,7 @@ def execute_agent(
     finally:
         if follower is not None:
             follower.stop()
-    ended = datetime.now(timezone.utc)
+    ended = datetime.now(UTC)
     duration = time.monotonic() - clock
     if timed_out:
         error = f"timeout after {invocation.timeout_seconds:g} s"
@@ -380,7 +386,17 @@ def _wait_quietly(process: Any) -> None:
 
 
 def _seconds_until(when: datetime) -> float:
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _set_retry_delay(task: Task[Any, Any], seconds: float) -> None:
+    """The delay Prefect schedules the next attempt after, as one number of seconds.
+
+    ``handle_retry`` in prefect/task_engine.py accepts a number here (it indexes only a
+    Sequence), and ``Task.__init__`` annotates the attribute ``float | int | list[float] | None``;
+    mypy takes ``list[float]`` from an earlier, unannotated assignment in that ``__init__``.
+    """
+    task.retry_delay_seconds = seconds  # type: ignore[assignment]  # Prefect's own annotation allows a float
 
 
 def _retry_agent_failures(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -398,8 +414,9 @@ def _retry_agent_failures(task: Task[Any, Any], task_run: TaskRun, state: State[
     try:
         state.result()
     except RetryNotDue as early:
-        task.retry_delay_seconds = _seconds_until(early.not_before)
-        logger.warning("%s: next attempt in %.1f s", early, task.retry_delay_seconds)
+        delay = _seconds_until(early.not_before)
+        _set_retry_delay(task, delay)
+        logger.warning("%s: next attempt in %.1f s", early, delay)
         return True
     except AgentRunFailed as failure:
         decision = failure.decision
@@ -410,15 +427,18 @@ def _retry_agent_failures(task: Task[Any, Any], task_run: TaskRun, state: State[
             logger.warning("not retrying %s: %s", failure.result.role, decision.why)
             return False
         assert failure.result.retry_not_before is not None
-        task.retry_delay_seconds = _seconds_until(failure.result.retry_not_before)
-        logger.warning("retrying %s: %s; next attempt in %.1f s", failure.result.role, decision.why, task.retry_delay_seconds)
+        delay = _seconds_until(failure.result.retry_not_before)
+        _set_retry_delay(task, delay)
+        logger.warning("retrying %s: %s; next attempt in %.1f s", failure.result.role, decision.why, delay)
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - any other failure is not the agent's to retry
         return False
     return False
 
 
-def assess_run(result: AgentResult, invocation: AgentInvocation, earlier: list[Any]) -> tuple[AgentResult, RetryDecision | None]:
+def assess_run(
+    result: AgentResult, invocation: AgentInvocation, earlier: list[Any]
+) -> tuple[AgentResult, RetryDecision | None]:
     """Classify the run from its log tail (B30) and decide on a retry (B31); None means success."""
     tail = read_tail(result.log_path)
     usage = parse_result_json(tail)
@@ -437,7 +457,9 @@ def assess_run(result: AgentResult, invocation: AgentInvocation, earlier: list[A
         permanent_failures=kinds.count(FailureKind.permanent.value),
         usage_limit_waits=kinds.count(FailureKind.usage_limit.value),
     )
-    policy = invocation.retry.model_copy(update={"usage_limit_margin_seconds": get_settings().usage_limit_margin_seconds})
+    policy = invocation.retry.model_copy(
+        update={"usage_limit_margin_seconds": get_settings().usage_limit_margin_seconds}
+    )
     decision = decide_retry(classification, policy, now=result.ended_at)
     updates.update(
         failure_kind=kind.value,
@@ -464,12 +486,21 @@ def _enter_retry_window(earlier: list[Any], ledger: Ledger, invocation: AgentInv
         return
     previous = earlier[-1]
     usage_limit = previous.failure_kind == FailureKind.usage_limit.value
-    if previous.retry_not_before > datetime.now(timezone.utc):
+    if previous.retry_not_before > datetime.now(UTC):
         if usage_limit:
-            ledger.set_state(invocation.work_item, WorkItemState.waiting_usage_limit, reason=usage_reset_note(previous.retry_not_before))
-        raise RetryNotDue(previous.retry_not_before, f"{invocation.role} ran again before its last failure's wait ({previous.failure_reason})")
+            ledger.set_state(
+                invocation.work_item,
+                WorkItemState.waiting_usage_limit,
+                reason=usage_reset_note(previous.retry_not_before),
+            )
+        raise RetryNotDue(
+            previous.retry_not_before,
+            f"{invocation.role} ran again before its last failure's wait ({previous.failure_reason})",
+        )
     if usage_limit:
-        ledger.set_state(invocation.work_item, WorkItemState.running, reason=f"usage limit reset; {invocation.role} runs again")
+        ledger.set_state(
+            invocation.work_item, WorkItemState.running, reason=f"usage limit reset; {invocation.role} runs again"
+        )
 
 
 @task(name="run-agent", retry_condition_fn=_retry_agent_failures)
@@ -479,7 +510,9 @@ def run_agent(invocation: AgentInvocation) -> AgentResult:
     ledger = Ledger.from_settings()
     logger = _run_logger()
     end_abandoned_agents(ledger, invocation.work_item, logger)
-    resolve_mode(invocation.sandbox.mode, invocation.sandbox.network)  # `bwrap` that cannot work: fail before anything runs
+    resolve_mode(
+        invocation.sandbox.mode, invocation.sandbox.network
+    )  # `bwrap` that cannot work: fail before anything runs
     visit_runs = ledger.visit_runs(invocation.work_item, invocation.role, invocation.visit) if invocation.visit else []
     _enter_retry_window(visit_runs, ledger, invocation)
     check_budget(ledger, invocation.work_item, invocation.budget_usd)
@@ -529,14 +562,21 @@ def run_agent(invocation: AgentInvocation) -> AgentResult:
         if failure.waits_for_usage_reset and not _pipeline_can_suspend():
             # Nothing can reschedule the pipeline: this task's retry, scheduled for the reset, waits instead.
             assert result.retry_not_before is not None
-            ledger.set_state(invocation.work_item, WorkItemState.waiting_usage_limit, reason=usage_reset_note(result.retry_not_before))
+            ledger.set_state(
+                invocation.work_item,
+                WorkItemState.waiting_usage_limit,
+                reason=usage_reset_note(result.retry_not_before),
+            )
         raise failure
     logger.info("%s attempt %s finished in %.1f s", invocation.role, attempt, result.duration_seconds)
     return result
 
 
 def _fold_back(
-    result: AgentResult, invocation: AgentInvocation, recorded_head: str | None, logger: logging.LoggerAdapter[Any] | logging.Logger
+    result: AgentResult,
+    invocation: AgentInvocation,
+    recorded_head: str | None,
+    logger: logging.LoggerAdapter[Any] | logging.Logger,
 ) -> AgentResult:
     """Put the branch back where it was before the run and name what the role may not change (issue 13, item 2)."""
     assert invocation.branch is not None
@@ -580,7 +620,9 @@ def _publish_run_artifact(invocation: AgentInvocation, result: AgentResult) -> N
                 "ended": result.ended_at.isoformat(timespec="seconds"),
                 "exit code": result.exit_code,
                 "duration s": result.duration_seconds,
-                "outcome": "ok" if result.succeeded else f"{result.failure_kind}: {result.failure_reason or result.error}",
+                "outcome": "ok"
+                if result.succeeded
+                else f"{result.failure_kind}: {result.failure_reason or result.error}",
                 "cost usd": result.cost_usd,
                 "input tokens": result.input_tokens,
                 "output tokens": result.output_tokens,

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -29,7 +30,7 @@ class BreakerState(BaseModel):
     def describe(self, now: datetime) -> str:
         if self.is_open(now):
             assert self.open_until is not None
-            return f"open until {self.open_until.astimezone(timezone.utc):%H:%M:%S} UTC ({self.consecutive_transient} transient failures in a row)"
+            return f"open until {self.open_until.astimezone(UTC):%H:%M:%S} UTC ({self.consecutive_transient} transient failures in a row)"
         return f"closed ({self.consecutive_transient} transient failures in a row)"
 
 
@@ -44,7 +45,7 @@ def after_success(state: BreakerState) -> BreakerState:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class CircuitBreaker:
@@ -68,7 +69,9 @@ class CircuitBreaker:
         Variable.set(self.name, state.model_dump(mode="json"), overwrite=True)
 
     def record_transient(self) -> BreakerState:
-        state = after_transient(self.read(), now=_now(), threshold=self.threshold, cooldown_seconds=self.cooldown_seconds)
+        state = after_transient(
+            self.read(), now=_now(), threshold=self.threshold, cooldown_seconds=self.cooldown_seconds
+        )
         self._write(state)
         return state
 
@@ -101,7 +104,9 @@ def breaker_states(scope: str = "") -> dict[str, BreakerState]:
     with get_client(sync_client=True) as client:
         variables = client.read_variables()
     return {
-        v.name.removeprefix(VARIABLE_PREFIX).removeprefix(f"{scope}-" if scope else ""): BreakerState.model_validate(v.value)
+        v.name.removeprefix(VARIABLE_PREFIX).removeprefix(f"{scope}-" if scope else ""): BreakerState.model_validate(
+            v.value
+        )
         for v in variables
         if v.name.startswith(f"{VARIABLE_PREFIX}{scope + '-' if scope else ''}") and isinstance(v.value, dict)
     }

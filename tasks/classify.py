@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from datetime import date, datetime, time, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -59,6 +59,7 @@ class RunUsage(BaseModel):
 
 # -- reading ---------------------------------------------------------------------------
 
+
 def read_tail(path: str | Path, max_bytes: int = LOG_TAIL_BYTES) -> str:
     """The last ``max_bytes`` of a file, read with one seek from the end ("" if missing).
 
@@ -75,7 +76,7 @@ def read_tail(path: str | Path, max_bytes: int = LOG_TAIL_BYTES) -> str:
     if start > 0:
         newline = data.find(b"\n")
         if newline != -1:
-            data = data[newline + 1:]
+            data = data[newline + 1 :]
     return data.decode("utf-8", errors="replace")
 
 
@@ -108,8 +109,11 @@ def _int(value: Any) -> int | None:
 
 
 def _usage_from(result: dict[str, Any]) -> RunUsage:
-    usage = result.get("usage") if isinstance(result.get("usage"), dict) else {}
-    inputs = [_int(usage.get(key)) for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")]
+    raw_usage = result.get("usage")
+    usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
+    inputs = [
+        _int(usage.get(key)) for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    ]
     cost = result.get("total_cost_usd")
     is_error = result.get("is_error")
     session = result.get("session_id")
@@ -145,22 +149,52 @@ _USAGE_LIMIT_EPOCH = re.compile(r"limit reached\|(\d{10})\b", re.IGNORECASE)
 _N = r"(?<![\d.])({})(?![\d.])(?!\s*(?:(?:ms|s|secs?|seconds|[kmg]i?b|bytes|lines|files)\b|%))"
 # (reason, kind, pattern), in priority order within one line.
 _PATTERNS: list[tuple[str, FailureKind, re.Pattern[str]]] = [
-    ("authentication", FailureKind.permanent, re.compile(
-        r"invalid api key|authentication_error|invalid x-api-key|oauth token (has )?expired|please run /login"
-        r"|permission_error|" + _N.format("401|403"), re.IGNORECASE)),
-    ("rate_limit", FailureKind.transient, re.compile(
-        r"rate_limit_error|temporarily limiting requests|too many requests|rate[ -]?limit(ed)?\b|"
-        + _N.format("429"), re.IGNORECASE)),
-    ("overloaded", FailureKind.transient, re.compile(
-        r"overloaded_error|overloaded|" + _N.format("529"), re.IGNORECASE)),
-    ("server_error", FailureKind.transient, re.compile(
-        r"\bapi_error\b(?!_)|internal server error|bad gateway|service unavailable|gateway time-?out"
-        r"|(api error|status|http|error)\W{0,3}" + _N.format(r"5\d\d"), re.IGNORECASE)),
-    ("timeout_api", FailureKind.transient, re.compile(
-        r"request timed out|etimedout|connection timed out|apiconnectiontimeouterror", re.IGNORECASE)),
-    ("network", FailureKind.transient, re.compile(
-        r"econnrefused|econnreset|enotfound|eai_again|enetunreach|ehostunreach|unable to connect"
-        r"|connection refused|connection reset|socket hang up|fetch failed|apiconnectionerror", re.IGNORECASE)),
+    (
+        "authentication",
+        FailureKind.permanent,
+        re.compile(
+            r"invalid api key|authentication_error|invalid x-api-key|oauth token (has )?expired|please run /login"
+            r"|permission_error|" + _N.format("401|403"),
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        "rate_limit",
+        FailureKind.transient,
+        re.compile(
+            r"rate_limit_error|temporarily limiting requests|too many requests|rate[ -]?limit(ed)?\b|"
+            + _N.format("429"),
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        "overloaded",
+        FailureKind.transient,
+        re.compile(r"overloaded_error|overloaded|" + _N.format("529"), re.IGNORECASE),
+    ),
+    (
+        "server_error",
+        FailureKind.transient,
+        re.compile(
+            r"\bapi_error\b(?!_)|internal server error|bad gateway|service unavailable|gateway time-?out"
+            r"|(api error|status|http|error)\W{0,3}" + _N.format(r"5\d\d"),
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        "timeout_api",
+        FailureKind.transient,
+        re.compile(r"request timed out|etimedout|connection timed out|apiconnectiontimeouterror", re.IGNORECASE),
+    ),
+    (
+        "network",
+        FailureKind.transient,
+        re.compile(
+            r"econnrefused|econnreset|enotfound|eai_again|enetunreach|ehostunreach|unable to connect"
+            r"|connection refused|connection reset|socket hang up|fetch failed|apiconnectionerror",
+            re.IGNORECASE,
+        ),
+    ),
 ]
 _RETRY_AFTER = [
     re.compile(r"retry-after\W{0,3}(\d+(?:\.\d+)?)", re.IGNORECASE),
@@ -200,10 +234,10 @@ _OFFSET = re.compile(r"^(?:UTC|GMT)?\s*([+-])(\d{1,2})(?::?(\d{2}))?$", re.IGNOR
 def _zone(name: str | None) -> tzinfo:
     """UTC, GMT, ``UTC+02:00``/``+0200`` offsets and IANA names; anything else is UTC."""
     if not name:
-        return timezone.utc
+        return UTC
     name = name.strip()
     if name.upper() in ("UTC", "GMT", "Z"):
-        return timezone.utc
+        return UTC
     offset = _OFFSET.match(name)
     if offset:
         sign = -1 if offset.group(1) == "-" else 1
@@ -212,14 +246,14 @@ def _zone(name: str | None) -> tzinfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        return timezone.utc
+        return UTC
 
 
 def _resets_at(line: str, now: datetime) -> datetime | None:
     """The next occurrence after ``now`` of the clock time (and date, if named) in ``line``."""
     epoch = _USAGE_LIMIT_EPOCH.search(line)
     if epoch:
-        return datetime.fromtimestamp(int(epoch.group(1)), timezone.utc)
+        return datetime.fromtimestamp(int(epoch.group(1)), UTC)
     match = _RESET.search(line)
     if not match:
         return None
@@ -254,11 +288,13 @@ def _resets_at(line: str, now: datetime) -> datetime | None:
 def _usage_limit(line: str, now: datetime) -> Failure | None:
     if not (_USAGE_LIMIT.search(line) or _USAGE_LIMIT_EPOCH.search(line)):
         return None
-    return Failure(kind=FailureKind.usage_limit, reason="usage_limit", message=_short(line),
-                   resets_at=_resets_at(line, now))
+    return Failure(
+        kind=FailureKind.usage_limit, reason="usage_limit", message=_short(line), resets_at=_resets_at(line, now)
+    )
 
 
 # -- classification ------------------------------------------------------------------------
+
 
 def _classify_line(line: str, now: datetime) -> Failure | None:
     """The failure one log line shows, or None."""
@@ -317,8 +353,7 @@ def _from_result(result: dict[str, Any], usage: RunUsage, text: str, now: dateti
     elif status in (401, 403):
         by_status = (FailureKind.permanent, "authentication")
     failure = (
-        Failure(kind=by_status[0], reason=by_status[1], message=message)
-        if by_status else _classify_line(said, now)
+        Failure(kind=by_status[0], reason=by_status[1], message=message) if by_status else _classify_line(said, now)
     )
     if failure is None:
         return Failure(kind=FailureKind.permanent, reason="is_error", message=message)
@@ -331,12 +366,13 @@ def classify_output(
     text: str, *, exit_code: int | None, timed_out: bool = False, now: datetime | None = None
 ) -> Failure | None:
     """None when the run succeeded, else why it failed (see the module docstring)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if now.tzinfo is None:
-        now = now.replace(tzinfo=timezone.utc)
+        now = now.replace(tzinfo=UTC)
     if timed_out:
-        return Failure(kind=FailureKind.permanent, reason="agent_timeout",
-                       message="the agent ran past its timeout and was stopped")
+        return Failure(
+            kind=FailureKind.permanent, reason="agent_timeout", message="the agent ran past its timeout and was stopped"
+        )
     result = _find_result(text)
     usage = _usage_from(result) if result is not None else None
     if result is not None and usage is not None and usage.is_error:
@@ -348,8 +384,9 @@ def classify_output(
         return failure
     what = "no exit code" if exit_code is None else f"exit code {exit_code}"
     last = next((line for line in reversed(text.splitlines()) if line.strip() and not _FRAMING.match(line)), "")
-    return Failure(kind=FailureKind.permanent, reason="exit_code",
-                   message=_short(f"{what}: {last.strip()}" if last else what))
+    return Failure(
+        kind=FailureKind.permanent, reason="exit_code", message=_short(f"{what}: {last.strip()}" if last else what)
+    )
 
 
 def classify_log_tail(

@@ -67,6 +67,6 @@ def retry_on_transient(task: object, task_run: object, state: object) -> bool:
         state.result()  # type: ignore[attr-defined]
     except TransientError:
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - anything else is not transient
         return False
     return False

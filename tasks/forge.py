@@ -171,22 +171,30 @@ class LocalForge:
 def forge_for(repo: str, spec: ForgeSpec) -> Forge:
     """The forge of a work item (B43): the local forge by default, else Gitea or GitHub over REST."""
     if spec.kind == "gitea":
+        from blocks import load_block
         from blocks.forge import GiteaCredentials
         from tasks.forge_gitea import GiteaForge
 
         assert spec.credentials_block and spec.owner and spec.name
-        return GiteaForge(credentials=GiteaCredentials.load(spec.credentials_block), owner=spec.owner, repo=spec.name)
+        return GiteaForge(
+            credentials=load_block(GiteaCredentials, spec.credentials_block), owner=spec.owner, repo=spec.name
+        )
     if spec.kind == "github":
+        from blocks import load_block
         from blocks.forge import GitHubCredentials
         from tasks.forge_github import GitHubForge
 
         assert spec.credentials_block and spec.owner and spec.name
-        return GitHubForge(credentials=GitHubCredentials.load(spec.credentials_block), owner=spec.owner, repo=spec.name)
+        return GitHubForge(
+            credentials=load_block(GitHubCredentials, spec.credentials_block), owner=spec.owner, repo=spec.name
+        )
     return LocalForge(repo=repo, clone=ensure_main_clone(repo), ledger=Ledger.from_settings())
 
 
 @task(name="ensure-pull-request", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_transient)
-def ensure_pull_request(repo: str, forge: ForgeSpec, branch: str, title: str, body: str, work_item: str) -> PullRequestRef:
+def ensure_pull_request(
+    repo: str, forge: ForgeSpec, branch: str, title: str, body: str, work_item: str
+) -> PullRequestRef:
     """One open PR for the branch into the repository's default branch (B42)."""
     repo = validate_repo(repo)
     validate_work_item_id(work_item)

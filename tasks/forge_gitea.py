@@ -24,8 +24,7 @@ differs from GitHub, and what this module does about it (``gitea-endpoints.md``)
 
 from __future__ import annotations
 
-import re
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -50,12 +49,12 @@ STATUS_TO_CI = {
 }
 
 
-
-
 def pull_request_ref(data: dict[str, Any]) -> PullRequestRef:
     """Gitea's ``PullRequest`` as a :class:`PullRequestRef`: closed + merged is ``merged``."""
     merged = bool(data.get("merged"))
-    state = "merged" if merged else ("open" if data.get("state") == "open" else "closed")
+    state: Literal["open", "merged", "closed"] = (
+        "merged" if merged else ("open" if data.get("state") == "open" else "closed")
+    )
     return PullRequestRef(
         number=int(data["number"]),
         url=str(data.get("html_url") or data.get("url") or ""),
@@ -93,19 +92,24 @@ class GiteaForge(RestRepository):
         seen = 0
         for page in range(1, MAX_PAGES + 1):
             response = self._call(
-                "GET", "/pulls",
+                "GET",
+                "/pulls",
                 params={"state": "open", "base_branch": base, "sort": "oldest", "page": page, "limit": PAGE_LIMIT},
             )
             batch = response.json()
             if not isinstance(batch, list):
-                raise PermanentError(f"Gitea answered the PR list of {self.owner}/{self.repo} with {type(batch).__name__}")
+                raise PermanentError(
+                    f"Gitea answered the PR list of {self.owner}/{self.repo} with {type(batch).__name__}"
+                )
             found += [pr for pr in batch if isinstance(pr, dict) and self._is_ours(pr, branch, base)]
             seen += len(batch)
             total = response.headers.get("x-total-count")
             if not batch or len(batch) < PAGE_LIMIT or (total is not None and total.isdigit() and seen >= int(total)):
                 break
         else:
-            raise PermanentError(f"{self.owner}/{self.repo} has more than {MAX_PAGES * PAGE_LIMIT} open PRs into {base}")
+            raise PermanentError(
+                f"{self.owner}/{self.repo} has more than {MAX_PAGES * PAGE_LIMIT} open PRs into {base}"
+            )
         if not found:
             return None
         return pull_request_ref(min(found, key=lambda pr: int(pr["number"])))
@@ -122,7 +126,8 @@ class GiteaForge(RestRepository):
     def _send_merge(self, current: PullRequestRef) -> httpx.Response:
         number = current.number
         return self._call(
-            "POST", f"/pulls/{number}/merge",
+            "POST",
+            f"/pulls/{number}/merge",
             json={
                 "Do": "merge",
                 "MergeTitleField": f"Merge pull request #{number} from {current.branch}",

@@ -35,8 +35,6 @@ FAILED_CONCLUSIONS = frozenset({"failure", "timed_out", "cancelled", "action_req
 DUPLICATE_MESSAGE = "a pull request already exists"
 
 
-
-
 def _error_messages(response: httpx.Response) -> list[str]:
     try:
         data = response.json()
@@ -71,8 +69,12 @@ class GitHubForge(RestRepository):
 
     def find_open_pull_request(self, *, branch: str, base: str) -> PullRequestRef | None:
         """The open PR of ``branch`` into ``base``, or None (the oldest one, should there be several)."""
-        params = {"head": f"{self.owner}:{validate_branch(branch)}", "base": validate_branch(base), "state": "open",
-                  "per_page": PER_PAGE}
+        params = {
+            "head": f"{self.owner}:{validate_branch(branch)}",
+            "base": validate_branch(base),
+            "state": "open",
+            "per_page": PER_PAGE,
+        }
         found = self._call("GET", "/pulls", params=params).json()
         pulls = [pr for pr in found if isinstance(pr, dict) and pr.get("head", {}).get("ref") == branch]
         if not pulls:

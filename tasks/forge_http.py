@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Self
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 from urllib.parse import quote
 
 import httpx
@@ -130,7 +131,12 @@ def call(
                 raise TransientError(f"{name}: {decision.why}")
             break
         logger.warning(
-            "%s failed (%s); retry %d of %d in %.1f s", name, last, attempt + 1, retry.max_attempts - 1, decision.wait_seconds
+            "%s failed (%s); retry %d of %d in %.1f s",
+            name,
+            last,
+            attempt + 1,
+            retry.max_attempts - 1,
+            decision.wait_seconds,
         )
         sleep(decision.wait_seconds)
     raise TransientError(f"{name} kept failing after {retry.max_attempts} attempts: {last}")
@@ -194,8 +200,15 @@ class RestRepository:
         expected: tuple[int, ...] = (200,),
     ) -> httpx.Response:
         return call(
-            self._client, method, self._base + path, params=params, json=json,
-            expected=expected, retry=self._retry, sleep=self._sleep, service=self.forge_name,
+            self._client,
+            method,
+            self._base + path,
+            params=params,
+            json=json,
+            expected=expected,
+            retry=self._retry,
+            sleep=self._sleep,
+            service=self.forge_name,
         )
 
     def find_open_pull_request(self, *, branch: str, base: str) -> PullRequestRef | None:
@@ -222,9 +235,6 @@ class RestRepository:
 
     def _create_pull_request(self, *, branch: str, base: str, title: str, body: str) -> PullRequestRef | str:
         """Create the PR; the forge's answer when it says one already exists."""
-        raise NotImplementedError
-
-    def get_pull_request(self, *, number: int) -> PullRequestRef:
         raise NotImplementedError
 
     def _send_merge(self, current: PullRequestRef) -> httpx.Response:

@@ -14,8 +14,8 @@ import re
 import shlex
 import subprocess
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 from prefect import task
 from pydantic import BaseModel, ConfigDict
@@ -139,14 +139,22 @@ def run_test_command(
     so do stragglers of a command that exited.
     """
     env = agent_environment(os.environ, {}, {})
-    with open(log_path, "wb") as log, confinement(argv, worktree=cwd, env=env, spec=sandbox or SandboxSpec()) as confined:
+    with (
+        open(log_path, "wb") as log,
+        confinement(argv, worktree=cwd, env=env, spec=sandbox or SandboxSpec()) as confined,
+    ):
         env.update(confined.env)
         log.write(f"--- test command [{confined.description}]: {shlex.join(argv)}\n".encode())
         log.flush()
         try:
             process = subprocess.Popen(
-                [*confined.prefix, *argv], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                [*confined.prefix, *argv],
+                cwd=cwd,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         except OSError as exc:
             log.write(f"could not start the test command: {exc}\n".encode())
@@ -174,7 +182,13 @@ def tests_gate(ctx: GateContext) -> GateResult:
     log_path = get_settings().logs_dir / ctx.work_item / f"tests-{ctx.spec.name}-{ctx.visit}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     sandbox = sandbox_spec_for(
-        mode=None, kind="tests", work_item=ctx.work_item, read_paths=[], write_paths=[], network=True, repo=ctx.repo or ""
+        mode=None,
+        kind="tests",
+        work_item=ctx.work_item,
+        read_paths=[],
+        write_paths=[],
+        network=True,
+        repo=ctx.repo or "",
     )
     code = run_test_command(config.test_command, ctx.worktree, log_path, config.test_timeout_seconds, sandbox)
     command = " ".join(config.test_command)
@@ -211,7 +225,9 @@ def ci_gate(ctx: GateContext) -> GateResult:
             return GateResult(outcome="fail", passed=False, reason=f"CI failed on {sha[:12]}", details=details)
         if time.monotonic() >= deadline:
             return GateResult(
-                outcome="fail", passed=False, details=details,
+                outcome="fail",
+                passed=False,
+                details=details,
                 reason=f"CI still pending on {sha[:12]} after {ctx.forge.ci_timeout_seconds:g} s",
             )
         time.sleep(ctx.forge.ci_poll_seconds)

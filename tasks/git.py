@@ -84,13 +84,19 @@ def repo_at(path: Path | str) -> git.Repo:
         raise GitOperationError(f"{path} is not a git checkout") from exc
 
 
-def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
-    try:
-        from prefect.logging import get_run_logger
+def run_logger(fallback: logging.Logger) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The flow or task run's logger (its lines reach the Prefect UI); ``fallback`` outside a run."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
 
+    try:
         return get_run_logger()
-    except Exception:  # MissingContextError outside a flow or task run
-        return logger
+    except MissingContextError:
+        return fallback
+
+
+def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    return run_logger(logger)
 
 
 def has_ref(repo: git.Repo, ref: str) -> bool:
@@ -103,7 +109,9 @@ def has_ref(repo: git.Repo, ref: str) -> bool:
 
 def _allowed(path: str, allowed: list[str]) -> bool:
     if path == ".sdlc" or path.startswith(".sdlc/"):
-        return False  # sdlc's own config and prompts judge the agents: never theirs to change, whatever the graph allows
+        return (
+            False  # sdlc's own config and prompts judge the agents: never theirs to change, whatever the graph allows
+        )
     for prefix in allowed:
         prefix = prefix.strip()
         if prefix in ("", ".", "./", "*"):
@@ -323,7 +331,9 @@ def fold_agent_commits(worktree: Path, branch: str, recorded_head: str | None) -
         repo.git.update_ref("-m", "sdlc: fold the agent's own commits", expected, recorded_head, env=env)
         repo.git.reset("-q", env=env)
     except GitCommandError as exc:
-        raise GitOperationError(f"cannot put {branch} back to {recorded_head[:12]} in {worktree}: {describe(exc)}") from exc
+        raise GitOperationError(
+            f"cannot put {branch} back to {recorded_head[:12]} in {worktree}: {describe(exc)}"
+        ) from exc
     return folded
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import DateTime, TypeDecorator
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 from sdlc.models import AgentResult, WorkItemRequest, WorkItemState
 from sdlc.settings import get_settings
@@ -37,7 +37,7 @@ SCHEMA_ATTEMPTS = 5
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -50,15 +50,15 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 class UnknownWorkItem(LookupError):
@@ -85,7 +85,8 @@ class WorkItemRecord(SQLModel, table=True):
     pr_url: str | None = None
     budget_usd: float | None = None
     base_sha: str | None = Field(
-        default=None, description="Origin's default branch when the work item started: where its gates and prompts come from."
+        default=None,
+        description="Origin's default branch when the work item started: where its gates and prompts come from.",
     )
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
@@ -140,14 +141,30 @@ class AgentRunRecord(SQLModel, table=True):
     num_turns: int | None = None
     session_id: str | None = None
     sandbox: str | None = None
-    process_group: int | None = Field(default=None, description="The running agent's process group (ended if its driver died).")
-    process_started: int | None = Field(default=None, description="Its start time in clock ticks since boot: a reused pid is not it.")
+    process_group: int | None = Field(
+        default=None, description="The running agent's process group (ended if its driver died)."
+    )
+    process_started: int | None = Field(
+        default=None, description="Its start time in clock ticks since boot: a reused pid is not it."
+    )
 
 
 # Fields an AgentResult brings to its record when the run ends.
 _RESULT_FIELDS = (
-    "exit_code", "duration_seconds", "timed_out", "error", "ended_at", "failure_kind", "failure_reason",
-    "retry_after_seconds", "retry_not_before", "cost_usd", "input_tokens", "output_tokens", "num_turns", "session_id",
+    "exit_code",
+    "duration_seconds",
+    "timed_out",
+    "error",
+    "ended_at",
+    "failure_kind",
+    "failure_reason",
+    "retry_after_seconds",
+    "retry_not_before",
+    "cost_usd",
+    "input_tokens",
+    "output_tokens",
+    "num_turns",
+    "session_id",
     "sandbox",
 )
 
@@ -257,7 +274,9 @@ def _add_missing_columns(connection: Connection) -> None:
                 continue
             column_type = column.type.compile(dialect=connection.dialect)
             connection.execute(
-                text(f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {preparer.format_column(column)} {column_type}")
+                text(
+                    f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {preparer.format_column(column)} {column_type}"
+                )
             )
             added.add(column.name)
         for index in table.indexes:
@@ -426,7 +445,10 @@ class Ledger:
     def link_tracker_item(self, work_item: str, tracker: str, tracker_item_id: str, credentials_block: str) -> None:
         with self._session() as session:
             row = session.get(TrackerLinkRecord, work_item) or TrackerLinkRecord(
-                work_item_id=work_item, tracker=tracker, tracker_item_id=tracker_item_id, credentials_block=credentials_block
+                work_item_id=work_item,
+                tracker=tracker,
+                tracker_item_id=tracker_item_id,
+                credentials_block=credentials_block,
             )
             row.tracker, row.tracker_item_id, row.credentials_block = tracker, tracker_item_id, credentials_block
             session.add(row)
@@ -451,12 +473,14 @@ class Ledger:
     def list_work_items(self) -> list[WorkItemRecord]:
         """All work items, oldest first."""
         with self._session() as session:
-            return list(session.exec(select(WorkItemRecord).order_by(WorkItemRecord.created_at, WorkItemRecord.id)))
+            return list(
+                session.exec(select(WorkItemRecord).order_by(col(WorkItemRecord.created_at), col(WorkItemRecord.id)))
+            )
 
     def _rows_of(self, model: type[_Row], work_item: str) -> list[_Row]:
         """A work item's rows of one table, in the order they were written."""
         with self._session() as session:
-            query = select(model).where(model.work_item_id == work_item).order_by(model.id)  # type: ignore[attr-defined]
+            query = select(model).where(model.work_item_id == work_item).order_by(col(model.id))
             return list(session.exec(query))
 
     def transitions(self, work_item: str) -> list[StageTransitionRecord]:
@@ -552,7 +576,9 @@ class Ledger:
         with self._session() as session:
             query = (
                 select(AgentRunRecord)
-                .where(AgentRunRecord.work_item_id == work_item, AgentRunRecord.role == role, AgentRunRecord.visit == visit)
+                .where(
+                    AgentRunRecord.work_item_id == work_item, AgentRunRecord.role == role, AgentRunRecord.visit == visit
+                )
                 .order_by(AgentRunRecord.id)  # type: ignore[arg-type]
             )
             return list(session.exec(query))
@@ -580,8 +606,10 @@ class Ledger:
     def _open_pull_request(session: Session, repo: str, branch: str) -> PullRequestRecord | None:
         query = (
             select(PullRequestRecord)
-            .where(PullRequestRecord.repo == repo, PullRequestRecord.branch == branch, PullRequestRecord.state == "open")
-            .order_by(PullRequestRecord.number)
+            .where(
+                PullRequestRecord.repo == repo, PullRequestRecord.branch == branch, PullRequestRecord.state == "open"
+            )
+            .order_by(col(PullRequestRecord.number))
         )
         return session.exec(query).first()
 

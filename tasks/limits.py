@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from sdlc.settings import SdlcSettings, get_settings
 
@@ -52,7 +53,9 @@ def _write_limits(limits: dict[str, int]) -> None:
 
 
 @contextlib.contextmanager
-def agent_slots(repo_key: str, provider: str, log: logging.Logger | logging.LoggerAdapter[Any] = logger) -> Iterator[None]:
+def agent_slots(
+    repo_key: str, provider: str, log: logging.Logger | logging.LoggerAdapter[Any] = logger
+) -> Iterator[None]:
     """Hold one slot of each configured limit while the block runs; waits for free slots first."""
     limits = agent_limits(repo_key, provider, get_settings())
     if not limits:

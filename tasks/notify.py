@@ -11,27 +11,42 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from prefect import task
+from prefect.blocks.abstract import NotificationBlock
 from prefect.blocks.core import Block
 from prefect.blocks.notifications import AbstractAppriseNotificationBlock
 
+from blocks import load_block
 from blocks.notifications import redact  # also registers the sdlc block types, so Block.load finds them
 from sdlc.settings import get_settings
 
 logger = logging.getLogger("sdlc.notify")
 
 Event = Literal[
-    "work_item_started", "stage_changed", "gate_failed", "gate_warning", "approval_requested",
-    "input_requested", "usage_limit", "blocked", "failed", "done",
+    "work_item_started",
+    "stage_changed",
+    "gate_failed",
+    "gate_warning",
+    "approval_requested",
+    "input_requested",
+    "usage_limit",
+    "blocked",
+    "failed",
+    "done",
 ]
 
 _NOTIFY_TYPES: dict[str, Literal["info", "success", "warning", "failure"]] = {
-    "gate_failed": "warning", "gate_warning": "warning", "approval_requested": "warning",
-    "input_requested": "warning", "usage_limit": "warning",
-    "blocked": "failure", "failed": "failure", "done": "success",
+    "gate_failed": "warning",
+    "gate_warning": "warning",
+    "approval_requested": "warning",
+    "input_requested": "warning",
+    "usage_limit": "warning",
+    "blocked": "failure",
+    "failed": "failure",
+    "done": "success",
 }
 """How Apprise services (a Slack colour, a Telegram icon) show each event; others are info."""
 
@@ -57,7 +72,7 @@ def deliver(
     failed_notifiers: list[dict[str, str]] | None = None,
 ) -> None:
     record = {
-        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "event": event,
         "work_item": work_item,
         "message": message,
@@ -86,11 +101,15 @@ def send_to_blocks(
     failures: list[dict[str, str]] = []
     for ref in get_settings().notify_blocks:
         try:
-            block = Block.load(ref)
+            block = load_block(Block, ref)
+            if not isinstance(block, NotificationBlock):
+                raise TypeError(f"{type(block).__name__} is not a notification block")
             if isinstance(block, AbstractAppriseNotificationBlock):
                 block.notify_type = _NOTIFY_TYPES.get(event, "info")
             with block.raise_on_failure():
-                block.notify(body, subject=subject)
+                # NotificationBlock declares notify async, but Prefect's blocks and ours override it
+                # with @async_dispatch, which sends at once (and returns None) from sync code.
+                block.notify(body, subject=subject)  # type: ignore[unused-coroutine]
         except Exception as exc:  # noqa: BLE001 - whatever a notifier does, the pipeline goes on
             reason = _reason(exc)
             log.warning("notifier %s failed: %s", ref, reason)

@@ -30,9 +30,10 @@ import re
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from html.parser import HTMLParser
-from typing import Any, Callable, Literal, Self
+from typing import Any, Literal, Self
 
 import httpx
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -211,8 +212,11 @@ StatesKey = tuple[str, str, str, tuple[tuple[str, str], ...], bool]
 def states_key(credentials: PlaneCredentials) -> StatesKey:
     """Everything that decides which state ids a block resolves to (the API key does not)."""
     return (
-        credentials.api_url, credentials.workspace_slug, credentials.project_id,
-        tuple(sorted(credentials.state_names.items())), credentials.create_missing_states,
+        credentials.api_url,
+        credentials.workspace_slug,
+        credentials.project_id,
+        tuple(sorted(credentials.state_names.items())),
+        credentials.create_missing_states,
     )
 
 
@@ -332,13 +336,25 @@ class PlaneTracker:
     # -- HTTP ----------------------------------------------------------------------
 
     def _call(
-        self, method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None,
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
         expected: tuple[int, ...] = (200,),
     ) -> httpx.Response:
         try:
             return call(
-                self._client, method, path, params=params, json=json, expected=expected,
-                retry=self._retry, sleep=self._sleep, describe=plane_message,
+                self._client,
+                method,
+                path,
+                params=params,
+                json=json,
+                expected=expected,
+                retry=self._retry,
+                sleep=self._sleep,
+                describe=plane_message,
             )
         except ForgeHTTPError as exc:
             if exc.status in (401, 403):
@@ -381,7 +397,9 @@ class PlaneTracker:
         missing = {key: names[key] for key, state_id in found.items() if state_id is None}
         if missing and not self.credentials.create_missing_states:
             raise PlaneStateMissing(
-                missing, self.credentials.workspace_slug, self.credentials.project_id,
+                missing,
+                self.credentials.workspace_slug,
+                self.credentials.project_id,
                 [str(state.get("name")) for state in states],
             )
         for key, name in missing.items():
@@ -512,9 +530,10 @@ class PlaneTracker:
         approvers = set(self.credentials.approvers)
         if not approvers:
             return None
-        since = after.replace(tzinfo=timezone.utc) if after is not None and after.tzinfo is None else after
+        since = after.replace(tzinfo=UTC) if after is not None and after.tzinfo is None else after
         for comment in self.list_comments(ref):
-            if (comment.actor or "").lower() not in approvers:
+            actor = comment.actor
+            if actor is None or actor.lower() not in approvers:
                 continue
             if since is not None and comment.created_at <= since:
                 continue
@@ -524,7 +543,7 @@ class PlaneTracker:
             if kind is None or (kind == "answer" and not rest):
                 continue  # an /answer without text answers nothing
             return PlaneDecision(
-                kind=kind, actor=comment.actor, text=rest, comment_id=comment.id, created_at=comment.created_at
+                kind=kind, actor=actor, text=rest, comment_id=comment.id, created_at=comment.created_at
             )
         return None
 

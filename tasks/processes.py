@@ -13,8 +13,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 TERMINATE_GRACE_SECONDS = 3.0
 _POLL_SECONDS = 0.05

@@ -30,9 +30,10 @@ import signal
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Mapping
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
@@ -46,14 +47,46 @@ SandboxMode = Literal["auto", "bwrap", "none"]
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # What a CLI needs of /etc: names, TLS roots, DNS, time zone, the dynamic linker. Not shadow, not ssh.
 ETC_FILES = (
-    "alternatives", "ca-certificates", "ca-certificates.conf", "gai.conf", "group", "host.conf",
-    "hostname", "hosts", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "mime.types",
-    "nsswitch.conf", "os-release", "passwd", "protocols", "resolv.conf", "services", "ssl", "timezone",
+    "alternatives",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "gai.conf",
+    "group",
+    "host.conf",
+    "hostname",
+    "hosts",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "mime.types",
+    "nsswitch.conf",
+    "os-release",
+    "passwd",
+    "protocols",
+    "resolv.conf",
+    "services",
+    "ssl",
+    "timezone",
 )
 # The worker's secrets in HOME, hidden again when a grant exposes HOME itself.
 HOME_SECRETS = (
-    ".ssh", ".netrc", ".git-credentials", ".config", ".aws", ".docker", ".gnupg", ".kube", ".pgpass", ".npmrc",
-    ".pypirc", ".cargo/credentials", ".cargo/credentials.toml", ".gem/credentials", ".m2/settings.xml", ".azure",
+    ".ssh",
+    ".netrc",
+    ".git-credentials",
+    ".config",
+    ".aws",
+    ".docker",
+    ".gnupg",
+    ".kube",
+    ".pgpass",
+    ".npmrc",
+    ".pypirc",
+    ".cargo/credentials",
+    ".cargo/credentials.toml",
+    ".gem/credentials",
+    ".m2/settings.xml",
+    ".azure",
 )
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 # Environment variables naming a model API's address (ANTHROPIC_BASE_URL, OPENAI_API_BASE ...).
@@ -78,7 +111,8 @@ class SandboxSpec(BaseModel):
     network: bool = Field(default=True, description="Outbound network (pasta); False: none at all.")
     state_dir: str | None = Field(default=None, description="This work item's own CLI state, kept between its runs.")
     home_state: list[str] = Field(
-        default_factory=list, description="Folders under HOME kept in `state_dir` (a CLI's sessions), the rest of HOME is discarded."
+        default_factory=list,
+        description="Folders under HOME kept in `state_dir` (a CLI's sessions), the rest of HOME is discarded.",
     )
 
 
@@ -95,9 +129,22 @@ def _probe(bwrap: str, network: bool) -> str | None:
         return f"{bwrap} is not installed (Debian package bubblewrap)"
     try:
         probe = subprocess.run(
-            [program, "--ro-bind", "/", "/", "--unshare-all", "--unshare-user", "--die-with-parent",
-             "--cap-drop", "ALL", "--", "/bin/true"],
-            capture_output=True, timeout=20, stdin=subprocess.DEVNULL,
+            [
+                program,
+                "--ro-bind",
+                "/",
+                "/",
+                "--unshare-all",
+                "--unshare-user",
+                "--die-with-parent",
+                "--cap-drop",
+                "ALL",
+                "--",
+                "/bin/true",
+            ],
+            capture_output=True,
+            timeout=20,
+            stdin=subprocess.DEVNULL,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"{bwrap} does not start: {exc}"
@@ -310,7 +357,9 @@ class Netns:
         _, err = self.pasta.communicate(timeout=20)
         if self.pasta.returncode != 0:
             said = err.decode(errors="replace").strip().splitlines()
-            raise SandboxUnavailable(f"pasta could not give the sandbox a network: {said[-1] if said else self.pasta.returncode}")
+            raise SandboxUnavailable(
+                f"pasta could not give the sandbox a network: {said[-1] if said else self.pasta.returncode}"
+            )
 
 
 @contextlib.contextmanager
@@ -327,10 +376,29 @@ def outbound_netns(ports: list[int]) -> Iterator[Netns]:
     try:
         forwarded = ",".join(str(port) for port in ports) or "none"
         pasta = subprocess.Popen(
-            ["pasta", "--runas", "0", "--config-net", "--quiet", "--no-map-gw",
-             "-t", "none", "-u", "none", "-T", forwarded, "-U", "none", "--netns", name,
-             "--pid", str(_pasta_pid_file(name))],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                "pasta",
+                "--runas",
+                "0",
+                "--config-net",
+                "--quiet",
+                "--no-map-gw",
+                "-t",
+                "none",
+                "-u",
+                "none",
+                "-T",
+                forwarded,
+                "-U",
+                "none",
+                "--netns",
+                name,
+                "--pid",
+                str(_pasta_pid_file(name)),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         yield Netns(NETNS_DIR / name, pasta)
     finally:
@@ -388,9 +456,20 @@ def bwrap_arguments(
     settings = get_settings()
     home_value = env.get("HOME", "")
     home = Path(home_value) if home_value.startswith("/") and home_value != "/" else None
-    args = [settings.sandbox_bwrap, "--die-with-parent", "--new-session", "--unshare-user", "--unshare-pid",
-            "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--cap-drop", "ALL",
-            "--hostname", "sdlc-agent"]
+    args = [
+        settings.sandbox_bwrap,
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--cap-drop",
+        "ALL",
+        "--hostname",
+        "sdlc-agent",
+    ]
     if netns is None:
         args.append("--unshare-net")
     for directory in SYSTEM_DIRS:

@@ -11,17 +11,19 @@ from pathlib import Path
 
 from prefect import task
 
+from blocks import load_block
 from blocks.agent_profile import AgentProfile, profile_for
 from sdlc.graph import StageSpec, artifacts_dir, builtin_prompt
 from sdlc.models import Feedback, StageInput, validate_work_item_id
+from sdlc.retry import RetryPolicy
 from sdlc.settings import get_settings
 from tasks.agent import AgentInvocation, check_budget
 from tasks.gates import archive_stale_artifacts_in
 from tasks.graph_check import InvalidStageGraph
-from tasks.worktree import base_commit, base_file, base_repo_config, main_clone_path
 from tasks.ledger import Ledger
-from sdlc.retry import RetryPolicy
 from tasks.sandbox import sandbox_spec_for
+from tasks.worktree import base_commit, base_file, base_repo_config, main_clone_path
+
 
 def task_file_name(role: str) -> str:
     return f".task-{role}.md"
@@ -107,7 +109,9 @@ def render_task(stage_input: StageInput, spec: StageSpec, *, attempt: int) -> st
 
 def relocate_feedback(feedback: list[Feedback], moved: dict[str, str]) -> list[Feedback]:
     """Point feedback at the archived copy of a file that was moved to history/."""
-    return [item.model_copy(update={"file": moved.get(item.file, item.file)}) if item.file else item for item in feedback]
+    return [
+        item.model_copy(update={"file": moved.get(item.file, item.file)}) if item.file else item for item in feedback
+    ]
 
 
 def write_task(worktree: str, task_file: str, stage_input: StageInput, spec: StageSpec, moved: dict[str, str]) -> None:
@@ -119,14 +123,16 @@ def write_task(worktree: str, task_file: str, stage_input: StageInput, spec: Sta
 
 def previous_session(work_item: str, role: str) -> str | None:
     """The CLI session of the role's last successful run, to continue when work comes back to it."""
-    runs = [r for r in Ledger.from_settings().agent_runs(work_item) if r.role == role and r.session_id and r.exit_code == 0]
+    runs = [
+        r for r in Ledger.from_settings().agent_runs(work_item) if r.role == role and r.session_id and r.exit_code == 0
+    ]
     return runs[-1].session_id if runs else None
 
 
 def load_profile(stage_input: StageInput) -> AgentProfile:
     agent = stage_input.request.agent
     if agent.profile_block:
-        return AgentProfile.load(agent.profile_block)
+        return load_block(AgentProfile, agent.profile_block)
     return profile_for(agent.kind, agent.command, agent.timeout_seconds)
 
 

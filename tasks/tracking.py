@@ -9,6 +9,7 @@ import uuid
 
 from prefect import task
 
+from blocks import load_block
 from blocks.plane import StateKey
 from sdlc.models import WorkItemRequest, WorkItemState
 from tasks.ledger import Ledger
@@ -25,7 +26,9 @@ def record_transition(work_item: str, from_stage: str | None, to_stage: str, rea
 
 
 @task(name="set-work-item-state")
-def set_work_item_state(work_item: str, state: WorkItemState, stage: str | None = None, reason: str | None = None) -> None:
+def set_work_item_state(
+    work_item: str, state: WorkItemState, stage: str | None = None, reason: str | None = None
+) -> None:
     Ledger.from_settings().set_state(work_item, state, stage=stage, reason=reason)
 
 
@@ -64,7 +67,7 @@ def sync_tracker(
     spec = request.tracker
     ref = spec.ref or request.work_item
     try:
-        credentials = PlaneCredentials.load(spec.credentials_block)
+        credentials = load_block(PlaneCredentials, spec.credentials_block)
         ledger = Ledger.from_settings()
         with PlaneTracker(credentials) as plane:
             item_id = _linked_item_id(ledger, request.work_item, spec.credentials_block, ref)

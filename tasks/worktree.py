@@ -23,8 +23,8 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import git
 from git.exc import GitCommandError
@@ -236,11 +236,7 @@ def worktree_path(repo: str, branch: str) -> Path:
 
 def _registered_worktrees(clone_repo: git.Repo) -> set[Path]:
     out: str = clone_repo.git.worktree("list", "--porcelain", env=git_env())
-    return {
-        Path(line.removeprefix("worktree ")).resolve()
-        for line in out.splitlines()
-        if line.startswith("worktree ")
-    }
+    return {Path(line.removeprefix("worktree ")).resolve() for line in out.splitlines() if line.startswith("worktree ")}
 
 
 def _current_branch(worktree: Path) -> str | None:
