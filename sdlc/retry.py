@@ -42,6 +42,13 @@ HTTP_MAX_ATTEMPTS = 5
 HTTP_BACKOFF_BASE_SECONDS = 0.5
 HTTP_BACKOFF_CAP_SECONDS = 30.0
 
+STEP_RETRY_DELAYS_SECONDS = [5.0, 20.0, 60.0]
+"""Prefect's retries of a git step (clone/fetch, push) that failed transiently: a remote that is
+down for a minute does not block the work item."""
+HTTP_STEP_RETRY_DELAYS_SECONDS = [5.0, 30.0]
+"""Prefect's retries of a forge step (PR, merge, CI read) whose HTTP client already retried
+HTTP_MAX_ATTEMPTS times: shorter, so a forge that is really down is reported in bounded time."""
+
 NOTIFY_BACKOFF_BASE_SECONDS = 1.0
 NOTIFY_BACKOFF_CAP_SECONDS = 10.0
 NOTIFY_MAX_RETRY_AFTER_SECONDS = 300.0

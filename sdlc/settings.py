@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from sdlc.retry import USAGE_LIMIT_MARGIN_SECONDS
+
 
 def _block_refs(value: Any) -> Any:
     """A list from the environment either way people write it: a JSON list or comma-separated."""
@@ -71,7 +73,9 @@ class SdlcSettings(BaseSettings):
         default_factory=dict, description='Agent runs at once per provider, e.g. {"claude": 4} (JSON).'
     )
     usage_limit_margin_seconds: float = Field(
-        default=30, ge=0, description="Wait this long past a usage-limit reset before the next attempt."
+        default=USAGE_LIMIT_MARGIN_SECONDS,
+        ge=0,
+        description="Wait this long past a usage-limit reset before the next attempt.",
     )
     approval_poll_seconds: int = Field(
         default=1, description="How often a paused pipeline checks for its approval input."

@@ -22,6 +22,7 @@ from prefect import task
 from sqlalchemy.exc import IntegrityError
 
 from sdlc.models import ForgeSpec, PullRequestRef, validate_branch, validate_repo, validate_work_item_id
+from sdlc.retry import HTTP_STEP_RETRY_DELAYS_SECONDS
 from tasks.ci_status import CiStatus
 from tasks.failures import GitOperationError, PermanentError, TransientError, retry_on_transient
 from tasks.git import bot_env, describe, git_env, has_ref, push_branch, remote_git, repo_at
@@ -191,7 +192,12 @@ def forge_for(repo: str, spec: ForgeSpec) -> Forge:
     return LocalForge(repo=repo, clone=ensure_main_clone(repo), ledger=Ledger.from_settings())
 
 
-@task(name="ensure-pull-request", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_transient)
+@task(
+    name="ensure-pull-request",
+    retries=len(HTTP_STEP_RETRY_DELAYS_SECONDS),
+    retry_delay_seconds=HTTP_STEP_RETRY_DELAYS_SECONDS,
+    retry_condition_fn=retry_on_transient,
+)
 def ensure_pull_request(
     repo: str, forge: ForgeSpec, branch: str, title: str, body: str, work_item: str
 ) -> PullRequestRef:
@@ -207,7 +213,12 @@ def ensure_pull_request(
         target.close()
 
 
-@task(name="merge-pull-request", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_transient)
+@task(
+    name="merge-pull-request",
+    retries=len(HTTP_STEP_RETRY_DELAYS_SECONDS),
+    retry_delay_seconds=HTTP_STEP_RETRY_DELAYS_SECONDS,
+    retry_condition_fn=retry_on_transient,
+)
 def merge_pull_request(repo: str, forge: ForgeSpec, number: int) -> PullRequestRef:
     """Merge the PR into its base (B42); merging a merged PR changes nothing."""
     target = forge_for(validate_repo(repo), forge)

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from sdlc.graph import AGENT_FAILED, StageSpec, artifacts_dir
 from sdlc.models import AgentResult, ForgeSpec, GateResult
 from sdlc.repo_config import CONFIG_PATH, RepoConfig
+from sdlc.retry import HTTP_STEP_RETRY_DELAYS_SECONDS
 from sdlc.settings import get_settings
 from tasks.agent import agent_environment, describe_failure
 from tasks.classify import read_tail
@@ -287,7 +288,12 @@ def archive_stale_artifacts_in(worktree: Path, work_item: str, spec: StageSpec) 
 
 # A CI read that still fails after the forge client's own retries (TransientError) is read
 # again later rather than blocking a work item whose developer's work is already pushed.
-@task(name="run-gate", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_transient)
+@task(
+    name="run-gate",
+    retries=len(HTTP_STEP_RETRY_DELAYS_SECONDS),
+    retry_delay_seconds=HTTP_STEP_RETRY_DELAYS_SECONDS,
+    retry_condition_fn=retry_on_transient,
+)
 def run_gate(
     worktree: str,
     work_item: str,

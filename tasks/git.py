@@ -22,6 +22,7 @@ from git.exc import GitCommandError
 from prefect import task
 
 from sdlc.models import CommitResult, validate_branch, validate_work_item_id
+from sdlc.retry import STEP_RETRY_DELAYS_SECONDS
 from sdlc.settings import get_settings
 from tasks.failures import GitOperationError, PushRejected, TransientError, retry_on_transient
 from tasks.processes import end_process_group
@@ -261,7 +262,12 @@ def commit_message(role: str, work_item: str, summary: str) -> str:
 # A push that failed transiently (origin down, stalled past the git timeout) is tried again
 # with backoff; the retry finds the commit made and pushes it. Still failing, the stage
 # raises and the work item ends Blocked with the reason.
-@task(name="commit-and-push", retries=3, retry_delay_seconds=[5, 20, 60], retry_condition_fn=retry_on_transient)
+@task(
+    name="commit-and-push",
+    retries=len(STEP_RETRY_DELAYS_SECONDS),
+    retry_delay_seconds=STEP_RETRY_DELAYS_SECONDS,
+    retry_condition_fn=retry_on_transient,
+)
 def commit_and_push(
     worktree: str, *, role: str, work_item: str, summary: str, allowed: list[str], branch: str
 ) -> CommitResult:
