@@ -31,6 +31,10 @@ os.environ.update(
     PREFECT_SERVER_ANALYTICS_ENABLED="false",
     SDLC_DATA_DIR=str(ROOT / "data"),
     PREFECT_LOGGING_LEVEL="WARNING",
+    # The timing agent runs in the agents' sandbox: it reads the scripted agent's packages and
+    # writes its records under ROOT (the data dir inside stays hidden all the same).
+    SDLC_SANDBOX_READ_PATHS=":".join(str(Path(__file__).resolve().parents[1] / name) for name in ("demo", "sdlc")),
+    SDLC_SANDBOX_WRITE_PATHS=str(ROOT),
 )
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
