@@ -31,12 +31,15 @@ os.environ.update(
     PREFECT_SERVER_ANALYTICS_ENABLED="false",
     SDLC_DATA_DIR=str(ROOT / "data"),
     PREFECT_LOGGING_LEVEL="WARNING",
-    # The timing agent runs in the agents' sandbox: it reads the scripted agent's packages and
-    # writes its records under ROOT (the data dir inside stays hidden all the same).
-    SDLC_SANDBOX_READ_PATHS=":".join(str(Path(__file__).resolve().parents[1] / name) for name in ("demo", "sdlc")),
+    # The timing agent runs in the agents' sandbox: it writes its records under ROOT (the data
+    # dir inside stays hidden all the same) and reads the scripted agent's packages (below).
     SDLC_SANDBOX_WRITE_PATHS=str(ROOT),
 )
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tasks.sandbox import scripted_agent_paths  # noqa: E402
+
+os.environ["SDLC_SANDBOX_READ_PATHS"] = ":".join(scripted_agent_paths())
 
 from sdlc.settings import SdlcSettings  # noqa: E402
 

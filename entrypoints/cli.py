@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from entrypoints.approvals import resume_waiting_run
+from sdlc.graph import StageGraph
 from sdlc.models import (
     AGENT_KINDS,
     AgentSpec,
@@ -313,7 +314,7 @@ def execute(request: WorkItemRequest | None, work_item: str, settings: SdlcSetti
     return EXIT_FAILED
 
 
-def graph_in_force() -> Any:
+def graph_in_force() -> StageGraph:
     """The stage graph this process runs (SDLC_GRAPH_FILE, else built in); a bad file is a UsageError."""
     from sdlc.config import current_graph
     from sdlc.graph import GraphFileError

@@ -23,7 +23,7 @@ from flows.replay import replayed
 from flows.stages import stage_flow
 from sdlc import router
 from sdlc.config import current_graph
-from sdlc.graph import BLOCKED, DONE
+from sdlc.graph import BLOCKED, DONE, StageGraph
 from sdlc.models import PipelineResult, StageInput, WorkItemRequest, WorkItemState
 from sdlc.settings import get_settings
 from tasks import forge, tracking
@@ -122,7 +122,7 @@ def _tell(
         sync_tracker(request, tracker_state, comment or message, link=notifications.flow_run_url(run_id))
 
 
-def _move(request: WorkItemRequest, run_id: str | None, transition: router.Transition) -> None:
+def _move(request: WorkItemRequest, run_id: str | None, graph: StageGraph, transition: router.Transition) -> None:
     """A stage transition: in the ledger, and as the tracker's state and a comment (B50)."""
     from_stage, to_stage, reason = transition.from_stage, transition.to_stage, transition.reason
     record_transition(request.work_item, from_stage, to_stage, reason)
@@ -130,7 +130,7 @@ def _move(request: WorkItemRequest, run_id: str | None, transition: router.Trans
         arrow = f"{from_stage} -> {to_stage}" if from_stage else f"starts at {to_stage}"
         sync_tracker(
             request,
-            current_graph().stage(to_stage).tracker_state,
+            graph.stage(to_stage).tracker_state,
             f"{request.work_item} {arrow}: {reason}",
             link=notifications.flow_run_url(run_id),
         )
@@ -237,7 +237,7 @@ def sdlc_pipeline(request: WorkItemRequest) -> PipelineResult:
     while True:
         progress, action = decision.progress, decision.action
         if decision.transition is not None:
-            _move(request, run_id, decision.transition)
+            _move(request, run_id, graph, decision.transition)
         if decision.notice is not None:
             notice = decision.notice
             _tell(

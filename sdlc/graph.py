@@ -9,7 +9,7 @@ it, rather than by changing code; a new gate kind is one function in
 A graph is checked as a whole when it loads: every structural problem is named
 at once (a route to an unknown stage, a stage nothing reaches, a role name that
 cannot be a prompt file, a gate kind that does not exist, an outcome its gate can
-name with no route); :func:`graph_problems` adds the roles' prompts, which need the
+name with no route); :func:`prompt_problems` adds the roles' prompts, which need the
 repository (``sdlc graph check`` and the pipeline's start).
 """
 
@@ -186,16 +186,18 @@ def _gate_problems(stage: StageSpec) -> list[str]:
     ]
 
 
-def graph_problems(graph: StageGraph, has_prompt: Callable[[str], bool]) -> list[str]:
-    """Every problem of the graph, and roles with no system prompt (``has_prompt`` says: the
-    repository's or a built-in one): what would otherwise fail only when a run got there."""
-    problems = structural_problems(graph)
-    for role in sorted({s.role for s in graph.stages if ROLE_PATTERN.fullmatch(s.role)}):
-        if not has_prompt(role):
-            problems.append(
-                f"role {role!r} has no prompt: add .sdlc/agents/{role}.md to the repository's default branch"
-            )
-    return problems
+def missing_prompt(role: str) -> str:
+    """What to say of a role with no system prompt, in the repository or built in."""
+    return f"role {role!r} has no prompt: add .sdlc/agents/{role}.md to the repository's default branch"
+
+
+def prompt_problems(graph: StageGraph, has_prompt: Callable[[str], bool]) -> list[str]:
+    """The roles with no system prompt (``has_prompt`` says: the repository's or a built-in one).
+
+    The rest of the graph was checked when it loaded; this needs the repository, so it
+    comes later: ``sdlc graph check --repo`` and the pipeline's start.
+    """
+    return [missing_prompt(role) for role in sorted({s.role for s in graph.stages}) if not has_prompt(role)]
 
 
 def dump_graph(graph: StageGraph) -> str:

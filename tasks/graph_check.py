@@ -7,7 +7,7 @@ the pipeline's start add it here: a role without one fails before any agent runs
 
 from __future__ import annotations
 
-from sdlc.graph import StageGraph, builtin_prompt, graph_problems
+from sdlc.graph import StageGraph, builtin_prompt, prompt_problems
 from tasks.failures import PermanentError
 from tasks.worktree import default_branch_has
 
@@ -17,7 +17,7 @@ class InvalidStageGraph(PermanentError):
 
 
 def check_stage_graph(graph: StageGraph, repo: str | None = None) -> list[str]:
-    """Every problem of ``graph``; a role's prompt may come from ``repo``'s default branch.
+    """The roles of ``graph`` with no prompt; a role's prompt may come from ``repo``'s default branch.
 
     Where the repository cannot be read yet (a remote origin before its first
     clone), its prompts count as present: the stage names the missing prompt then.
@@ -30,7 +30,7 @@ def check_stage_graph(graph: StageGraph, repo: str | None = None) -> list[str]:
             return False
         return default_branch_has(repo, f".sdlc/agents/{role}.md") is not False
 
-    return graph_problems(graph, has_prompt)
+    return prompt_problems(graph, has_prompt)
 
 
 def require_valid_graph(graph: StageGraph, repo: str | None = None) -> None:

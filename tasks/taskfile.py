@@ -13,7 +13,7 @@ from prefect import task
 
 from blocks import load_block
 from blocks.agent_profile import AgentProfile, profile_for
-from sdlc.graph import StageSpec, artifacts_dir, builtin_prompt
+from sdlc.graph import StageSpec, artifacts_dir, builtin_prompt, missing_prompt
 from sdlc.models import Feedback, StageInput, validate_work_item_id
 from sdlc.retry import RetryPolicy
 from sdlc.settings import get_settings
@@ -60,9 +60,7 @@ def system_prompt_path(repo: str, work_item: str, role: str, base_sha: str | Non
     if text is None:
         builtin = builtin_prompt(role)
         if builtin is None:
-            raise InvalidStageGraph(
-                f"role {role!r} has no prompt: add .sdlc/agents/{role}.md to the repository's default branch"
-            )
+            raise InvalidStageGraph(missing_prompt(role))
         return builtin
     path = get_settings().root / "prompts" / work_item / f"{role}.md"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,9 +27,6 @@ import pytest  # noqa: E402
 
 from sdlc.settings import SdlcSettings  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-# What the built-in scripted agent imports, granted to a sandbox that runs it from a test's script.
-SCRIPTED_AGENT_PATHS = f"{ROOT / 'demo'}:{ROOT / 'sdlc'}"
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +74,9 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # Test agents record what they saw in the test's folder and hand over to the scripted agent:
     # both granted to the sandbox (the data dir and a local origin inside stay hidden all the same).
     # tests/test_agent_containment.py grants nothing.
-    monkeypatch.setenv("SDLC_SANDBOX_READ_PATHS", SCRIPTED_AGENT_PATHS)
+    from tasks.sandbox import scripted_agent_paths
+
+    monkeypatch.setenv("SDLC_SANDBOX_READ_PATHS", ":".join(scripted_agent_paths()))
     monkeypatch.setenv("SDLC_SANDBOX_WRITE_PATHS", str(tmp_path))
     return path
 

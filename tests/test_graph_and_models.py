@@ -17,8 +17,8 @@ from sdlc.graph import (
     StageGraph,
     builtin_prompt,
     dump_graph,
-    graph_problems,
     load_graph,
+    prompt_problems,
 )
 from sdlc.models import WorkItemRequest, default_branch_name
 
@@ -108,10 +108,10 @@ def test_roles_without_a_prompt_are_named() -> None:
     data = DEFAULT_GRAPH.model_dump()
     data["stages"][1]["role"] = "security"
     graph = StageGraph.model_validate(data)
-    assert graph_problems(graph, has_prompt=lambda role: builtin_prompt(role) is not None) == [
+    assert prompt_problems(graph, has_prompt=lambda role: builtin_prompt(role) is not None) == [
         "role 'security' has no prompt: add .sdlc/agents/security.md to the repository's default branch"
     ]
-    assert graph_problems(graph, has_prompt=lambda role: True) == []
+    assert prompt_problems(graph, has_prompt=lambda role: True) == []
 
 
 def test_the_dumped_graph_loads_back_as_it_was(tmp_path: Path) -> None:
