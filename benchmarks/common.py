@@ -45,6 +45,11 @@ from sdlc.settings import SdlcSettings  # noqa: E402
 
 SERVER_SETTINGS = SdlcSettings(data_dir=ROOT / "server", prefect_port=PORT)
 
+from entrypoints.server import ensure_prefect_api  # noqa: E402
+
+# The Prefect client settings every `sdlc` command gives itself (and the worker it starts inherits).
+ensure_prefect_api(SdlcSettings(data_dir=ROOT / "data"))
+
 
 _clusters: list[Any] = []
 

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import httpx
 from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, HttpUrl, SecretStr, field_validator
 
-StateKey = Literal["in_progress", "in_review", "needs_input", "blocked", "done"]
+from sdlc.models import TrackerState
+
+StateKey = TrackerState
 STATE_KEYS: tuple[StateKey, ...] = ("in_progress", "in_review", "needs_input", "blocked", "done")
 DEFAULT_STATE_NAMES: dict[str, str] = {
     "in_progress": "In Progress",

@@ -17,27 +17,31 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.runtime import deployment, flow_run
 
-from blocks.plane import StateKey
 from flows.inputs import AnalystAnswers, ApprovalDecision
 from flows.replay import replayed
 from flows.stages import stage_flow
 from sdlc import router
 from sdlc.config import current_graph
 from sdlc.graph import BLOCKED, DONE, StageGraph
-from sdlc.models import PipelineResult, StageInput, WorkItemRequest, WorkItemState
+from sdlc.models import (
+    Announcement,
+    NotifyEvent,
+    PipelineResult,
+    StageInput,
+    StepRecord,
+    TrackerState,
+    WorkItemRequest,
+    WorkItemState,
+)
 from sdlc.settings import get_settings
 from tasks import forge, tracking
-from tasks import notify as notifications
 from tasks.failures import SdlcError, UsageLimitWait
 from tasks.graph_check import require_valid_graph
 
 # A resumed run (after a pause, a crash or a retry) replays these instead of redoing them (B21).
 merge_pull_request = replayed(forge.merge_pull_request)
-notify = replayed(notifications.notify)
-record_transition = replayed(tracking.record_transition)
+record_step = replayed(tracking.record_step)
 register_work_item = replayed(tracking.register_work_item)
-set_work_item_state = replayed(tracking.set_work_item_state)
-sync_tracker = replayed(tracking.sync_tracker, ignore=("link",))  # the UI address may differ on resume
 
 
 class WorkItemBlocked(SdlcError):
@@ -107,85 +111,107 @@ def _wait_for_input(form: Any, *, key: str, timeout: int) -> Any:
     )
 
 
-def _tell(
-    request: WorkItemRequest,
-    run_id: str | None,
-    event: notifications.Event,
-    message: str,
-    *,
-    tracker_state: StateKey | None = None,
-    comment: str | None = None,
-) -> None:
-    """One event, to everyone who follows the work item: notifiers (B51) and its tracker (B50)."""
-    notify(event, message, work_item=request.work_item, flow_run_id=run_id)
-    if request.tracker is not None:
-        sync_tracker(request, tracker_state, comment or message, link=notifications.flow_run_url(run_id))
-
-
-def _move(request: WorkItemRequest, run_id: str | None, graph: StageGraph, transition: router.Transition) -> None:
-    """A stage transition: in the ledger, and as the tracker's state and a comment (B50)."""
-    from_stage, to_stage, reason = transition.from_stage, transition.to_stage, transition.reason
-    record_transition(request.work_item, from_stage, to_stage, reason)
-    if request.tracker is not None and to_stage not in (DONE, BLOCKED):
-        arrow = f"{from_stage} -> {to_stage}" if from_stage else f"starts at {to_stage}"
-        sync_tracker(
-            request,
-            graph.stage(to_stage).tracker_state,
-            f"{request.work_item} {arrow}: {reason}",
-            link=notifications.flow_run_url(run_id),
+def _decision_record(
+    request: WorkItemRequest, graph: StageGraph, decision: router.Decision, carried: StepRecord
+) -> StepRecord:
+    """What a decision leaves behind before its action: its transition (ledger, tracker) and gate notice."""
+    work_item = request.work_item
+    said = list(carried.announcements)
+    move = decision.transition
+    if move is not None and move.to_stage not in (DONE, BLOCKED):
+        arrow = f"{move.from_stage} -> {move.to_stage}" if move.from_stage else f"starts at {move.to_stage}"
+        text = f"{work_item} {arrow}: {move.reason}"
+        said.append(Announcement(message=text, tracker_state=graph.stage(move.to_stage).tracker_state, comment=text))
+    if decision.notice is not None:
+        notice = decision.notice
+        said.append(
+            Announcement(
+                event=notice.event, message=f"{work_item} {notice.message}", comment=f"{work_item} {notice.comment}"
+            )
         )
+    return carried.model_copy(update={"transition": move, "announcements": said})
 
 
-def _wait_for_approval(request: WorkItemRequest, stage: str, visit: int, run_id: str | None) -> ApprovalDecision:
-    if request.auto_approve:
-        return ApprovalDecision(approve=True, approver="auto-approve", comment="")
-    set_work_item_state(
-        request.work_item, WorkItemState.waiting_approval, stage, "waiting for approval of the analysis"
+def _said(
+    event: NotifyEvent, message: str, *, tracker_state: TrackerState | None = None, comment: str | None = None
+) -> Announcement:
+    """An event for the notifiers and the tracker (whose comment is the message unless given)."""
+    return Announcement(event=event, message=message, tracker_state=tracker_state, comment=comment or message)
+
+
+def _with_state(
+    record: StepRecord, state: WorkItemState, stage: str | None, reason: str | None, *said: Announcement
+) -> StepRecord:
+    return record.model_copy(
+        update={"state": state, "stage": stage, "reason": reason, "announcements": [*record.announcements, *said]}
     )
-    _tell(
-        request,
-        run_id,
+
+
+# After a person answered, the work item runs again; its stage is the one the next transition names.
+_RUNNING_AGAIN = StepRecord(state=WorkItemState.running)
+
+
+def _wait_for_approval(
+    request: WorkItemRequest, action: router.AskForApproval, run_id: str | None, record: StepRecord
+) -> tuple[router.Event, StepRecord]:
+    """The approval event, and what the next step records; ``record`` is written before the wait."""
+    work_item = request.work_item
+    if request.auto_approve:
+        _record(request, run_id, record)
+        return router.ApprovalGiven(approve=True, approver="auto-approve", comment=""), StepRecord()
+    asked = _said(
         "approval_requested",
-        f"{request.work_item} analysis is ready: approve in the UI or run `sdlc approve {request.work_item}`",
+        f"{work_item} analysis is ready: approve in the UI or run `sdlc approve {work_item}`",
         tracker_state="in_review",
-        comment=f"The analysis of {request.work_item} is ready for approval. "
+        comment=f"The analysis of {work_item} is ready for approval. "
         "Reply /approve to go on, or /reject with what to change.",
     )
-    decision: ApprovalDecision = _wait_for_input(
-        ApprovalDecision.with_initial_data(
-            description=f"Approve the analysis of {request.work_item}: {request.title}", approver="", comment=""
-        ),
-        # Resume relies on this key: the resumed run finds the person's decision under it (B21).
-        key=f"approval-{stage}-{visit}",
-        timeout=request.approval_timeout_seconds,
-    )
-    set_work_item_state(request.work_item, WorkItemState.running, stage, None)
-    return decision
-
-
-def _wait_for_answers(request: WorkItemRequest, action: router.AskForAnswers, run_id: str | None) -> AnalystAnswers:
-    gate = action.gate
-    set_work_item_state(request.work_item, WorkItemState.needs_input, action.stage, gate.reason)
-    _tell(
+    _record(
         request,
         run_id,
+        _with_state(
+            record, WorkItemState.waiting_approval, action.stage, "waiting for approval of the analysis", asked
+        ),
+    )
+    decided: ApprovalDecision = _wait_for_input(
+        ApprovalDecision.with_initial_data(
+            description=f"Approve the analysis of {work_item}: {request.title}", approver="", comment=""
+        ),
+        # Resume relies on this key: the resumed run finds the person's decision under it (B21).
+        key=f"approval-{action.stage}-{action.visit}",
+        timeout=request.approval_timeout_seconds,
+    )
+    event = router.ApprovalGiven(approve=decided.approve, approver=decided.approver, comment=decided.comment)
+    return event, _RUNNING_AGAIN
+
+
+def _wait_for_answers(
+    request: WorkItemRequest, action: router.AskForAnswers, run_id: str | None, record: StepRecord
+) -> tuple[router.Event, StepRecord]:
+    """The analyst's answers as an event, and what the next step records; ``record`` is written before the wait."""
+    gate, work_item = action.gate, request.work_item
+    asked = _said(
         "input_requested",
-        f"{request.work_item} needs input: the analyst asked questions ({gate.artifact}); "
-        f"answer in the UI or run `sdlc answer {request.work_item} --file ANSWERS.md`",
+        f"{work_item} needs input: the analyst asked questions ({gate.artifact}); "
+        f"answer in the UI or run `sdlc answer {work_item} --file ANSWERS.md`",
         tracker_state="needs_input",
-        comment=f"The analyst of {request.work_item} has questions:\n\n{gate.details}\n\n"
+        comment=f"The analyst of {work_item} has questions:\n\n{gate.details}\n\n"
         "Reply /answer followed by your answers.",
     )
+    _record(request, run_id, _with_state(record, WorkItemState.needs_input, action.stage, gate.reason, asked))
     answers: AnalystAnswers = _wait_for_input(
-        AnalystAnswers.with_initial_data(
-            description=f"Questions from the analyst of {request.work_item}:\n\n{gate.details}"
-        ),
+        AnalystAnswers.with_initial_data(description=f"Questions from the analyst of {work_item}:\n\n{gate.details}"),
         # Resume relies on this key: the resumed run finds the person's input under it (B21).
         key=f"answers-{action.stage}-{action.visit}",
         timeout=request.approval_timeout_seconds,
     )
-    set_work_item_state(request.work_item, WorkItemState.running, action.stage, None)
-    return answers
+    return router.AnswersGiven(answers=answers.answers, answered_by=answers.answered_by), _RUNNING_AGAIN
+
+
+def _record(request: WorkItemRequest, run_id: str | None, record: StepRecord) -> None:
+    """Write a step's record, unless there is nothing in it (no task run for nothing)."""
+    if record != StepRecord():
+        record_step(request, run_id, record)
 
 
 def _wait_for_usage_reset(request: WorkItemRequest, stage: str, wait: UsageLimitWait, run_id: str | None) -> None:
@@ -203,13 +229,15 @@ def _wait_for_usage_reset(request: WorkItemRequest, stage: str, wait: UsageLimit
     from tasks.agent import usage_reset_note
 
     note = usage_reset_note(wait.until)
-    # Not replayed: the run that goes on after the reset does not pass here, so these
-    # calls must not take ordinals that later calls of the same tasks would replay.
-    tracking.set_work_item_state(request.work_item, WorkItemState.waiting_usage_limit, stage, note)
+    # Not replayed: the run that goes on after the reset does not pass here, so this
+    # call must not take an ordinal that later calls of the same task would replay.
     message = f"{request.work_item} {stage}: {wait.reason}; {note}"
-    notifications.notify("usage_limit", message, work_item=request.work_item, flow_run_id=run_id)
-    if request.tracker is not None:
-        tracking.sync_tracker(request, None, message, link=notifications.flow_run_url(run_id))
+    said = Announcement(event="usage_limit", message=message, comment=message)
+    tracking.record_step(
+        request,
+        run_id,
+        StepRecord(state=WorkItemState.waiting_usage_limit, stage=stage, reason=note, announcements=[said]),
+    )
     assert run_id is not None
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(
@@ -231,41 +259,41 @@ def sdlc_pipeline(request: WorkItemRequest) -> PipelineResult:
     work_item = request.work_item
     register_work_item(request, run_id)
     require_valid_graph(graph, request.repo)  # every problem named before any agent runs
-    notify("work_item_started", f"{work_item} started: {request.title}", work_item=work_item, flow_run_id=run_id)
 
     decision = router.start(graph)
+    # What the next step records besides its decision: here the start, later a person's answer or a PR.
+    carried = StepRecord(
+        announcements=[Announcement(event="work_item_started", message=f"{work_item} started: {request.title}")]
+    )
     while True:
         progress, action = decision.progress, decision.action
-        if decision.transition is not None:
-            _move(request, run_id, graph, decision.transition)
-        if decision.notice is not None:
-            notice = decision.notice
-            _tell(
-                request, run_id, notice.event, f"{work_item} {notice.message}", comment=f"{work_item} {notice.comment}"
-            )
+        record = _decision_record(request, graph, decision, carried)
+        carried = StepRecord()
         event: router.Event
         if isinstance(action, router.RunStage):
+            _record(request, run_id, record)
             event = _run_stage(request, action, run_id)
+            if isinstance(event, router.StageFinished) and event.pull_request is not None:
+                carried = StepRecord(pull_request=event.pull_request)
         elif isinstance(action, router.AskForApproval):
-            decided = _wait_for_approval(request, action.stage, action.visit, run_id)
-            event = router.ApprovalGiven(approve=decided.approve, approver=decided.approver, comment=decided.comment)
+            event, carried = _wait_for_approval(request, action, run_id, record)
         elif isinstance(action, router.AskForAnswers):
-            answers = _wait_for_answers(request, action, run_id)
-            event = router.AnswersGiven(answers=answers.answers, answered_by=answers.answered_by)
+            event, carried = _wait_for_answers(request, action, run_id, record)
         elif isinstance(action, router.MergePullRequest):
+            _record(request, run_id, record)
             try:
                 merged = merge_pull_request(request.repo, request.forge, action.pull_request.number)
                 event = router.MergeFinished(pull_request=merged)
             except SdlcError as exc:
                 event = router.MergeFinished(error=str(exc))
         elif isinstance(action, router.Block):
-            set_work_item_state(work_item, WorkItemState.blocked, action.at, action.reason)
             message = f"{work_item} blocked at {action.at}: {action.reason}"
-            _tell(request, run_id, "blocked", message, tracker_state="blocked")
+            blocked = _said("blocked", message, tracker_state="blocked")
+            _record(request, run_id, _with_state(record, WorkItemState.blocked, action.at, action.reason, blocked))
             raise WorkItemBlocked(message)
         else:
-            set_work_item_state(work_item, WorkItemState.done, DONE, action.reason)
-            _tell(request, run_id, "done", f"{work_item} {action.reason}", tracker_state="done")
+            done = _said("done", f"{work_item} {action.reason}", tracker_state="done")
+            _record(request, run_id, _with_state(record, WorkItemState.done, DONE, action.reason, done))
             return PipelineResult(
                 work_item=work_item,
                 state=WorkItemState.done,

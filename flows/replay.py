@@ -17,11 +17,11 @@ silently running again. Records live in the flow's result storage, next to the
 results, so they are wherever results are (``$PREFECT_HOME/storage`` or a shared
 storage block), whichever database the Prefect server uses:
 
-``replay-v2-<flow run>-<task name>-<n>-<digest>``
+``replay-v3-<flow run>-<task name>-<n>-<digest>``
     the n-th call's result, written by Prefect when the task completes. The task
     *name* (``run-agent``), not Prefect's task key, names the task: an edit to a
     task's body does not change which recorded call it is.
-``replay-v2-<flow run>-<task name>-<n>.call``
+``replay-v3-<flow run>-<task name>-<n>.call``
     the slot's call: its digest and one digest per parameter, written just before
     the task body runs (so it can say which parameters changed).
 
@@ -31,9 +31,10 @@ under it is a mismatch. Both keys contain the flow run's id, so concurrent work
 items never share a slot, and one flow run executes in one process at a time.
 
 Runs recorded before the keys had a version (``replay-<flow run>-<task key>-<n>``,
-no parameters) cannot be checked. The first task that is about to run in a rerun
-asks the Prefect API for the flow run's finished task runs: one whose result lies
-under an unversioned replay key makes the run stop with :class:`ReplayOutdated`.
+no parameters), or under another version (:data:`VERSION`: another set of tasks),
+cannot be checked. The first task that is about to run in a rerun asks the Prefect
+API for the flow run's finished task runs: one whose result lies under a replay key
+of another layout makes the run stop with :class:`ReplayOutdated`.
 
 Both errors say what to do: finish the run with the sdlc-flows version that
 started it, or start the work item again as a new run. Their messages begin with
@@ -61,7 +62,11 @@ from pydantic import BaseModel, SecretBytes, SecretStr
 
 T = TypeVar("T", bound=Task[Any, Any])
 
-VERSION = "v2"
+VERSION = "v3"
+"""The layout of the pipeline's replayed calls. Bump it when the tasks a pipeline calls, or
+their order, change: a run recorded by another layout is told to start again (v3: a step's
+ledger, tracker and notifier writes are one ``record-step`` task; the worktree is prepared
+in ``prepare-agent-run``)."""
 REFUSED = "Replay refused:"
 _SLOT = "sdlc-replay"
 _DIGEST_CHARS = 16
@@ -131,7 +136,7 @@ def replayed(task: T, *, ignore: Collection[str] = ()) -> T:
 def replay_key(
     context: TaskRunContext, parameters: dict[str, Any], *, ignore: frozenset[str] = frozenset()
 ) -> str | None:
-    """The result key of this call: ``replay-v2-<flow run>-<task>-<n>-<digest of its parameters>``."""
+    """The result key of this call: ``replay-v3-<flow run>-<task>-<n>-<digest of its parameters>``."""
     flow_context = FlowRunContext.get()
     run = context.task_run
     if flow_context is None or flow_context.flow_run is None or run.flow_run_id is None:
@@ -207,10 +212,11 @@ def check_flow_run(flow_run_id: UUID | str) -> None:
                     continue
                 if key.startswith(f"replay-{VERSION}-"):
                     return  # recorded by this version: later records are too
+                layout = key.split("-")[1] if re.match(r"replay-v\d+-", key) else "unversioned, without parameters"
                 raise ReplayOutdated(
                     f"{REFUSED} flow run {run_id} was recorded by an older sdlc-flows: its finished tasks "
-                    f"(such as {task_run.name!r}) are stored under replay keys without parameters, so this "
-                    f"version cannot tell whether they are the calls it would replay. {_TO_GO_ON}"
+                    f"(such as {task_run.name!r}) are stored under replay keys of another layout ({layout}), "
+                    f"so this version cannot tell whether they are the calls it would replay. {_TO_GO_ON}"
                 )
             if len(runs) < page:
                 return

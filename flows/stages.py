@@ -6,7 +6,6 @@ role, gate, commit paths and PR duty are.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -14,21 +13,19 @@ from prefect import flow
 from flows.replay import replayed
 from sdlc.config import current_graph
 from sdlc.models import AgentResult, PullRequestRef, StageInput, StageResult
-from tasks import agent, forge, gates, git, taskfile, tracking, worktree
+from tasks import agent, forge, gates, git, taskfile
 from tasks.agent import AgentRunFailed
 from tasks.failures import UsageLimitWait
-from tasks.worktree import branch_lock
+from tasks.worktree import branch_lock, worktree_path
 
 # Finished steps are not redone when the stage runs again after a crash (B21).
 # Resume relies on these: each call is replayed by its task's name and its ordinal
 # among that task's calls, and a call whose parameters changed stops the run
 # (flows/replay.py). Keep the names unique; copies made with .with_options() keep both.
-prepare_worktree = replayed(worktree.prepare_worktree)
 prepare_agent_run = replayed(taskfile.prepare_agent_run)
 run_agent = replayed(agent.run_agent)
 commit_and_push = replayed(git.commit_and_push)
 ensure_pull_request = replayed(forge.ensure_pull_request)
-record_pull_request = replayed(tracking.record_pull_request)
 run_gate = replayed(gates.run_gate)
 
 
@@ -46,15 +43,17 @@ def _stage_run_name() -> str:
 # only when its result was persisted; without it every finished stage runs again.
 @flow(name="sdlc-stage", flow_run_name=_stage_run_name, log_prints=True, persist_result=True)
 def stage_flow(stage_input: StageInput) -> StageResult:
-    worktree = prepare_worktree(stage_input.request.repo, stage_input.request.feature_branch)
-    with branch_lock(Path(worktree)):  # B2: runs on one branch never interleave
-        return _run_stage(stage_input, worktree)
+    request = stage_input.request
+    # B2: runs on one branch never interleave, from fetching its worktree to the gate.
+    with branch_lock(worktree_path(request.repo, request.feature_branch)):
+        return _run_stage(stage_input)
 
 
-def _run_stage(stage_input: StageInput, worktree: str) -> StageResult:
+def _run_stage(stage_input: StageInput) -> StageResult:
     spec = current_graph().stage(stage_input.stage)
     request = stage_input.request
-    invocation = prepare_agent_run(worktree, stage_input, spec)
+    invocation = prepare_agent_run(stage_input, spec)
+    worktree = invocation.worktree
 
     agent: AgentResult
     try:
@@ -88,7 +87,6 @@ def _run_stage(stage_input: StageInput, worktree: str) -> StageResult:
                 request.description,
                 request.work_item,
             )
-            record_pull_request(request.work_item, pull_request.number, pull_request.url)
 
     gate = run_gate(worktree, request.work_item, stage_input.visit, spec, agent, request.repo, request.forge)
     return StageResult(

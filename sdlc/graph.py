@@ -23,6 +23,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sdlc.models import TrackerState
+
 # Where a route can end besides another stage.
 DONE = "done"
 BLOCKED = "blocked"
@@ -86,7 +88,7 @@ class StageSpec(BaseModel):
         description="Re-run an agent after a permanent failure; off where the exit code is the gate (transient failures are retried anyway).",
     )
     max_visits: int | None = Field(default=None, description="Entries into this stage per work item.")
-    tracker_state: Literal["in_progress", "in_review", "needs_input", "blocked", "done"] = Field(
+    tracker_state: TrackerState = Field(
         default="in_progress", description="Tracker state while this stage runs; the tracker block names it (B50)."
     )
 

@@ -31,6 +31,21 @@ URL_PATTERN = re.compile(r"^(https?|ssh|git|file)://[^\s]+$")
 SCP_PATTERN = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._/~-]+$")
 AGENT_KINDS = ("scripted", "claude", "codex", "gemini", "aider", "custom")
 AgentKind = Literal["scripted", "claude", "codex", "gemini", "aider", "custom"]
+TrackerState = Literal["in_progress", "in_review", "needs_input", "blocked", "done"]
+"""The states sdlc moves a tracker's work item through; the tracker block maps them to its own (B50)."""
+NotifyEvent = Literal[
+    "work_item_started",
+    "stage_changed",
+    "gate_failed",
+    "gate_warning",
+    "approval_requested",
+    "input_requested",
+    "usage_limit",
+    "blocked",
+    "failed",
+    "done",
+]
+"""What the notifiers are told of (B51)."""
 
 
 def _no_control_chars(value: str, what: str, allow_newlines: bool = False) -> str:
@@ -380,3 +395,45 @@ class PipelineResult(BaseModel):
     stage: str
     reason: str
     pull_request: PullRequestRef | None = None
+
+
+class Transition(BaseModel):
+    """A move between stages, as the ledger and the tracker show it (``from_stage`` None: the start)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    from_stage: str | None
+    to_stage: str
+    reason: str
+
+
+class Announcement(BaseModel):
+    """Something the people who follow a work item are told (B50, B51).
+
+    The notifiers get ``message`` when ``event`` is set; the tracker, when there is
+    one, gets ``comment`` and, when set, moves to ``tracker_state``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event: NotifyEvent | None = Field(default=None, description="None: for the tracker only (a stage transition).")
+    message: str
+    tracker_state: TrackerState | None = None
+    comment: str | None = Field(default=None, description="The tracker's comment; none: no comment.")
+
+
+class StepRecord(BaseModel):
+    """What one step of a pipeline run leaves behind, written together by one task run.
+
+    In this order: the stage transition, the work item's state, its pull request
+    (ledger), then each announcement (notifiers, tracker).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    transition: Transition | None = None
+    state: WorkItemState | None = None
+    stage: str | None = Field(default=None, description="The stage the state is at.")
+    reason: str | None = Field(default=None, description="Why the work item is in that state.")
+    pull_request: PullRequestRef | None = None
+    announcements: list[Announcement] = Field(default_factory=list)

@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdlc.graph import BLOCKED, DONE, Route, StageGraph
-from sdlc.models import Feedback, GateResult, PullRequestRef
+from sdlc.models import Feedback, GateResult, PullRequestRef, Transition
 
 
 class _Frozen(BaseModel):
@@ -123,14 +123,6 @@ class Finish(_Frozen):
 
 
 Action = RunStage | AskForApproval | AskForAnswers | MergePullRequest | Block | Finish
-
-
-class Transition(_Frozen):
-    """A move between stages, as the ledger and the tracker show it (``from_stage`` None: the start)."""
-
-    from_stage: str | None
-    to_stage: str
-    reason: str
 
 
 class GateNotice(_Frozen):

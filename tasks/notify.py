@@ -14,29 +14,18 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from prefect import task
 from prefect.blocks.abstract import NotificationBlock
 from prefect.blocks.core import Block
 from prefect.blocks.notifications import AbstractAppriseNotificationBlock
 
 from blocks import load_block
 from blocks.notifications import redact  # also registers the sdlc block types, so Block.load finds them
+from sdlc.models import NotifyEvent
 from sdlc.settings import get_settings
 
 logger = logging.getLogger("sdlc.notify")
 
-Event = Literal[
-    "work_item_started",
-    "stage_changed",
-    "gate_failed",
-    "gate_warning",
-    "approval_requested",
-    "input_requested",
-    "usage_limit",
-    "blocked",
-    "failed",
-    "done",
-]
+Event = NotifyEvent
 
 _NOTIFY_TYPES: dict[str, Literal["info", "success", "warning", "failure"]] = {
     "gate_failed": "warning",
@@ -124,13 +113,11 @@ def _reason(exc: Exception) -> str:
     return redact(text, urls=True)[:_REASON_CHARS]
 
 
-@task(name="notify")
-def notify(event: Event, message: str, *, work_item: str, flow_run_id: str | None = None) -> None:
-    from prefect.logging import get_run_logger
-
-    run_logger = get_run_logger()
-    link = flow_run_url(flow_run_id)
+def announce(
+    event: Event, message: str, *, work_item: str, link: str | None, log: logging.Logger | logging.LoggerAdapter[Any]
+) -> None:
+    """Tell everyone configured: the run's log, each notifier block, and the notifications file."""
     level = logging.WARNING if event in ("blocked", "failed", "gate_failed", "gate_warning") else logging.INFO
-    run_logger.log(level, "[%s] %s%s", event, message, f" ({link})" if link else "")
-    failures = send_to_blocks(event, message, work_item=work_item, link=link, log=run_logger)
+    log.log(level, "[%s] %s%s", event, message, f" ({link})" if link else "")
+    failures = send_to_blocks(event, message, work_item=work_item, link=link, log=log)
     deliver(event, message, work_item=work_item, link=link, failed_notifiers=failures)

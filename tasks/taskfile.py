@@ -15,14 +15,15 @@ from blocks import load_block
 from blocks.agent_profile import AgentProfile, profile_for
 from sdlc.graph import StageSpec, artifacts_dir, builtin_prompt, missing_prompt
 from sdlc.models import Feedback, StageInput, validate_work_item_id
-from sdlc.retry import RetryPolicy
+from sdlc.retry import STEP_RETRY_DELAYS_SECONDS, RetryPolicy
 from sdlc.settings import get_settings
 from tasks.agent import AgentInvocation, check_budget
+from tasks.failures import retry_on_transient
 from tasks.gates import archive_stale_artifacts_in
 from tasks.graph_check import InvalidStageGraph
 from tasks.ledger import Ledger
 from tasks.sandbox import sandbox_spec_for
-from tasks.worktree import base_commit, base_file, base_repo_config, main_clone_path
+from tasks.worktree import base_commit, base_file, base_repo_config, ensure_worktree, main_clone_path
 
 
 def task_file_name(role: str) -> str:
@@ -199,19 +200,27 @@ def agent_invocation(worktree: str, stage_input: StageInput, spec: StageSpec, ta
     )
 
 
-@task(name="prepare-agent-run")
-def prepare_agent_run(worktree: str, stage_input: StageInput, spec: StageSpec) -> AgentInvocation:
-    """Everything before the agent starts, as one task: archive the gate's stale files (B10),
-    write the task file (B3) and return the invocation (B5).
+@task(
+    name="prepare-agent-run",
+    retries=len(STEP_RETRY_DELAYS_SECONDS),
+    retry_delay_seconds=STEP_RETRY_DELAYS_SECONDS,
+    retry_condition_fn=retry_on_transient,
+)
+def prepare_agent_run(stage_input: StageInput, spec: StageSpec) -> AgentInvocation:
+    """Everything before the agent starts, as one task: the branch's worktree, up to date (B2),
+    the gate's stale files archived (B10), the task file written (B3), and the invocation (B5).
 
-    One task rather than three because every task run costs the Prefect server its
-    events (about 28 ms of its CPU each), which adds up with many work items at once.
-    The invocation is built first: it checks the budget and loads the profile, so when
-    that fails nothing in the worktree has moved yet and running this again (a resumed
-    or retried stage, B21) finds the stale files where they were.
+    One task rather than four because every task run costs the Prefect server its
+    events (about 30 ms of its CPU each), which adds up with many work items at once.
+    The caller holds the branch's lock (``tasks.worktree.branch_lock``). The invocation
+    is built before anything in the worktree moves: it checks the budget and loads the
+    profile, so when that fails, running this again (a resumed or retried stage, B21)
+    finds the stale files where they were. Fetch failures that look transient are retried.
     """
+    request = stage_input.request
+    worktree = str(ensure_worktree(request.repo, request.feature_branch))
     task_file = task_file_name(spec.role)
     invocation = agent_invocation(worktree, stage_input, spec, task_file)
-    moved = archive_stale_artifacts_in(Path(worktree), stage_input.request.work_item, spec)
+    moved = archive_stale_artifacts_in(Path(worktree), request.work_item, spec)
     write_task(worktree, task_file, stage_input, spec, moved)
     return invocation

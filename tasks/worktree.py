@@ -28,13 +28,11 @@ from pathlib import Path
 
 import git
 from git.exc import GitCommandError
-from prefect import task
 
 from sdlc.models import slugify, validate_branch, validate_repo
 from sdlc.repo_config import CONFIG_PATH, RepoConfig, parse_repo_config
-from sdlc.retry import STEP_RETRY_DELAYS_SECONDS
 from sdlc.settings import get_settings
-from tasks.failures import GitOperationError, PermanentError, TransientError, retry_on_transient
+from tasks.failures import GitOperationError, PermanentError, TransientError
 from tasks.git import TRANSIENT_REMOTE_PATTERNS, describe, git_env, has_ref, remote_git, repo_at
 
 logger = logging.getLogger("sdlc.worktree")
@@ -329,14 +327,3 @@ def branch_lock(worktree: Path) -> Iterator[None]:
     resolved = _inside(Path(worktree), root)
     with file_lock(_lock_path_for(resolved)):
         yield
-
-
-@task(
-    name="prepare-worktree",
-    retries=len(STEP_RETRY_DELAYS_SECONDS),
-    retry_delay_seconds=STEP_RETRY_DELAYS_SECONDS,
-    retry_condition_fn=retry_on_transient,
-)
-def prepare_worktree(repo: str, branch: str) -> str:
-    """The worktree path for (repo, branch), ready for an agent; fetch failures that look transient are retried."""
-    return str(ensure_worktree(repo, branch))

@@ -133,10 +133,10 @@ def test_a_fetch_from_a_remote_that_never_answers_times_out_as_transient(
         ensure_main_clone(str(origin))
     assert_ends_cleanly(stalled, started)
     assert lock_is_free(clone)
-    # The prepare-worktree task retries transient failures with backoff.
-    from tasks.worktree import prepare_worktree
+    # The task that prepares the worktree (prepare-agent-run) retries transient failures with backoff.
+    from tasks.taskfile import prepare_agent_run
 
-    assert prepare_worktree.retries == 3 and prepare_worktree.retry_delay_seconds == [5, 20, 60]
+    assert prepare_agent_run.retries == 3 and prepare_agent_run.retry_delay_seconds == [5, 20, 60]
     git(clone, "remote", "set-url", "origin", str(origin))
     assert ensure_main_clone(str(origin)) == clone  # no lock file of the killed fetch is left in the way
 

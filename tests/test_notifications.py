@@ -29,7 +29,8 @@ from forge_servers.common import ForgeRequestHandler, ThreadedForgeServer
 from forge_servers.telegram import TelegramTestServer
 from gitrepo import free_port
 from sdlc.settings import SdlcSettings
-from tasks.notify import notify
+from sdlc.models import Announcement, StepRecord, WorkItemRequest
+from tasks.tracking import record_step
 
 TOKEN = "123456789:AAH-sdlc_test_TOKEN_abcdefghijklmnopq"
 CHAT = "-1001234567890"
@@ -71,9 +72,10 @@ def run_logs(flow_run_id: str) -> str:
 
 @flow
 def notifying_flow(events: list[tuple[str, str]]) -> str:
-    """What the pipeline does: notify from a flow, with the run's own link."""
+    """What the pipeline does: announce from a flow, in a step's record, with the run's own link."""
+    request = WorkItemRequest(work_item="ET-9", title="Notify", repo="https://git.example/acme/shop.git")
     for event, message in events:
-        notify(event, message, work_item="ET-9", flow_run_id=flow_run.id)
+        record_step(request, flow_run.id, StepRecord(announcements=[Announcement(event=event, message=message)]))  # type: ignore[arg-type]
     return str(flow_run.id)
 
 
@@ -194,7 +196,7 @@ def test_notify_works_from_async_code(telegram: TelegramTestServer) -> None:
     assert [message.text for message in telegram.delivered] == ["from a coroutine"]
 
 
-# --- configuration and the pipeline's notify task ---------------------------------------
+# --- configuration and the pipeline's step records ---------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -476,16 +476,16 @@ def test_sync_tracker_reads_the_work_item_only_until_the_ledger_links_it(
     request = WorkItemRequest(work_item="ENG-1", title="Login page", repo="https://git.example.com/team/app.git",
                               tracker=TrackerSpec(credentials_block=block))
 
-    assert sync_tracker.fn(request, "in_progress", "starts at analysis", external_id="run-1:start")
+    assert sync_tracker(request, "in_progress", "starts at analysis", external_id="run-1:start")
     assert calls(plane) == [("GET", "ENG-1"), ("GET", "states"), ("PATCH", "item"), ("POST", "comments")]
     link = Ledger.from_settings().tracker_link("ENG-1")
     assert link is not None and (link.tracker, link.tracker_item_id, link.credentials_block) == ("plane", item["id"], block)
 
     plane.reset_log()
-    assert sync_tracker.fn(request, "in_review", "analysis -> architecture", external_id="run-1:review")
+    assert sync_tracker(request, "in_review", "analysis -> architecture", external_id="run-1:review")
     assert calls(plane) == [("PATCH", "item"), ("POST", "comments")]  # no GET of the work item, no states
     plane.reset_log()
-    assert sync_tracker.fn(request, None, "waiting for approval")
+    assert sync_tracker(request, None, "waiting for approval")
     assert calls(plane) == [("POST", "comments")]
     assert plane.work_item(item["id"])["state"] == plane.state_id(ready_project, "In Review")
     assert [c["external_id"] for c in plane.comments(item["id"])] == ["run-1:start", "run-1:review", None]
@@ -495,7 +495,7 @@ def test_sync_tracker_reads_the_work_item_only_until_the_ledger_links_it(
     credentials(plane, ready_project).save(other, overwrite=True)
     plane.reset_log()
     moved = request.model_copy(update={"tracker": TrackerSpec(credentials_block=other)})
-    assert sync_tracker.fn(moved, None, "moved to another block")
+    assert sync_tracker(moved, None, "moved to another block")
     assert calls(plane) == [("GET", "ENG-1"), ("POST", "comments")]
     relinked = Ledger.from_settings().tracker_link("ENG-1")
     assert relinked is not None and relinked.credentials_block == other

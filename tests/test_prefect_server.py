@@ -60,7 +60,9 @@ def post(app: Any, path: str, payload: dict[str, Any] | None = None) -> tuple[ht
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://server") as client:
             started = time.monotonic()
-            response = await client.post(path, content=json.dumps(payload or {}), headers={"content-type": "application/json"})
+            response = await client.post(
+                path, content=json.dumps(payload or {}), headers={"content-type": "application/json"}
+            )
             return response, time.monotonic() - started
 
     return asyncio.run(go())
@@ -144,3 +146,34 @@ def test_on_sqlite_a_server_transaction_holds_the_write_lock_from_its_first_stat
         assert not others_can_write_during_a_read(MODELS_DEPENDENCIES["database_config"])  # type: ignore[arg-type]
     with temporary_settings({PREFECT_API_DATABASE_CONNECTION_URL: "postgresql+asyncpg://u@127.0.0.1:1/prefect"}):
         assert not write_lock_first_on_sqlite()  # PostgreSQL is left as Prefect configures it
+
+
+def test_clients_of_a_plain_http_api_load_one_certificate_and_still_reach_it(
+    prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prefect parses the whole CA bundle per client; over plain HTTP sdlc gives it one certificate."""
+    import os
+    import subprocess
+    import sys
+
+    from entrypoints.server import ensure_prefect_api
+    from sdlc.settings import SdlcSettings
+
+    monkeypatch.delenv("PREFECT_API_SSL_CERT_FILE", raising=False)
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+    assert ensure_prefect_api(SdlcSettings(data_dir=tmp_path / "data")) == prefect_api
+    ca_file = Path(os.environ["PREFECT_API_SSL_CERT_FILE"])
+    assert ca_file.read_text().count("BEGIN CERTIFICATE") == 1
+
+    # A process started with that environment (as `sdlc worker` starts) reaches the real server.
+    probe = "from prefect.client.orchestration import get_client\nwith get_client(sync_client=True) as c: print(c.hello().status_code)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=dict(os.environ), capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.strip() == "200", done.stderr[-2000:]
+
+    # An https API keeps the whole bundle: there the certificates are checked.
+    monkeypatch.delenv("PREFECT_API_SSL_CERT_FILE")
+    monkeypatch.setenv("PREFECT_API_URL", "https://prefect.example.internal/api")
+    ensure_prefect_api(SdlcSettings(data_dir=tmp_path / "data"))
+    assert "PREFECT_API_SSL_CERT_FILE" not in os.environ

@@ -211,3 +211,24 @@ def test_the_call_digest_is_the_same_in_another_process() -> None:
     }
     assert digests == {call_digest(parameters)[0]}
     assert call_digest(parameters, ignore=("n",))[0] != call_digest(parameters)[0]
+
+
+def test_a_run_recorded_by_another_layout_of_the_pipeline_is_told_to_start_again(
+    notes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys name their layout (flows/replay.VERSION): a run recorded by v2's tasks is not resumed by v3."""
+    from flows import replay
+
+    monkeypatch.setattr(replay, "VERSION", "v2")
+    run_id, state = first_run(two_calls)
+    assert state.is_failed() and Note.lines() == ["analysis", "development"]
+    monkeypatch.setattr(replay, "VERSION", "v3")
+
+    state = run_again(two_calls, run_id)
+
+    assert state.is_failed()
+    with pytest.raises(ReplayOutdated) as refused:
+        state.result()
+    assert "another layout (v2)" in str(refused.value)
+    assert "start the work item again as a new run" in str(refused.value)
+    assert Note.lines() == ["analysis", "development"]  # nothing ran again

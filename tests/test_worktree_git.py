@@ -24,7 +24,6 @@ from tasks.worktree import (
     ensure_main_clone,
     ensure_worktree,
     main_clone_path,
-    prepare_worktree,
     worktree_path,
 )
 
@@ -67,7 +66,7 @@ def test_main_clone_is_made_once_and_excludes_task_files(origin: Path) -> None:
 
 def test_worktree_is_idempotent_and_branches_get_their_own(origin: Path) -> None:
     first = ensure_worktree(str(origin), "feature/ET-1-one")
-    again = Path(prepare_worktree.fn(str(origin), "feature/ET-1-one"))
+    again = ensure_worktree(str(origin), "feature/ET-1-one")
     other = ensure_worktree(str(origin), "feature/ET-2-two")
     assert first == again
     assert first != other
@@ -257,7 +256,7 @@ def test_preparing_a_run_archives_writes_the_task_file_and_returns_the_invocatio
     out.mkdir(parents=True)
     (out / "12-review.md").write_text("Verdict: REQUEST_CHANGES\n")
 
-    invocation = prepare_agent_run.fn(str(path), stage_input, DEFAULT_GRAPH.stage("review"))
+    invocation = prepare_agent_run.fn(stage_input, DEFAULT_GRAPH.stage("review"))
 
     # The stale verdict moved to history, and the task file points the feedback at it.
     assert not (out / "12-review.md").exists()
@@ -287,7 +286,7 @@ def test_a_run_over_its_budget_moves_nothing(origin: Path) -> None:
     (out / "12-review.md").write_text("Verdict: REQUEST_CHANGES\n")
 
     with pytest.raises(BudgetExceeded):
-        prepare_agent_run.fn(str(path), stage_input, DEFAULT_GRAPH.stage("review"))
+        prepare_agent_run.fn(stage_input, DEFAULT_GRAPH.stage("review"))
     # Running it again (the stage resumed with a larger budget) still finds the stale file to archive.
     assert (out / "12-review.md").exists() and not (out / "history").exists()
     assert not (path / ".task-reviewer.md").exists()
@@ -309,7 +308,7 @@ def test_gates_and_prompts_read_the_default_branch_as_it_was_when_the_work_item_
     started_on = base_commit(str(origin))
     assert started_on == git(person, "rev-parse", "HEAD")
 
-    first = prepare_agent_run.fn(str(path), stage_input, DEFAULT_GRAPH.stage("review"))
+    first = prepare_agent_run.fn(stage_input, DEFAULT_GRAPH.stage("review"))
     assert Ledger.from_settings().get_work_item("ET-11").base_sha == started_on  # type: ignore[union-attr]
     prompt = Path(first.protocol_env["SDLC_SYSTEM_PROMPT_FILE"])
     assert prompt == get_settings().root / "prompts" / "ET-11" / "reviewer.md"  # outside every worktree
@@ -325,7 +324,7 @@ def test_gates_and_prompts_read_the_default_branch_as_it_was_when_the_work_item_
     assert base_commit(str(origin)) != started_on
 
     claude = stage_input.request.model_copy(update={"agent": AgentSpec(kind="claude")})
-    again = prepare_agent_run.fn(str(path), stage_input.model_copy(update={"request": claude}), DEFAULT_GRAPH.stage("review"))
+    again = prepare_agent_run.fn(stage_input.model_copy(update={"request": claude}), DEFAULT_GRAPH.stage("review"))
     assert Ledger.from_settings().get_work_item("ET-11").base_sha == started_on  # type: ignore[union-attr]
     assert again.protocol_env["SDLC_SYSTEM_PROMPT_FILE"] == str(prompt) and prompt.read_text() == "reviewer prompt v1\n"
     assert again.argv[again.argv.index("--append-system-prompt-file") + 1] == str(prompt)
