@@ -158,6 +158,14 @@ def ensure_prefect_api(settings: SdlcSettings, *, start: bool = True) -> str:
     return _use_api(settings, api_url)
 
 
+def _reap(pid: int) -> None:
+    """Collect the server's exit status when this process started it: a zombie still counts as in its group."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # started by another process: init collects it
+
+
 def stop_server(settings: SdlcSettings) -> bool:
     """End the embedded server this data directory started; False when none was running."""
     pid_file = _pid_file(settings)
@@ -171,6 +179,7 @@ def stop_server(settings: SdlcSettings) -> bool:
         return False
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
+        _reap(pid)
         try:
             os.killpg(pid, 0)
         except ProcessLookupError:

@@ -174,15 +174,22 @@ def base_commit(repo: str) -> str | None:
 
 def _base_revision(clone: Path, base_sha: str | None) -> str:
     """``base_sha`` when the clone has that commit, else origin's default branch (no sha recorded yet)."""
-    fallback = f"origin/{default_branch(clone)}"
     if not base_sha:
-        return fallback
+        return f"origin/{default_branch(clone)}"
     if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", base_sha):
         raise PermanentError(f"refusing base commit {base_sha!r}: not a full commit sha")
     if has_ref(repo_at(clone), base_sha):
         return base_sha
+    fallback = f"origin/{default_branch(clone)}"
     logger.warning("base commit %s is not in %s; reading %s instead", base_sha, clone, fallback)
     return fallback
+
+
+# (clone, commit sha, path) -> the file's text, or None when the commit has no such file.
+# A file at a commit never changes, so it is read once per process (a stage reads the
+# repository's config and its role's prompt, at about 12 ms of git each).
+_files_at_commits: dict[tuple[Path, str, str], str | None] = {}
+_FILES_AT_COMMITS_KEPT = 512
 
 
 def base_file(repo: str, relative: str, base_sha: str | None = None) -> str | None:
@@ -194,13 +201,19 @@ def base_file(repo: str, relative: str, base_sha: str | None = None) -> str | No
     clone = main_clone_path(validate_repo(repo))
     if not _is_clone(clone):
         return None
+    if base_sha is not None and (clone, base_sha, relative) in _files_at_commits:
+        return _files_at_commits[(clone, base_sha, relative)]
     revision = _base_revision(clone, base_sha)
     try:
-        text: str = repo_at(clone).git.cat_file(
+        text: str | None = repo_at(clone).git.cat_file(
             "blob", f"{revision}:{relative}", env=git_env(), strip_newline_in_stdout=False
         )
     except GitCommandError:
-        return None  # not a file on the default branch at that commit
+        text = None  # not a file on the default branch at that commit
+    if revision == base_sha:
+        if len(_files_at_commits) >= _FILES_AT_COMMITS_KEPT:
+            _files_at_commits.pop(next(iter(_files_at_commits)))
+        _files_at_commits[(clone, base_sha, relative)] = text
     return text
 
 
