@@ -10,11 +10,12 @@ is returned as it is.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+
+from sdlc.settings import process_environment
 
 ORIGIN_NAME = "sample-origin.git"
 DEFAULT_BRANCH = "main"
@@ -62,7 +63,7 @@ SAMPLE_FILES: dict[str, str] = {
 
 def _git_env() -> dict[str, str]:
     """The caller's environment without variables that would point git elsewhere."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("GIT_")}
+    env = {name: value for name, value in process_environment().items() if not name.startswith("GIT_")}
     env["GIT_TERMINAL_PROMPT"] = "0"
     return env
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 import time
@@ -34,7 +33,15 @@ from sdlc.models import (
     validate_person,
     validate_work_item_id,
 )
-from sdlc.settings import SdlcSettings, get_settings
+from sdlc.settings import (
+    SdlcSettings,
+    environment_value,
+    export_environment,
+    get_settings,
+    login_name,
+    settings_from_environment,
+    settings_in_force,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -98,18 +105,18 @@ def build_parser() -> OneLineParser:
 
     approve = commands.add_parser("approve", help="Approve a work item's analysis.")
     approve.add_argument("work_item")
-    approve.add_argument("--by", default=os.environ.get("USER") or "cli")
+    approve.add_argument("--by", default=login_name())
     approve.add_argument("--comment", default="")
 
     reject = commands.add_parser("reject", help="Send the analysis back to the analyst.")
     reject.add_argument("work_item")
-    reject.add_argument("--by", default=os.environ.get("USER") or "cli")
+    reject.add_argument("--by", default=login_name())
     reject.add_argument("--comment", required=True)
 
     answer = commands.add_parser("answer", help="Answer the analyst's questions.")
     answer.add_argument("work_item")
     answer.add_argument("--file", required=True, help="File with the answers ('-' for stdin).")
-    answer.add_argument("--by", default=os.environ.get("USER") or "cli")
+    answer.add_argument("--by", default=login_name())
 
     status = commands.add_parser("status", help="Work items, stages, PRs and agent runs.")
     status.add_argument("work_item", nargs="?")
@@ -574,7 +581,7 @@ def command_worker(args: argparse.Namespace) -> int:
     worker_logger.addHandler(handler)
     worker_logger.setLevel(logging.INFO)
     worker_logger.propagate = False
-    worker = InProcessWorker(args.pool, limit=args.limit, query_seconds=args.query_seconds)
+    worker = InProcessWorker(args.pool, limit=args.limit, query_seconds=args.query_seconds, settings=get_settings())
     try:
         worker.serve()
     except KeyboardInterrupt:
@@ -591,7 +598,7 @@ def command_server(args: argparse.Namespace) -> int:
     elif args.action == "stop":
         print("stopped" if server.stop_server(settings) else "no embedded server was running")
     else:
-        url = os.environ.get("PREFECT_API_URL") or server.api_url_for(settings.prefect_port)
+        url = environment_value("PREFECT_API_URL") or server.api_url_for(settings.prefect_port)
         healthy = server.is_healthy(url)
         print(f"{url}: {'up' if healthy else 'down'}")
         return EXIT_OK if healthy else EXIT_FAILED
@@ -667,7 +674,7 @@ def command_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.data_dir:
-        os.environ["SDLC_DATA_DIR"] = args.data_dir
+        export_environment({"SDLC_DATA_DIR": args.data_dir})  # and to the server and workers it starts
     handlers = {
         "run": command_run,
         "resume": command_resume,
@@ -682,7 +689,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "graph": command_graph,
     }
     try:
-        return handlers[args.command](args)
+        settings = settings_from_environment()  # read once here, handed down to all the command does
+    except ValidationError as exc:
+        print(f"sdlc: error: invalid SDLC_* setting: {_first_error(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with settings_in_force(settings):
+            return handlers[args.command](args)
     except UsageError as exc:
         print(f"sdlc: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

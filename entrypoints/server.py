@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from sdlc.settings import SdlcSettings
+from sdlc.settings import SdlcSettings, environment_value, export_environment, process_environment
 
 START_TIMEOUT_SECONDS = 90.0
 # Prefect settings sdlc gives the server it starts, and its own clients where the environment sets none.
@@ -58,9 +58,7 @@ def _pid_file(settings: SdlcSettings) -> Path:
 
 def configure_client_environment(settings: SdlcSettings) -> None:
     """Quiet, isolated Prefect client settings for this process (before prefect is imported)."""
-    for name, value in PREFECT_DEFAULTS.items():
-        os.environ.setdefault(name, value)
-    os.environ.setdefault("PREFECT_HOME", str(settings.root / "prefect"))
+    export_environment({**PREFECT_DEFAULTS, "PREFECT_HOME": str(settings.root / "prefect")}, overwrite=False)
 
 
 def plain_http_ca_file(settings: SdlcSettings) -> Path:
@@ -88,9 +86,9 @@ def plain_http_ca_file(settings: SdlcSettings) -> Path:
 
 def _use_api(settings: SdlcSettings, api_url: str) -> str:
     """Point this process's Prefect clients at ``api_url`` (before prefect is imported)."""
-    os.environ["PREFECT_API_URL"] = api_url
-    if api_url.startswith("http://") and not os.environ.get("PREFECT_API_SSL_CERT_FILE"):
-        os.environ["PREFECT_API_SSL_CERT_FILE"] = str(plain_http_ca_file(settings))
+    export_environment({"PREFECT_API_URL": api_url})
+    if api_url.startswith("http://") and not environment_value("PREFECT_API_SSL_CERT_FILE"):
+        export_environment({"PREFECT_API_SSL_CERT_FILE": str(plain_http_ca_file(settings))})
     return api_url
 
 
@@ -100,7 +98,7 @@ def start_server(settings: SdlcSettings) -> str:
     home = settings.root / "prefect"
     home.mkdir(parents=True, exist_ok=True)
     # Unbuffered: the log must hold the server's last lines when it is stopped or dies.
-    env = {**os.environ, **PREFECT_DEFAULTS, "PREFECT_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    env = {**process_environment(), **PREFECT_DEFAULTS, "PREFECT_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     env.pop("PREFECT_API_URL", None)
     # The server imports entrypoints.prefect_server from where this sdlc is, installed or not.
     project = str(Path(__file__).resolve().parents[1])
@@ -147,7 +145,7 @@ def start_server(settings: SdlcSettings) -> str:
 def ensure_prefect_api(settings: SdlcSettings, *, start: bool = True) -> str:
     """The API URL to use, starting the embedded server if needed; exported to PREFECT_API_URL."""
     configure_client_environment(settings)
-    existing = os.environ.get("PREFECT_API_URL")
+    existing = environment_value("PREFECT_API_URL")
     if existing:
         return _use_api(settings, existing)
     api_url = api_url_for(settings.prefect_port)

@@ -30,6 +30,7 @@ from prefect.states import Pending
 from prefect.utilities.engine import propose_state_sync
 
 from entrypoints.runner import execute
+from sdlc.settings import SdlcSettings, get_settings, settings_in_force
 
 logger = logging.getLogger("entrypoints.worker")
 
@@ -45,9 +46,16 @@ class InProcessWorker:
     """Polls a work pool and runs its due flow runs in threads, at most ``limit`` at once."""
 
     def __init__(
-        self, pool: str, *, limit: int = 50, query_seconds: float = 1.0, prefetch_seconds: float = 1.0
+        self,
+        pool: str,
+        *,
+        limit: int = 50,
+        query_seconds: float = 1.0,
+        prefetch_seconds: float = 1.0,
+        settings: SdlcSettings | None = None,
     ) -> None:
         self.pool, self.limit = pool, limit
+        self.settings = settings if settings is not None else get_settings()  # handed to every run
         self.query_seconds, self.prefetch_seconds = query_seconds, prefetch_seconds
         self.flows = _flows()
         self.running: dict[UUID, threading.Thread] = {}
@@ -71,7 +79,8 @@ class InProcessWorker:
         try:
             with get_client(sync_client=True) as client:
                 flow_run = client.read_flow_run(flow_run_id)
-            execute(flow, flow_run)  # a suspended run comes back through the pool when it is rescheduled
+            with settings_in_force(self.settings):  # a new thread starts with an empty context
+                execute(flow, flow_run)  # a suspended run comes back through the pool when it is rescheduled
         except Exception:
             logger.exception("flow run %s ended with an error", flow_run_id)
         finally:

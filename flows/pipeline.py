@@ -33,7 +33,7 @@ from sdlc.models import (
     WorkItemRequest,
     WorkItemState,
 )
-from sdlc.settings import get_settings
+from sdlc.settings import get_settings, settings_in_force
 from tasks import forge, tracking
 from tasks.failures import SdlcError, UsageLimitWait
 from tasks.graph_check import require_valid_graph
@@ -254,6 +254,13 @@ def sdlc_pipeline(request: WorkItemRequest) -> PipelineResult:
     A loop over the router's decisions (sdlc/router.py): this flow carries them out and
     reports what happened; where the work item goes next is decided there.
     """
+    # The settings the process that runs this flow handed down (the CLI, `sdlc worker`), or,
+    # when Prefect's own worker started the process, read here once for the whole run.
+    with settings_in_force():
+        return _follow_the_graph(request)
+
+
+def _follow_the_graph(request: WorkItemRequest) -> PipelineResult:
     graph = current_graph()
     run_id = str(flow_run.id) if flow_run.id else None
     work_item = request.work_item

@@ -13,6 +13,7 @@ from prefect import flow
 from flows.replay import replayed
 from sdlc.config import current_graph
 from sdlc.models import AgentResult, PullRequestRef, StageInput, StageResult
+from sdlc.settings import settings_in_force
 from tasks import agent, forge, gates, git, taskfile
 from tasks.agent import AgentRunFailed
 from tasks.failures import UsageLimitWait
@@ -44,8 +45,9 @@ def _stage_run_name() -> str:
 @flow(name="sdlc-stage", flow_run_name=_stage_run_name, log_prints=True, persist_result=True)
 def stage_flow(stage_input: StageInput) -> StageResult:
     request = stage_input.request
-    # B2: runs on one branch never interleave, from fetching its worktree to the gate.
-    with branch_lock(worktree_path(request.repo, request.feature_branch)):
+    # The pipeline's settings (a stage runs inside it); B2: runs on one branch never
+    # interleave, from fetching its worktree to the gate.
+    with settings_in_force(), branch_lock(worktree_path(request.repo, request.feature_branch)):
         return _run_stage(stage_input)
 
 

@@ -1,14 +1,24 @@
-"""Process-wide settings, read from the environment (prefix ``SDLC_``).
+"""The settings of sdlc-flows (prefix ``SDLC_``), and the one place that reads the process environment.
 
-:func:`get_settings` validates them again whenever an ``SDLC_*`` variable changed, so
-a test or a CLI flag that sets ``SDLC_DATA_DIR`` takes effect without re-importing
-anything, and costs microseconds otherwise.
+A process reads its settings once where it starts (the CLI's ``main``, the worker,
+the webhook receiver, and a flow run's entry when Prefect's own worker started it)
+and hands them down with :func:`settings_in_force`: everything that runs inside,
+flows and tasks included, gets them from :func:`get_settings`, as Prefect hands its
+own settings down (``SettingsContext``). Outside such a block :func:`get_settings`
+reads the environment, validated again only when an ``SDLC_*`` variable changed.
+
+Nothing else in the project reads ``os.environ`` (tests/test_settings.py checks):
+children's environments start from :func:`process_environment`, and what sdlc
+exports to the processes it starts goes through :func:`export_environment`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -146,15 +156,22 @@ class SdlcSettings(BaseSettings):
 
 
 _cached: tuple[tuple[tuple[str, str], ...], SdlcSettings] | None = None
+_in_force: ContextVar[SdlcSettings | None] = ContextVar("sdlc_settings_in_force", default=None)
 
 
 def get_settings() -> SdlcSettings:
-    """The settings of this process's environment, validated once per distinct ``SDLC_*`` environment.
+    """The settings in force: those handed down by :func:`settings_in_force`, else the environment's."""
+    handed_down = _in_force.get()
+    if handed_down is not None:
+        return handed_down
+    return settings_from_environment()
+
+
+def settings_from_environment() -> SdlcSettings:
+    """The settings this process's environment gives, validated once per distinct ``SDLC_*`` environment.
 
     Validating them costs milliseconds of CPU (pydantic-settings reads and parses
-    the whole environment), and a stage asks for them dozens of times; comparing the
-    ``SDLC_*`` variables costs microseconds. A test or a CLI flag that changes one
-    still takes effect at the next call.
+    the whole environment); comparing the ``SDLC_*`` variables costs microseconds.
     """
     global _cached
     key = tuple(sorted((name, value) for name, value in os.environ.items() if name.upper().startswith("SDLC_")))
@@ -164,3 +181,46 @@ def get_settings() -> SdlcSettings:
     settings = SdlcSettings()
     _cached = (key, settings)
     return settings
+
+
+@contextlib.contextmanager
+def settings_in_force(settings: SdlcSettings | None = None) -> Iterator[SdlcSettings]:
+    """Hand ``settings`` down to everything called inside the block, in this thread and its context.
+
+    Without an argument: the settings already in force, else the environment's, read
+    now (a flow's entry, when no process entry of sdlc's handed any down).
+    """
+    chosen = settings if settings is not None else get_settings()
+    token = _in_force.set(chosen)
+    try:
+        yield chosen
+    finally:
+        _in_force.reset(token)
+
+
+# --- the process environment ----------------------------------------------------------------
+
+
+def process_environment() -> dict[str, str]:
+    """A copy of this process's environment: what a child's environment is built from."""
+    return dict(os.environ)
+
+
+def environment_value(name: str) -> str | None:
+    """One variable of this process's environment (Prefect's, the login name): None when unset or empty."""
+    return os.environ.get(name) or None
+
+
+def export_environment(values: Mapping[str, str], *, overwrite: bool = True) -> None:
+    """Set variables for this process and the processes it starts (Prefect reads its own at import).
+
+    With ``overwrite=False`` a variable already set keeps its value (a default).
+    """
+    for name, value in values.items():
+        if overwrite or not os.environ.get(name):
+            os.environ[name] = value
+
+
+def login_name() -> str:
+    """Who runs this command, for the record of an approval given from the CLI."""
+    return environment_value("USER") or "cli"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import shlex
 import shutil
@@ -31,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from sdlc.models import AgentResult, WorkItemState
 from sdlc.retry import Classification, FailureKind, RetryDecision, RetryPolicy, decide_retry
-from sdlc.settings import get_settings
+from sdlc.settings import get_settings, process_environment
 from tasks.breaker import CircuitBreaker
 from tasks.classify import classify_output, parse_result_json, read_tail
 from tasks.failures import PermanentError, SdlcError, TransientError
@@ -292,7 +291,7 @@ def execute_agent(
     """Start the agent (confined when it can be), wait at most its timeout, end its process group, describe the run."""
     logger = _run_logger()
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = agent_environment(os.environ, invocation.protocol_env, invocation.profile_env)
+    env = agent_environment(process_environment(), invocation.protocol_env, invocation.profile_env)
     env["SDLC_ATTEMPT"] = str(attempt)
     started = datetime.now(UTC)
     clock = time.monotonic()

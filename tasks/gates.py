@@ -9,7 +9,6 @@ earlier run can never decide the gate again, while the history stays readable.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess
@@ -24,7 +23,7 @@ from sdlc.graph import AGENT_FAILED, StageSpec, artifacts_dir
 from sdlc.models import AgentResult, ForgeSpec, GateResult
 from sdlc.repo_config import CONFIG_PATH, RepoConfig
 from sdlc.retry import HTTP_STEP_RETRY_DELAYS_SECONDS
-from sdlc.settings import get_settings
+from sdlc.settings import get_settings, process_environment
 from tasks.agent import agent_environment, describe_failure
 from tasks.classify import read_tail
 from tasks.failures import retry_on_transient
@@ -139,7 +138,7 @@ def run_test_command(
     test command's background jobs too, which ``subprocess.run`` would leave), and
     so do stragglers of a command that exited.
     """
-    env = agent_environment(os.environ, {}, {})
+    env = agent_environment(process_environment(), {}, {})
     with (
         open(log_path, "wb") as log,
         confinement(argv, worktree=cwd, env=env, spec=sandbox or SandboxSpec()) as confined,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -23,7 +22,7 @@ from prefect import task
 
 from sdlc.models import CommitResult, validate_branch, validate_work_item_id
 from sdlc.retry import STEP_RETRY_DELAYS_SECONDS
-from sdlc.settings import get_settings
+from sdlc.settings import get_settings, process_environment
 from tasks.failures import GitOperationError, PushRejected, TransientError, retry_on_transient
 from tasks.processes import end_process_group
 
@@ -190,7 +189,7 @@ def remote_git(cwd: Path | str, *args: str, what: str) -> str:
     timeout = get_settings().git_timeout_seconds
     argv = [str(git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git"), *args]
     # As GitPython runs git: the caller's environment, English messages (TRANSIENT_REMOTE_PATTERNS).
-    env = {**os.environ, "LANGUAGE": "C", "LC_ALL": "C", **git_env()}
+    env = {**process_environment(), "LANGUAGE": "C", "LC_ALL": "C", **git_env()}
     process = subprocess.Popen(
         argv,
         cwd=str(cwd),

@@ -163,12 +163,16 @@ def test_a_run_recorded_before_replay_keys_had_a_version_is_told_to_start_again(
     run_id, state = first_run(two_calls_before_v2)
     assert state.is_failed() and Note.lines() == ["analysis", "development"]
 
-    state = run_again(two_calls, run_id)
+    assert_told_to_start_again(run_again(two_calls, run_id), "unversioned, without parameters")
 
+
+def assert_told_to_start_again(state: State[Any], layout: str) -> None:
+    """The rerun failed before anything ran again, with a message that says what to do."""
     assert state.is_failed()
     with pytest.raises(ReplayOutdated) as refused:
         state.result()
     assert "recorded by an older sdlc-flows" in str(refused.value)
+    assert f"another layout ({layout})" in str(refused.value)
     assert "start the work item again as a new run" in str(refused.value)
     assert refused_resume(state.message), state.message
     assert Note.lines() == ["analysis", "development"]  # nothing ran again
@@ -204,8 +208,12 @@ def test_the_call_digest_is_the_same_in_another_process() -> None:
     )
     digests = {
         subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, check=True,
-            env={**os.environ, "PYTHONHASHSEED": seed}, cwd=Path(__file__).resolve().parents[1],
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            cwd=Path(__file__).resolve().parents[1],
         ).stdout.strip()
         for seed in ("1", "2", "3")
     }
@@ -224,11 +232,4 @@ def test_a_run_recorded_by_another_layout_of_the_pipeline_is_told_to_start_again
     assert state.is_failed() and Note.lines() == ["analysis", "development"]
     monkeypatch.setattr(replay, "VERSION", "v3")
 
-    state = run_again(two_calls, run_id)
-
-    assert state.is_failed()
-    with pytest.raises(ReplayOutdated) as refused:
-        state.result()
-    assert "another layout (v2)" in str(refused.value)
-    assert "start the work item again as a new run" in str(refused.value)
-    assert Note.lines() == ["analysis", "development"]  # nothing ran again
+    assert_told_to_start_again(run_again(two_calls, run_id), "v2")
