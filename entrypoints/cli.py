@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from entrypoints.approvals import resume_waiting_run
+from entrypoints.server import ServerOfAnotherInstallation
 from sdlc.graph import StageGraph
 from sdlc.models import (
     AGENT_KINDS,
@@ -513,6 +514,8 @@ def breaker_lines() -> list[str]:
     settings = get_settings()
     try:
         ensure_prefect_api(settings, start=False)
+    except ServerOfAnotherInstallation:
+        raise  # said, not hidden: status would show another installation's breakers
     except ServerError:
         return []
     from tasks.breaker import breaker_states
@@ -702,6 +705,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sdlc: interrupted", file=sys.stderr)
         return 130
+    except ServerOfAnotherInstallation as exc:
+        print(f"sdlc: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except RuntimeError as exc:
         print(f"sdlc: {exc}", file=sys.stderr)
         return EXIT_FAILED

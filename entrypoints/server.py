@@ -11,6 +11,7 @@ This module must not import prefect: it sets the environment prefect reads at im
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -40,6 +41,10 @@ class ServerError(RuntimeError):
     """The embedded Prefect server could not be reached or started."""
 
 
+class ServerOfAnotherInstallation(ServerError):
+    """The port answers with a Prefect server that keeps another data directory's state."""
+
+
 def api_url_for(port: int) -> str:
     return f"http://127.0.0.1:{port}/api"
 
@@ -50,6 +55,27 @@ def is_healthy(api_url: str, timeout: float = 2.0) -> bool:
             return response.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def server_home(api_url: str, timeout: float = 5.0) -> Path | None:
+    """The Prefect home of the server answering at ``api_url``, as its settings say; None when they do not."""
+    try:
+        with urllib.request.urlopen(f"{api_url}/admin/settings", timeout=timeout) as response:
+            home = json.load(response).get("home")
+    except (urllib.error.URLError, OSError, ValueError, AttributeError):
+        return None
+    return Path(home).expanduser().resolve() if isinstance(home, str) and home else None
+
+
+def _require_ours(settings: SdlcSettings, api_url: str) -> None:
+    """Refuse the embedded server of another data directory: its runs and ledger are not this one's."""
+    home, ours = server_home(api_url), (settings.root / "prefect").resolve()
+    if home is not None and home != ours:
+        raise ServerOfAnotherInstallation(
+            f"the Prefect server at {api_url} keeps the state of another installation ({home}), "
+            f"not of {settings.root}: set SDLC_PREFECT_PORT to give this data directory its own server, "
+            f"or PREFECT_API_URL={api_url} to share that one on purpose"
+        )
 
 
 def _pid_file(settings: SdlcSettings) -> Path:
@@ -143,13 +169,19 @@ def start_server(settings: SdlcSettings) -> str:
 
 
 def ensure_prefect_api(settings: SdlcSettings, *, start: bool = True) -> str:
-    """The API URL to use, starting the embedded server if needed; exported to PREFECT_API_URL."""
+    """The API URL to use, starting the embedded server if needed; exported to PREFECT_API_URL.
+
+    The server found on ``SDLC_PREFECT_PORT`` must be this data directory's own
+    (:class:`ServerOfAnotherInstallation` otherwise); a ``PREFECT_API_URL`` is used as given.
+    """
     configure_client_environment(settings)
     existing = environment_value("PREFECT_API_URL")
     if existing:
         return _use_api(settings, existing)
     api_url = api_url_for(settings.prefect_port)
-    if not is_healthy(api_url):
+    if is_healthy(api_url):
+        _require_ours(settings, api_url)
+    else:
         if not start:
             raise ServerError(f"no Prefect server answers at {api_url}; run `sdlc server start`")
         start_server(settings)

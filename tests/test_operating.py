@@ -35,6 +35,15 @@ def test_demo_starts_its_own_server_and_ends_with_the_pr_merged(tmp_path: Path) 
         assert (data / "prefect" / "prefect.db").exists()
         server = subprocess.run([*SDLC, "--data-dir", str(data), "server", "status"], env=env, capture_output=True, text=True)
         assert server.returncode == 0 and "up" in server.stdout
+        # A second data directory (another checkout) on the same port is refused that server, in one line.
+        other = tmp_path / "second-checkout"
+        refused = subprocess.run(
+            [*SDLC, "--data-dir", str(other), "server", "start"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        (line,) = refused.stderr.strip().splitlines()
+        assert f"keeps the state of another installation ({(data / 'prefect').resolve()})" in line
+        assert "SDLC_PREFECT_PORT" in line and not (other / "prefect" / "server.pid").exists()
         status = subprocess.run(
             [*SDLC, "--data-dir", str(data), "status", "--json"], env=env, capture_output=True, text=True
         )
