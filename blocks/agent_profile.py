@@ -84,6 +84,24 @@ profile = AgentProfile.load("BLOCK_NAME")
     network: bool = Field(
         default=True, description="Outbound network in the sandbox (never the worker's loopback); false: none."
     )
+    max_attempts: int | None = Field(
+        default=None,
+        ge=1,
+        le=10,
+        description="Runs per stage visit while failures are permanent (unset: SDLC_AGENT_MAX_ATTEMPTS).",
+    )
+    transient_retries: int | None = Field(
+        default=None, ge=0, le=50, description="Retries after transient failures (unset: SDLC_AGENT_TRANSIENT_RETRIES)."
+    )
+    backoff_base_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="Transient wait: min(2^n x base, cap) (unset: SDLC_AGENT_BACKOFF_BASE_SECONDS).",
+    )
+    backoff_cap_seconds: float | None = Field(
+        default=None, gt=0, le=24 * 3600, description="Longest transient wait (unset: SDLC_AGENT_BACKOFF_CAP_SECONDS)."
+    )
     resume_sessions: bool = Field(
         default=True,
         description="When work comes back to a role, continue its previous CLI session (claude --resume).",

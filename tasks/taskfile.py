@@ -14,7 +14,7 @@ from prefect import task
 from blocks import load_block
 from blocks.agent_profile import AgentProfile, profile_for
 from sdlc.graph import StageSpec, artifacts_dir, builtin_prompt, missing_prompt
-from sdlc.models import Feedback, StageInput, validate_work_item_id
+from sdlc.models import AgentSpec, Feedback, StageInput, validate_work_item_id
 from sdlc.retry import STEP_RETRY_DELAYS_SECONDS, RetryPolicy
 from sdlc.settings import get_settings
 from tasks.agent import AgentInvocation, check_budget
@@ -135,6 +135,29 @@ def load_profile(stage_input: StageInput) -> AgentProfile:
     return profile_for(agent.kind, agent.command, agent.timeout_seconds)
 
 
+def retry_policy(agent: AgentSpec, profile: AgentProfile, *, retry_agent: bool) -> RetryPolicy:
+    """The run's own budgets and backoff, else its profile's, else the SDLC_AGENT_* settings."""
+    settings = get_settings()
+
+    def first(*values: float | None) -> float:
+        return next(value for value in values if value is not None)
+
+    return RetryPolicy(
+        max_attempts=int(first(agent.max_attempts, profile.max_attempts, settings.agent_max_attempts))
+        if retry_agent
+        else 1,
+        transient_retries=int(
+            first(agent.transient_retries, profile.transient_retries, settings.agent_transient_retries)
+        ),
+        backoff_base_seconds=first(
+            agent.backoff_base_seconds, profile.backoff_base_seconds, settings.agent_backoff_base_seconds
+        ),
+        backoff_cap_seconds=first(
+            agent.backoff_cap_seconds, profile.backoff_cap_seconds, settings.agent_backoff_cap_seconds
+        ),
+    )
+
+
 def agent_invocation(worktree: str, stage_input: StageInput, spec: StageSpec, task_file: str) -> AgentInvocation:
     """The command line and the B5 environment for this stage's agent."""
     request = stage_input.request
@@ -166,12 +189,7 @@ def agent_invocation(worktree: str, stage_input: StageInput, spec: StageSpec, ta
         repo_key=main_clone_path(request.repo).name,
         budget_usd=budget,
         visit=f"{spec.name}-{stage_input.visit}",
-        retry=RetryPolicy(
-            max_attempts=agent.max_attempts if spec.retry_agent else 1,
-            transient_retries=agent.transient_retries,
-            backoff_base_seconds=agent.backoff_base_seconds,
-            backoff_cap_seconds=agent.backoff_cap_seconds,
-        ),
+        retry=retry_policy(agent, profile, retry_agent=spec.retry_agent),
         work_item=request.work_item,
         stage=spec.name,
         role=spec.role,

@@ -153,6 +153,20 @@ def test_the_transient_budget_ends_in_blocked(tmp_path: Path) -> None:
     assert row.state == "blocked" and "transient: rate_limit" in row.reason
 
 
+@pytest.mark.usefixtures("prefect_api", "data_dir")
+def test_the_installation_sets_the_budgets_a_run_leaves_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.ledger import Ledger
+
+    monkeypatch.setenv("SDLC_AGENT_TRANSIENT_RETRIES", "1")
+    monkeypatch.setenv("SDLC_AGENT_BACKOFF_BASE_SECONDS", "0.05")
+    monkeypatch.setenv("SDLC_BREAKER_THRESHOLD", "10")
+    state = run_pipeline(tmp_path, {"architect": {"rate_limit_times": 9}})
+    assert state.is_failed()
+    assert len(runs_of("architect")) == 2  # the first run and one retry
+    row = Ledger.from_settings().get_work_item("ET-9")
+    assert row.state == "blocked" and "transient: rate_limit" in row.reason
+
+
 def test_an_open_breaker_holds_another_process_until_the_cooldown(
     tmp_path: Path, cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -92,3 +92,25 @@ def test_a_bad_setting_is_one_line_and_exit_2_before_anything_starts(tmp_path: P
         "unable to parse string as an integer"
     ]
     assert not (tmp_path / "data").exists()
+
+
+def test_retry_budgets_come_from_the_run_else_its_profile_else_the_installation(tmp_path: Path) -> None:
+    from blocks.agent_profile import AgentProfile
+    from sdlc.models import AgentSpec
+    from tasks.taskfile import retry_policy
+
+    installation = SdlcSettings(
+        data_dir=tmp_path,
+        agent_max_attempts=4,
+        agent_transient_retries=7,
+        agent_backoff_base_seconds=2,
+        agent_backoff_cap_seconds=50,
+    )
+    profile = AgentProfile(kind="scripted", transient_retries=3, backoff_cap_seconds=90)
+    with settings_in_force(installation):
+        policy = retry_policy(AgentSpec(max_attempts=1), profile, retry_agent=True)
+        assert (policy.max_attempts, policy.transient_retries) == (1, 3)  # the run's, the profile's
+        assert (policy.backoff_base_seconds, policy.backoff_cap_seconds) == (2, 90)  # the installation's, the profile's
+        assert retry_policy(AgentSpec(), AgentProfile(), retry_agent=True).max_attempts == 4
+        # Where the exit code is the gate (the deployer), one run whatever is set.
+        assert retry_policy(AgentSpec(max_attempts=5), profile, retry_agent=False).max_attempts == 1
