@@ -14,6 +14,7 @@ from prefect.blocks.core import Block
 from pydantic import Field, HttpUrl, model_validator
 
 from sdlc.models import AgentKind
+from sdlc.retry import RetryKnobs
 
 STRONG_ROLES = ("architect", "reviewer")
 
@@ -44,7 +45,7 @@ def agent_prompt(role: str, task_file: str) -> str:
     )
 
 
-class AgentProfile(Block):
+class AgentProfile(Block, RetryKnobs):
     """How to run one kind of coding agent CLI for every role of the pipeline."""
 
     _block_type_name: ClassVar[str] = "SDLC Agent Profile"
@@ -83,24 +84,6 @@ profile = AgentProfile.load("BLOCK_NAME")
     )
     network: bool = Field(
         default=True, description="Outbound network in the sandbox (never the worker's loopback); false: none."
-    )
-    max_attempts: int | None = Field(
-        default=None,
-        ge=1,
-        le=10,
-        description="Runs per stage visit while failures are permanent (unset: SDLC_AGENT_MAX_ATTEMPTS).",
-    )
-    transient_retries: int | None = Field(
-        default=None, ge=0, le=50, description="Retries after transient failures (unset: SDLC_AGENT_TRANSIENT_RETRIES)."
-    )
-    backoff_base_seconds: float | None = Field(
-        default=None,
-        gt=0,
-        le=3600,
-        description="Transient wait: min(2^n x base, cap) (unset: SDLC_AGENT_BACKOFF_BASE_SECONDS).",
-    )
-    backoff_cap_seconds: float | None = Field(
-        default=None, gt=0, le=24 * 3600, description="Longest transient wait (unset: SDLC_AGENT_BACKOFF_CAP_SECONDS)."
     )
     resume_sessions: bool = Field(
         default=True,

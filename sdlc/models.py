@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # Defined in the stdlib-only sdlc.ids (the scripted agent checks IDs without pydantic); re-exported here.
 from sdlc.ids import WORK_ITEM_ID_PATTERN as WORK_ITEM_ID_PATTERN
 from sdlc.ids import validate_work_item_id as validate_work_item_id
+from sdlc.retry import RetryKnobs
 
 BRANCH_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 URL_PATTERN = re.compile(r"^(https?|ssh|git|file)://[^\s]+$")
@@ -119,8 +120,9 @@ def default_branch_name(work_item: str, title: str) -> str:
     return f"feature/{work_item}-{slugify(title)}"
 
 
-class AgentSpec(BaseModel):
-    """Which agent does the work: a CLI kind, or any command under the B5 protocol."""
+class AgentSpec(RetryKnobs):
+    """Which agent does the work: a CLI kind, or any command under the B5 protocol; its retry budgets (unset:
+    its profile's, else the ``SDLC_AGENT_*`` settings)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -135,35 +137,9 @@ class AgentSpec(BaseModel):
     profile_block: str | None = Field(
         default=None, description="Name of an AgentProfile block to load instead of the defaults."
     )
-    max_attempts: int | None = Field(
-        default=None,
-        ge=1,
-        le=10,
-        description="Permanent budget: runs per stage visit while failures are permanent "
-        "(unset: the profile's, else SDLC_AGENT_MAX_ATTEMPTS).",
-    )
-    transient_retries: int | None = Field(
-        default=None,
-        ge=0,
-        le=50,
-        description="Transient budget: retries after rate limits, overloads, 5xx, network errors "
-        "(unset: the profile's, else SDLC_AGENT_TRANSIENT_RETRIES).",
-    )
     sandbox: Literal["auto", "bwrap", "none"] | None = Field(
         default=None,
         description="Confine the agents: auto, bwrap or none (unset: the profile's, else SDLC_AGENT_SANDBOX).",
-    )
-    backoff_base_seconds: float | None = Field(
-        default=None,
-        gt=0,
-        le=3600,
-        description="Transient wait: min(2^n x base, cap) (unset: the profile's, else SDLC_AGENT_BACKOFF_BASE_SECONDS).",
-    )
-    backoff_cap_seconds: float | None = Field(
-        default=None,
-        gt=0,
-        le=24 * 3600,
-        description="Longest transient wait (unset: the profile's, else SDLC_AGENT_BACKOFF_CAP_SECONDS).",
     )
 
     @model_validator(mode="after")

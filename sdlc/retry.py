@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
+from typing import Annotated
 
 from pydantic import BaseModel, Field
 
@@ -84,6 +85,31 @@ class RetryDecision(BaseModel):
     retry: bool
     why: str
     wait_seconds: float = 0.0
+
+
+MaxAttempts = Annotated[int, Field(ge=1, le=10)]
+TransientRetries = Annotated[int, Field(ge=0, le=50)]
+BackoffBaseSeconds = Annotated[float, Field(gt=0, le=3600)]
+BackoffCapSeconds = Annotated[float, Field(gt=0, le=24 * 3600)]
+
+
+class RetryKnobs(BaseModel):
+    """An agent's budgets and backoff as a run or a profile may set them; unset: the next in line.
+
+    The line is the run's ``agent`` parameter, its AgentProfile block, then the
+    installation's ``SDLC_AGENT_*`` settings (tasks/taskfile.retry_policy).
+    """
+
+    max_attempts: MaxAttempts | None = Field(
+        default=None, description="Runs per stage visit while failures are permanent."
+    )
+    transient_retries: TransientRetries | None = Field(
+        default=None, description="Retries after rate limits, overloads, 5xx and network errors."
+    )
+    backoff_base_seconds: BackoffBaseSeconds | None = Field(
+        default=None, description="Transient wait: min(2^n x base, cap)."
+    )
+    backoff_cap_seconds: BackoffCapSeconds | None = Field(default=None, description="Longest transient wait.")
 
 
 class RetryPolicy(BaseModel):

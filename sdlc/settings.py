@@ -31,6 +31,10 @@ from sdlc.retry import (
     AGENT_MAX_ATTEMPTS,
     AGENT_TRANSIENT_RETRIES,
     USAGE_LIMIT_MARGIN_SECONDS,
+    BackoffBaseSeconds,
+    BackoffCapSeconds,
+    MaxAttempts,
+    TransientRetries,
 )
 
 
@@ -90,24 +94,11 @@ class SdlcSettings(BaseSettings):
     provider_concurrency: dict[str, int] = Field(
         default_factory=dict, description='Agent runs at once per provider, e.g. {"claude": 4} (JSON).'
     )
-    agent_max_attempts: int = Field(
-        default=AGENT_MAX_ATTEMPTS,
-        ge=1,
-        le=10,
-        description="Runs per stage visit while an agent's failures are permanent, unless its run or profile says.",
-    )
-    agent_transient_retries: int = Field(
-        default=AGENT_TRANSIENT_RETRIES,
-        ge=0,
-        le=50,
-        description="Retries after rate limits, overloads, 5xx and network errors, unless the run or profile says.",
-    )
-    agent_backoff_base_seconds: float = Field(
-        default=AGENT_BACKOFF_BASE_SECONDS, gt=0, le=3600, description="Transient wait: min(2^n x base, cap)."
-    )
-    agent_backoff_cap_seconds: float = Field(
-        default=AGENT_BACKOFF_CAP_SECONDS, gt=0, le=24 * 3600, description="Longest transient wait."
-    )
+    # An agent's budgets and backoff where neither its run nor its profile sets them.
+    agent_max_attempts: MaxAttempts = AGENT_MAX_ATTEMPTS
+    agent_transient_retries: TransientRetries = AGENT_TRANSIENT_RETRIES
+    agent_backoff_base_seconds: BackoffBaseSeconds = AGENT_BACKOFF_BASE_SECONDS
+    agent_backoff_cap_seconds: BackoffCapSeconds = AGENT_BACKOFF_CAP_SECONDS
     usage_limit_margin_seconds: float = Field(
         default=USAGE_LIMIT_MARGIN_SECONDS,
         ge=0,
