@@ -18,7 +18,7 @@ from sdlc.models import AgentSpec, Feedback, StageInput, validate_work_item_id
 from sdlc.retry import STEP_RETRY_DELAYS_SECONDS, RetryPolicy
 from sdlc.settings import get_settings
 from tasks.agent import AgentInvocation, check_budget
-from tasks.failures import retry_on_transient
+from tasks.failures import PermanentError, retry_on_transient
 from tasks.gates import archive_stale_artifacts_in
 from tasks.graph_check import InvalidStageGraph
 from tasks.ledger import Ledger
@@ -218,6 +218,10 @@ def agent_invocation(worktree: str, stage_input: StageInput, spec: StageSpec, ta
     )
 
 
+class StageOfUnknownWorkItem(PermanentError):
+    """The sdlc-stage deployment was asked for a work item no pipeline registered."""
+
+
 @task(
     name="prepare-agent-run",
     retries=len(STEP_RETRY_DELAYS_SECONDS),
@@ -236,6 +240,11 @@ def prepare_agent_run(stage_input: StageInput, spec: StageSpec) -> AgentInvocati
     finds the stale files where they were. Fetch failures that look transient are retried.
     """
     request = stage_input.request
+    if Ledger.from_settings().get_work_item(request.work_item) is None:
+        raise StageOfUnknownWorkItem(
+            f"{request.work_item} is not in the ledger: a stage runs for a work item its pipeline started "
+            f"(its budget, spend and history live there); start it with `sdlc run` or the sdlc-pipeline deployment"
+        )
     worktree = str(ensure_worktree(request.repo, request.feature_branch))
     task_file = task_file_name(spec.role)
     invocation = agent_invocation(worktree, stage_input, spec, task_file)

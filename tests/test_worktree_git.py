@@ -17,7 +17,7 @@ from tasks.agent import BudgetExceeded
 from tasks.failures import PushRejected
 from tasks.git import commit_and_push, commit_role_changes
 from tasks.ledger import Ledger
-from tasks.taskfile import prepare_agent_run
+from tasks.taskfile import StageOfUnknownWorkItem, prepare_agent_run
 from tasks.worktree import (
     branch_lock,
     default_branch,
@@ -251,6 +251,7 @@ def _review_input(origin: Path, budget_usd: float | None = None) -> StageInput:
 
 def test_preparing_a_run_archives_writes_the_task_file_and_returns_the_invocation(origin: Path) -> None:
     stage_input = _review_input(origin)
+    Ledger.from_settings().upsert_work_item(stage_input.request, flow_run_id=None)
     path = ensure_worktree(str(origin), stage_input.request.feature_branch)
     out = path / "docs" / "work-items" / "ET-11"
     out.mkdir(parents=True)
@@ -346,3 +347,22 @@ def test_sdlc_settings_are_never_committed_whatever_the_allowlist(origin: Path) 
     assert sorted(result.left_out) == [".sdlc/agents/reviewer.md", ".sdlc/config.yaml"]
     for allowed in (["*"], [".sdlc/"], [".sdlc"], ["./.sdlc/config.yaml"]):
         assert commit_role_changes(path, allowed=allowed, message="x").committed == []
+
+
+def test_the_stage_deployment_refuses_a_work_item_no_pipeline_started(origin: Path, prefect_api: str) -> None:
+    """`prefect deployment run sdlc-stage/sdlc-stage` with a work item the ledger does not know."""
+    from flows.stages import stage_flow
+
+    stage_input = _review_input(origin)
+    state = stage_flow(stage_input, return_state=True)
+
+    assert state.is_failed()
+    with pytest.raises(StageOfUnknownWorkItem) as refused:
+        state.result()
+    assert str(refused.value) == (
+        "ET-11 is not in the ledger: a stage runs for a work item its pipeline started (its budget, spend and "
+        "history live there); start it with `sdlc run` or the sdlc-pipeline deployment"
+    )
+    from tasks.worktree import worktree_path
+
+    assert not worktree_path(str(origin), stage_input.request.feature_branch).exists()  # nothing was prepared
