@@ -16,6 +16,7 @@ from prefect import Flow, State, flow
 from prefect.client.schemas.objects import FlowRun
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.runtime import deployment, flow_run
+from pydantic import ValidationError
 
 from flows.inputs import AnalystAnswers, ApprovalDecision
 from flows.replay import replayed
@@ -56,22 +57,19 @@ def _pipeline_run_name() -> str:
 
 
 def _mark_failed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
-    """on_failure / on_crashed: a run that ended without deciding leaves a clear ledger row.
+    """on_failure / on_crashed: a run that ended without deciding leaves a clear ledger row and says so.
 
     The parameters are named as in Prefect's ``FlowStateHook``; ``flow_run`` is the ended
     run here, not ``prefect.runtime.flow_run``.
     """
-    from tasks.ledger import Ledger
-
-    request = flow_run.parameters.get("request") or {}
-    work_item = request.get("work_item") if isinstance(request, dict) else getattr(request, "work_item", None)
-    if not work_item:
-        return
-    ledger = Ledger.from_settings()
-    row = ledger.get_work_item(work_item)
-    if row is not None and row.state in (WorkItemState.blocked.value, WorkItemState.done.value):
-        return
-    ledger.set_state(work_item, WorkItemState.failed, reason=state.message or "pipeline run failed")
+    given = flow_run.parameters.get("request") or {}
+    try:
+        request: WorkItemRequest | None = WorkItemRequest.model_validate(given)
+    except ValidationError:
+        request = None  # told to the notifiers only
+    work_item = request.work_item if request else (given.get("work_item") if isinstance(given, dict) else None)
+    if work_item:
+        tracking.record_failure(work_item, request, str(flow_run.id), state.message or "pipeline run failed")
 
 
 _quiet_settings: list[tuple[Any, Any]] = []  # (settings, the same without heartbeats), last seen

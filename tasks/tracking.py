@@ -15,7 +15,7 @@ from prefect import task
 
 from blocks import load_block
 from blocks.plane import StateKey
-from sdlc.models import StepRecord, WorkItemRequest
+from sdlc.models import Announcement, StepRecord, WorkItemRequest, WorkItemState
 from tasks.ledger import Ledger
 from tasks.notify import announce, flow_run_url
 
@@ -46,13 +46,44 @@ def record_step(request: WorkItemRequest, flow_run_id: str | None, step: StepRec
         ledger.set_state(work_item, step.state, stage=step.stage, reason=step.reason)
     if step.pull_request is not None:
         ledger.set_pull_request(work_item, step.pull_request.number, step.pull_request.url)
-    link = flow_run_url(flow_run_id)
-    log = _run_logger()
+    link, log = flow_run_url(flow_run_id), _run_logger()
     for said in step.announcements:
-        if said.event is not None:
-            announce(said.event, said.message, work_item=work_item, link=link, log=log)
-        if request.tracker is not None and (said.comment is not None or said.tracker_state is not None):
-            sync_tracker(request, said.tracker_state, said.comment, link=link)
+        tell(request, said, link=link, log=log)
+
+
+def tell(
+    request: WorkItemRequest, said: Announcement, *, link: str | None, log: logging.Logger | logging.LoggerAdapter[Any]
+) -> None:
+    """One announcement: to the notifiers when it names an event, to the work item's tracker when it has one."""
+    if said.event is not None:
+        announce(said.event, said.message, work_item=request.work_item, link=link, log=log)
+    if request.tracker is not None and (said.comment is not None or said.tracker_state is not None):
+        sync_tracker(request, said.tracker_state, said.comment, link=link)
+
+
+def record_failure(work_item: str, request: WorkItemRequest | None, flow_run_id: str | None, reason: str) -> None:
+    """A pipeline run that ended otherwise than Blocked or done (an unexpected error, a crash): its
+    ledger row says failed, and the notifiers and the tracker are told (B51, B50).
+
+    ``request`` is None when the run's parameters no longer validate: then only the notifiers hear.
+    """
+    ledger = Ledger.from_settings()
+    row = ledger.get_work_item(work_item)
+    if row is not None and row.state in (WorkItemState.blocked.value, WorkItemState.done.value):
+        return  # decided, and said, by the pipeline itself
+    if row is not None:
+        ledger.set_state(work_item, WorkItemState.failed, reason=reason)
+    message = f"{work_item} failed: {reason}"
+    link, log = flow_run_url(flow_run_id), _run_logger()
+    if request is None:
+        announce("failed", message, work_item=work_item, link=link, log=log)
+    else:
+        tell(
+            request,
+            Announcement(event="failed", message=message, tracker_state="blocked", comment=message),
+            link=link,
+            log=log,
+        )
 
 
 def _run_logger() -> logging.Logger | logging.LoggerAdapter[Any]:

@@ -353,3 +353,29 @@ def test_prompts_come_from_the_default_branch_and_a_gate_that_checked_nothing_sa
     assert reason in [t["reason"] for t in item["transitions"]]
     assert main(["status", "ET-7"]) == 0
     assert f"development -> review: {reason}" in capsys.readouterr().out
+
+
+def test_a_pipeline_that_fails_unexpectedly_says_so_in_the_ledger_and_to_the_notifiers(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """An error no route decides (here a repository config that is not YAML) ends the run Failed
+    with a `failed` event, not in silence (B51)."""
+    from flows.pipeline import sdlc_pipeline
+    from gitrepo import clone_of, commit_file, git
+
+    origin = create_sample_repo(tmp_path / "repos")
+    person = clone_of(origin, tmp_path / "person")
+    commit_file(person, ".sdlc/config.yaml", "test_command: [unclosed\n", "a broken config")
+    git(person, "push", "-q", "origin", "main")
+
+    state = sdlc_pipeline(request=greet_request(origin, AgentSpec(kind="scripted")), return_state=True)
+
+    assert state.is_failed()
+    row, runs, _ = ledger_view()
+    assert row.state == "failed" and ".sdlc/config.yaml is not valid YAML" in row.reason
+    assert runs == []  # it stopped before the first agent
+    events = [n["event"] for n in notifications(data_dir)]
+    assert events == ["work_item_started", "failed"]
+    failed = notifications(data_dir)[-1]
+    assert failed["work_item"] == "ET-7" and failed["message"].startswith("ET-7 failed: ")
+    assert ".sdlc/config.yaml is not valid YAML" in failed["message"]
