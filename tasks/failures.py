@@ -61,6 +61,14 @@ class GitOperationError(PermanentError):
     """A git command failed in a way that needs a person (conflict, missing ref, ...)."""
 
 
+def retried_on_transient(delays: list[float]) -> dict[str, Any]:
+    """Prefect task options: after a transient failure, run again after each of ``delays`` in turn.
+
+    A permanent failure is never retried; the retries are as many as the delays.
+    """
+    return {"retries": len(delays), "retry_delay_seconds": delays, "retry_condition_fn": retry_on_transient}
+
+
 def retry_on_transient(task: object, task_run: object, state: object) -> bool:
     """A Prefect ``retry_condition_fn``: retry a task only when it failed with a :class:`TransientError`."""
     try:

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sdlc.models import ForgeSpec, PullRequestRef, validate_branch, validate_repo, validate_work_item_id
 from sdlc.retry import HTTP_STEP_RETRY_DELAYS_SECONDS
 from tasks.ci_status import CiStatus
-from tasks.failures import GitOperationError, PermanentError, TransientError, retry_on_transient
+from tasks.failures import GitOperationError, PermanentError, TransientError, retried_on_transient
 from tasks.git import bot_env, describe, git_env, has_ref, push_branch, remote_git, repo_at
 from tasks.ledger import Ledger, PullRequestRecord
 from tasks.worktree import clone_lock, default_branch, ensure_main_clone
@@ -192,12 +192,7 @@ def forge_for(repo: str, spec: ForgeSpec) -> Forge:
     return LocalForge(repo=repo, clone=ensure_main_clone(repo), ledger=Ledger.from_settings())
 
 
-@task(
-    name="ensure-pull-request",
-    retries=len(HTTP_STEP_RETRY_DELAYS_SECONDS),
-    retry_delay_seconds=HTTP_STEP_RETRY_DELAYS_SECONDS,
-    retry_condition_fn=retry_on_transient,
-)
+@task(name="ensure-pull-request", **retried_on_transient(HTTP_STEP_RETRY_DELAYS_SECONDS))
 def ensure_pull_request(
     repo: str, forge: ForgeSpec, branch: str, title: str, body: str, work_item: str
 ) -> PullRequestRef:
@@ -213,12 +208,7 @@ def ensure_pull_request(
         target.close()
 
 
-@task(
-    name="merge-pull-request",
-    retries=len(HTTP_STEP_RETRY_DELAYS_SECONDS),
-    retry_delay_seconds=HTTP_STEP_RETRY_DELAYS_SECONDS,
-    retry_condition_fn=retry_on_transient,
-)
+@task(name="merge-pull-request", **retried_on_transient(HTTP_STEP_RETRY_DELAYS_SECONDS))
 def merge_pull_request(repo: str, forge: ForgeSpec, number: int) -> PullRequestRef:
     """Merge the PR into its base (B42); merging a merged PR changes nothing."""
     target = forge_for(validate_repo(repo), forge)

@@ -26,7 +26,7 @@ from sdlc.retry import HTTP_STEP_RETRY_DELAYS_SECONDS
 from sdlc.settings import get_settings, process_environment
 from tasks.agent import agent_environment, describe_failure
 from tasks.classify import read_tail
-from tasks.failures import retry_on_transient
+from tasks.failures import retried_on_transient
 from tasks.processes import end_process_group
 from tasks.sandbox import SandboxSpec, confinement, sandbox_spec_for
 from tasks.worktree import base_repo_config
@@ -287,12 +287,7 @@ def archive_stale_artifacts_in(worktree: Path, work_item: str, spec: StageSpec) 
 
 # A CI read that still fails after the forge client's own retries (TransientError) is read
 # again later rather than blocking a work item whose developer's work is already pushed.
-@task(
-    name="run-gate",
-    retries=len(HTTP_STEP_RETRY_DELAYS_SECONDS),
-    retry_delay_seconds=HTTP_STEP_RETRY_DELAYS_SECONDS,
-    retry_condition_fn=retry_on_transient,
-)
+@task(name="run-gate", **retried_on_transient(HTTP_STEP_RETRY_DELAYS_SECONDS))
 def run_gate(
     worktree: str,
     work_item: str,

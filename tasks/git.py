@@ -23,7 +23,7 @@ from prefect import task
 from sdlc.models import CommitResult, validate_branch, validate_work_item_id
 from sdlc.retry import STEP_RETRY_DELAYS_SECONDS
 from sdlc.settings import get_settings, process_environment
-from tasks.failures import GitOperationError, PushRejected, TransientError, retry_on_transient
+from tasks.failures import GitOperationError, PushRejected, TransientError, retried_on_transient
 from tasks.processes import end_process_group
 
 logger = logging.getLogger("sdlc.git")
@@ -261,12 +261,7 @@ def commit_message(role: str, work_item: str, summary: str) -> str:
 # A push that failed transiently (origin down, stalled past the git timeout) is tried again
 # with backoff; the retry finds the commit made and pushes it. Still failing, the stage
 # raises and the work item ends Blocked with the reason.
-@task(
-    name="commit-and-push",
-    retries=len(STEP_RETRY_DELAYS_SECONDS),
-    retry_delay_seconds=STEP_RETRY_DELAYS_SECONDS,
-    retry_condition_fn=retry_on_transient,
-)
+@task(name="commit-and-push", **retried_on_transient(STEP_RETRY_DELAYS_SECONDS))
 def commit_and_push(
     worktree: str, *, role: str, work_item: str, summary: str, allowed: list[str], branch: str
 ) -> CommitResult:

@@ -25,8 +25,6 @@ from sdlc.settings import get_settings
 
 logger = logging.getLogger("sdlc.notify")
 
-Event = NotifyEvent
-
 _NOTIFY_TYPES: dict[str, Literal["info", "success", "warning", "failure"]] = {
     "gate_failed": "warning",
     "gate_warning": "warning",
@@ -53,7 +51,7 @@ def flow_run_url(flow_run_id: str | None) -> str | None:
 
 
 def deliver(
-    event: Event,
+    event: NotifyEvent,
     message: str,
     *,
     work_item: str,
@@ -78,7 +76,12 @@ def deliver(
 
 
 def send_to_blocks(
-    event: Event, message: str, *, work_item: str, link: str | None, log: logging.Logger | logging.LoggerAdapter[Any]
+    event: NotifyEvent,
+    message: str,
+    *,
+    work_item: str,
+    link: str | None,
+    log: logging.Logger | logging.LoggerAdapter[Any],
 ) -> list[dict[str, str]]:
     """Send to each block in ``SDLC_NOTIFY_BLOCKS``; the ones that failed, as ``{"notifier", "reason"}``.
 
@@ -114,7 +117,12 @@ def _reason(exc: Exception) -> str:
 
 
 def announce(
-    event: Event, message: str, *, work_item: str, link: str | None, log: logging.Logger | logging.LoggerAdapter[Any]
+    event: NotifyEvent,
+    message: str,
+    *,
+    work_item: str,
+    link: str | None,
+    log: logging.Logger | logging.LoggerAdapter[Any],
 ) -> None:
     """Tell everyone configured: the run's log, each notifier block, and the notifications file."""
     level = logging.WARNING if event in ("blocked", "failed", "gate_failed", "gate_warning") else logging.INFO

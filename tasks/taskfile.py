@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TypeVar
 
 from prefect import task
 
@@ -18,12 +19,14 @@ from sdlc.models import AgentSpec, Feedback, StageInput, validate_work_item_id
 from sdlc.retry import STEP_RETRY_DELAYS_SECONDS, RetryPolicy
 from sdlc.settings import get_settings
 from tasks.agent import AgentInvocation, check_budget
-from tasks.failures import PermanentError, retry_on_transient
+from tasks.failures import PermanentError, retried_on_transient
 from tasks.gates import archive_stale_artifacts_in
 from tasks.graph_check import InvalidStageGraph
 from tasks.ledger import Ledger
 from tasks.sandbox import sandbox_spec_for
 from tasks.worktree import base_commit, base_file, base_repo_config, ensure_worktree, main_clone_path
+
+T = TypeVar("T")
 
 
 def task_file_name(role: str) -> str:
@@ -135,24 +138,23 @@ def load_profile(stage_input: StageInput) -> AgentProfile:
     return profile_for(agent.kind, agent.command, agent.timeout_seconds)
 
 
+def _first(*values: T | None) -> T:
+    """The first value that is set (the last one always is)."""
+    return next(value for value in values if value is not None)
+
+
 def retry_policy(agent: AgentSpec, profile: AgentProfile, *, retry_agent: bool) -> RetryPolicy:
     """The run's own budgets and backoff, else its profile's, else the SDLC_AGENT_* settings."""
     settings = get_settings()
-
-    def first(*values: float | None) -> float:
-        return next(value for value in values if value is not None)
-
     return RetryPolicy(
-        max_attempts=int(first(agent.max_attempts, profile.max_attempts, settings.agent_max_attempts))
+        max_attempts=_first(agent.max_attempts, profile.max_attempts, settings.agent_max_attempts)
         if retry_agent
         else 1,
-        transient_retries=int(
-            first(agent.transient_retries, profile.transient_retries, settings.agent_transient_retries)
-        ),
-        backoff_base_seconds=first(
+        transient_retries=_first(agent.transient_retries, profile.transient_retries, settings.agent_transient_retries),
+        backoff_base_seconds=_first(
             agent.backoff_base_seconds, profile.backoff_base_seconds, settings.agent_backoff_base_seconds
         ),
-        backoff_cap_seconds=first(
+        backoff_cap_seconds=_first(
             agent.backoff_cap_seconds, profile.backoff_cap_seconds, settings.agent_backoff_cap_seconds
         ),
     )
@@ -222,12 +224,7 @@ class StageOfUnknownWorkItem(PermanentError):
     """The sdlc-stage deployment was asked for a work item no pipeline registered."""
 
 
-@task(
-    name="prepare-agent-run",
-    retries=len(STEP_RETRY_DELAYS_SECONDS),
-    retry_delay_seconds=STEP_RETRY_DELAYS_SECONDS,
-    retry_condition_fn=retry_on_transient,
-)
+@task(name="prepare-agent-run", **retried_on_transient(STEP_RETRY_DELAYS_SECONDS))
 def prepare_agent_run(stage_input: StageInput, spec: StageSpec) -> AgentInvocation:
     """Everything before the agent starts, as one task: the branch's worktree, up to date (B2),
     the gate's stale files archived (B10), the task file written (B3), and the invocation (B5).

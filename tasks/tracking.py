@@ -16,6 +16,7 @@ from prefect import task
 from blocks import load_block
 from blocks.plane import StateKey
 from sdlc.models import Announcement, StepRecord, WorkItemRequest, WorkItemState
+from tasks.git import run_logger
 from tasks.ledger import Ledger
 from tasks.notify import announce, flow_run_url
 
@@ -86,15 +87,8 @@ def record_failure(work_item: str, request: WorkItemRequest | None, flow_run_id:
         )
 
 
-def _run_logger() -> logging.Logger | logging.LoggerAdapter[Any]:
-    """The run's logger in a flow or task run (its lines reach the UI), this module's outside one."""
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logger
+def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    return run_logger(logger)
 
 
 def sync_tracker(
