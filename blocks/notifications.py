@@ -187,6 +187,11 @@ telegram.notify("ET-7 is done", subject="sdlc-flows")
         description="Longest flood-control wait honoured; a longer retry_after fails at once.",
     )
     timeout_seconds: float = Field(default=10.0, gt=0, le=120, description="Timeout of one Bot API request in seconds.")
+    approver_user_ids: list[int] = Field(
+        default_factory=list,
+        description="Telegram user ids whose /approve, /reject, /answer and /retry in chat_id count "
+        "(`sdlc telegram poll`, the receiver's /webhooks/telegram); ids, because usernames change.",
+    )
 
     @field_validator("api_url")
     @classmethod
@@ -217,7 +222,7 @@ telegram.notify("ET-7 is done", subject="sdlc-flows")
         timeout = httpx.Timeout(self.timeout_seconds, connect=min(5.0, self.timeout_seconds))
         with httpx.Client(timeout=timeout, follow_redirects=False, headers={"user-agent": "sdlc-flows"}) as client:
             for number, text in enumerate(parts, start=1):
-                failure = self._send_part(client, self._payload(text))
+                failure = self.send_payload(client, self._payload(text))
                 if failure is not None:
                     message = (
                         f"Telegram sendMessage to chat {self.chat_id} failed, part {number} of {len(parts)} "
@@ -248,8 +253,8 @@ telegram.notify("ET-7 is done", subject="sdlc-flows")
             payload["parse_mode"] = self.parse_mode
         return payload
 
-    def _send_part(self, client: httpx.Client, payload: dict[str, Any]) -> str | None:
-        """Send one part, retrying as Telegram asks; None once delivered, else why not (redacted)."""
+    def send_payload(self, client: httpx.Client, payload: dict[str, Any]) -> str | None:
+        """Send one sendMessage payload, retrying as Telegram asks; None once delivered, else why not (redacted)."""
         url = f"{self.api_url}/bot{self.bot_token.get_secret_value()}/sendMessage"
         retry = self._retry_policy()
         reason = "not sent"

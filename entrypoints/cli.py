@@ -26,6 +26,7 @@ from sdlc.graph import StageGraph
 from sdlc.models import (
     AGENT_KINDS,
     AgentSpec,
+    Continuation,
     ForgeSpec,
     TrackerSpec,
     WorkItemRequest,
@@ -43,6 +44,7 @@ from sdlc.settings import (
     settings_from_environment,
     settings_in_force,
 )
+from tasks.ledger_migrations import LedgerNewerThanCode
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -74,7 +76,12 @@ def build_parser() -> OneLineParser:
     run.add_argument("--title", required=True)
     run.add_argument("--description", default="")
     run.add_argument("--branch", help="Default feature/<ID>-<slug of title>.")
-    run.add_argument("--agent", choices=AGENT_KINDS, default=None, help="Agent kind (default scripted).")
+    run.add_argument(
+        "--agent",
+        choices=AGENT_KINDS,
+        default=None,
+        help="Agent kind; unset: --agent-profile, else SDLC_AGENT_PROFILE, else agent_profile in .sdlc/config.yaml.",
+    )
     run.add_argument("--agent-command", help="Any command under the B5 protocol (quoted like a shell would).")
     run.add_argument("--agent-profile", help="Name of a saved AgentProfile block.")
     run.add_argument("--agent-timeout", type=float, help="Seconds per agent run (default 1800).")
@@ -98,6 +105,13 @@ def build_parser() -> OneLineParser:
     resume = commands.add_parser("resume", help="Go on with a work item whose run stopped (crash, closed terminal).")
     resume.add_argument("work_item")
     resume.add_argument("--verbose", action="store_true", help="Show Prefect's own log lines too.")
+
+    retry = commands.add_parser("retry", help="Send a Blocked work item on from where it stopped, once it is fixed.")
+    retry.add_argument("work_item")
+    retry.add_argument("--stage", help="Go on at this stage instead (default: the one it stopped at).")
+    retry.add_argument("--comment", default="", help="What was fixed, or what to do: the next agent reads it.")
+    retry.add_argument("--by", default=login_name())
+    retry.add_argument("--verbose", action="store_true", help="Show Prefect's own log lines too.")
 
     demo = commands.add_parser("demo", help="Run a sample work item through every stage.")
     demo.add_argument("--wait-approval", action="store_true", help="Wait for a person to approve.")
@@ -129,6 +143,16 @@ def build_parser() -> OneLineParser:
     webhooks.add_argument("--port", type=int, default=8787)
     webhooks.add_argument("--settings-block", default="sdlc-webhooks", help="Name of the WebhookSettings block.")
 
+    telegram = commands.add_parser("telegram", help="Approvals from Telegram without a public address (getUpdates).")
+    telegram.add_argument("action", choices=("poll",))
+    telegram.add_argument(
+        "--block", help="TelegramNotification block (default: the one sdlc-telegram/NAME in SDLC_NOTIFY_BLOCKS)."
+    )
+    telegram.add_argument("--once", action="store_true", help="Apply what is waiting, then exit.")
+    telegram.add_argument(
+        "--timeout", type=int, help="Long-poll seconds of one getUpdates call (default 50; 0 with --once)."
+    )
+
     worker = commands.add_parser("worker", help="Run the work pool's flow runs in this process (a long-lived runner).")
     worker.add_argument("--pool", default="sdlc-process", help="Work pool to serve (default sdlc-process).")
     worker.add_argument("--limit", type=int, default=50, help="Flow runs at once (default 50).")
@@ -153,7 +177,7 @@ def request_from_args(args: argparse.Namespace) -> WorkItemRequest:
     """Validate everything the user gave; raises UsageError before anything is created."""
     if args.agent_command is not None and args.agent not in (None, "custom"):
         raise UsageError("give either --agent or --agent-command, not both")
-    agent_fields: dict[str, Any] = {"kind": args.agent or "scripted"}
+    agent_fields: dict[str, Any] = {"kind": args.agent}
     if args.agent_command is not None:  # an empty one is refused, not taken for the scripted agent
         import shlex
 
@@ -168,6 +192,8 @@ def request_from_args(args: argparse.Namespace) -> WorkItemRequest:
     if args.agent_profile:
         agent_fields["profile_block"] = args.agent_profile
     if args.scenario:
+        if args.agent != "scripted":
+            raise UsageError("--scenario is a file of the scripted agent: name it with --agent scripted")
         scenario = Path(args.scenario).expanduser()
         if not scenario.is_file():
             raise UsageError(f"scenario file {args.scenario} does not exist")
@@ -202,6 +228,19 @@ def request_from_args(args: argparse.Namespace) -> WorkItemRequest:
         )
     except ValidationError as exc:
         raise UsageError(_first_error(exc)) from None
+
+
+def with_named_agent(request: WorkItemRequest) -> WorkItemRequest:
+    """The request with its agent named (B: no fake agent unless asked); UsageError when none is."""
+    from tasks.failures import SdlcError
+    from tasks.taskfile import named_agent
+
+    try:
+        return request.model_copy(update={"agent": named_agent(request)})
+    except ValidationError as exc:
+        raise UsageError(f".sdlc/config.yaml of {request.repo}: {_first_error(exc)}") from None
+    except (SdlcError, ValueError) as exc:  # AgentNotNamed, origin or its config cannot be read
+        raise UsageError(str(exc)) from None
 
 
 def _quiet_prefect_console() -> None:
@@ -280,7 +319,14 @@ class ProgressPrinter(threading.Thread):
             )
 
 
-def execute(request: WorkItemRequest | None, work_item: str, settings: SdlcSettings, *, verbose: bool) -> int:
+def execute(
+    request: WorkItemRequest | None,
+    work_item: str,
+    settings: SdlcSettings,
+    *,
+    verbose: bool,
+    retry: Continuation | None = None,
+) -> int:
     """Start (or, without a request, resume) the work item's run and drive it to its end."""
     from entrypoints.server import ensure_prefect_api
 
@@ -299,7 +345,7 @@ def execute(request: WorkItemRequest | None, work_item: str, settings: SdlcSetti
         elif request is None:
             raise UsageError(f"{work_item} has no unfinished run to resume")
         else:
-            run_id = runner.start_run(request)
+            run_id = runner.start_run(request, retry)
         progress.start()
         runner.drive(run_id, work_item)
     except runner.RunnerError as exc:
@@ -369,13 +415,34 @@ def command_graph(args: argparse.Namespace) -> int:
 
 def command_run(args: argparse.Namespace) -> int:
     graph_in_force()  # a stage graph file that cannot run is refused before anything is created
-    request = request_from_args(args)
+    request = with_named_agent(request_from_args(args))
     return execute(request, request.work_item, get_settings(), verbose=args.verbose)
 
 
 def command_resume(args: argparse.Namespace) -> int:
-    _known_work_item(args.work_item)
+    row = _known_work_item(args.work_item)
+    if row.state == WorkItemState.blocked.value:
+        raise UsageError(
+            f"{args.work_item} is blocked: once it is fixed, send it on with `sdlc retry {args.work_item}`"
+        )
     return execute(None, args.work_item, get_settings(), verbose=args.verbose)
+
+
+def command_retry(args: argparse.Namespace) -> int:
+    from entrypoints.retrying import NotRetryable, continuation_for, retry_point
+    from entrypoints.server import ensure_prefect_api
+
+    _known_work_item(args.work_item)
+    settings = get_settings()
+    try:
+        retry_point(args.work_item, stage=args.stage, comment=args.comment, by=args.by)  # before any server starts
+        ensure_prefect_api(settings)
+        request, retry = continuation_for(
+            args.work_item, stage=args.stage, comment=args.comment, by=args.by, source="cli"
+        )
+    except NotRetryable as exc:
+        raise UsageError(str(exc)) from None
+    return execute(request, args.work_item, settings, verbose=args.verbose, retry=retry)
 
 
 # --- people in the loop ------------------------------------------------------
@@ -518,13 +585,16 @@ def breaker_lines() -> list[str]:
         raise  # said, not hidden: status would show another installation's breakers
     except ServerError:
         return []
+    import httpx
+
     from tasks.breaker import breaker_states
 
+    try:
+        states = breaker_states(settings.breaker_scope)
+    except httpx.HTTPError as exc:  # PREFECT_API_URL names a server that does not answer: say so, go on
+        return [f"breakers unknown: the Prefect API does not answer ({type(exc).__name__})"]
     now = datetime.now(UTC)
-    return [
-        f"breaker {name}: {state.describe(now)}"
-        for name, state in sorted(breaker_states(settings.breaker_scope).items())
-    ]
+    return [f"breaker {name}: {state.describe(now)}" for name, state in sorted(states.items())]
 
 
 def command_status(args: argparse.Namespace) -> int:
@@ -608,6 +678,34 @@ def command_server(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def command_telegram(args: argparse.Namespace) -> int:
+    """`sdlc telegram poll`: the chat's /approve, /reject, /answer and /retry, fetched with getUpdates."""
+    from entrypoints.telegram import BLOCK_NAME_PATTERN, POLL_TIMEOUT_SECONDS, poll
+
+    routes = get_settings().notify_blocks
+    named = [route.ref.partition("/")[2] for route in routes if route.ref.startswith("sdlc-telegram/")]
+    if args.block is None and len(named) != 1:
+        found = "none" if not named else "several"
+        raise UsageError(f"give --block NAME: SDLC_NOTIFY_BLOCKS names {found} sdlc-telegram block")
+    block_name = args.block if args.block is not None else named[0]
+    if not BLOCK_NAME_PATTERN.fullmatch(block_name):
+        raise UsageError(f"--block {block_name[:60]!r} is not a block name")
+    timeout = args.timeout if args.timeout is not None else 0 if args.once else POLL_TIMEOUT_SECONDS
+    if not 0 <= timeout <= 600:
+        raise UsageError("--timeout must be 0 to 600 seconds")
+    from blocks import load_block
+    from blocks.notifications import TelegramNotification
+    from entrypoints.server import ensure_prefect_api
+
+    ensure_prefect_api(get_settings())
+    try:
+        block = load_block(TelegramNotification, block_name)
+    except ValueError as exc:  # the block does not exist, or is not a TelegramNotification
+        raise UsageError(f"Telegram block {block_name!r}: {' '.join(str(exc).split())[:200]}") from None
+    poll(block, block_name, once=args.once, timeout_seconds=timeout, say=lambda line: print(line, flush=True))
+    return EXIT_OK
+
+
 def command_webhooks(args: argparse.Namespace) -> int:
     from entrypoints.server import ensure_prefect_api
 
@@ -681,6 +779,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {
         "run": command_run,
         "resume": command_resume,
+        "retry": command_retry,
         "demo": command_demo,
         "approve": lambda a: command_approve(a, True),
         "reject": lambda a: command_approve(a, False),
@@ -689,6 +788,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "server": command_server,
         "worker": command_worker,
         "webhooks": command_webhooks,
+        "telegram": command_telegram,
         "graph": command_graph,
     }
     try:
@@ -706,6 +806,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("sdlc: interrupted", file=sys.stderr)
         return 130
     except ServerOfAnotherInstallation as exc:
+        print(f"sdlc: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except LedgerNewerThanCode as exc:
         print(f"sdlc: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except RuntimeError as exc:

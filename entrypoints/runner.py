@@ -30,7 +30,7 @@ from prefect.exceptions import Pause
 from prefect.flow_engine import run_flow
 from prefect.states import Scheduled
 
-from sdlc.models import WorkItemRequest, WorkItemState
+from sdlc.models import Continuation, WorkItemRequest, WorkItemState
 from sdlc.settings import get_settings
 from sdlc.sync import sync_result
 
@@ -79,7 +79,7 @@ def _release(work_item: str) -> None:
         pass
 
 
-def start_run(request: WorkItemRequest) -> UUID:
+def start_run(request: WorkItemRequest, retry: Continuation | None = None) -> UUID:
     """A new flow run of the pipeline from the CLI deployment (registered on first use)."""
     from flows.pipeline import sdlc_pipeline
 
@@ -93,7 +93,10 @@ def start_run(request: WorkItemRequest) -> UUID:
     flow_run = sync_result(
         run_deployment(
             f"sdlc-pipeline/{CLI_DEPLOYMENT}",
-            parameters={"request": request.model_dump(mode="json")},
+            parameters={
+                "request": request.model_dump(mode="json"),
+                "retry": retry.model_dump(mode="json") if retry is not None else None,
+            },
             timeout=0,
         )
     )

@@ -6,6 +6,12 @@ if there is none, starts one in the background with its state under
 ``<data_dir>/prefect``. The server outlives the command so that ``sdlc approve``
 in a second terminal and the UI reach the waiting run; ``sdlc server stop`` ends it.
 
+Only a server found on that port is checked to be this data directory's own
+(:class:`ServerOfAnotherInstallation`): there, another data directory's server is
+an accident. A server named by ``PREFECT_API_URL`` is shared on purpose, as every
+machine of several does with the one server they share (README, "Several machines"),
+and is never refused.
+
 This module must not import prefect: it sets the environment prefect reads at import.
 """
 
@@ -172,7 +178,8 @@ def ensure_prefect_api(settings: SdlcSettings, *, start: bool = True) -> str:
     """The API URL to use, starting the embedded server if needed; exported to PREFECT_API_URL.
 
     The server found on ``SDLC_PREFECT_PORT`` must be this data directory's own
-    (:class:`ServerOfAnotherInstallation` otherwise); a ``PREFECT_API_URL`` is used as given.
+    (:class:`ServerOfAnotherInstallation` otherwise); a ``PREFECT_API_URL`` is used as given,
+    whoever keeps its state: that is how a second machine uses the first one's server.
     """
     configure_client_environment(settings)
     existing = environment_value("PREFECT_API_URL")

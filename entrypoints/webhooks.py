@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from blocks import load_block
 from blocks.webhooks import WebhookSettings
-from sdlc.models import ForgeSpec, WorkItemRequest, WorkItemState, validate_comment
+from sdlc.models import AgentSpec, ForgeSpec, TrackerSpec, WorkItemRequest, WorkItemState, validate_comment
+from sdlc.retry import RetryKnobs
 
 MAX_BODY_BYTES = 1024 * 1024
 ANSWERS_MAX_LENGTH = 65536  # flows/inputs.py: AnalystAnswers.answers
@@ -143,7 +144,7 @@ class PlaneCommentPayload(_Loose):
 class Decision(BaseModel):
     """What a delivery asks for, after validation."""
 
-    kind: Literal["request", "approve", "reject", "answer", "ignore"]
+    kind: Literal["request", "approve", "reject", "answer", "retry", "ignore"]
     reason: str = ""
     request: WorkItemRequest | None = None
     work_item: str | None = None
@@ -152,6 +153,7 @@ class Decision(BaseModel):
     )
     by: str | None = None
     comment: str = ""
+    repository: str | None = Field(default=None, description="owner/name of the delivering repository.")
 
 
 PLANE_COMMANDS: dict[str, Literal["approve", "reject", "answer"]] = {
@@ -190,14 +192,23 @@ def interpret(source: str, event: str, payload: dict[str, Any], settings: Webhoo
         )
         if not labelled:
             return Decision(kind="ignore", reason=f"issues/{data.action} without the label {settings.trigger_label!r}")
+        defaults = settings.run_defaults(data.repository.full_name)
         request = WorkItemRequest(
             work_item=work_item_id(data.repository, data.issue.number, settings),
             title=data.issue.title,
             description=data.issue.body or "",
             repo=data.repository.clone_url,
             forge=forge_of(source, data.repository, settings),
+            agent=AgentSpec(
+                profile_block=defaults.agent_profile,
+                **defaults.model_dump(include=set(RetryKnobs.model_fields)),
+            ),
+            budget_usd=defaults.budget_usd,
+            tracker=TrackerSpec(credentials_block=defaults.plane_block) if defaults.plane_block else None,
         )
-        return Decision(kind="request", request=request, work_item=request.work_item)
+        return Decision(
+            kind="request", request=request, work_item=request.work_item, repository=data.repository.full_name
+        )
     if source in ("gitea", "github") and event == "issue_comment":
         data_c = IssueCommentPayload.model_validate(payload)
         text = data_c.comment.body.strip()
@@ -259,7 +270,7 @@ class Problem(BaseModel):
     )
 
 
-def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The model's JSON schema with its $defs inlined (the payload models are not recursive)."""
     schema = model.model_json_schema()
     defs = schema.pop("$defs", {})
@@ -310,7 +321,7 @@ def delivery_openapi() -> dict[str, Any]:
             },
         ]
     body = {
-        "anyOf": [_inline_schema(model) for model in (IssuesPayload, IssueCommentPayload, PlaneCommentPayload)],
+        "anyOf": [inline_schema(model) for model in (IssuesPayload, IssueCommentPayload, PlaneCommentPayload)],
         "description": "An issues or issue_comment delivery of Gitea or GitHub, or a Plane issue_comment; "
         "other fields are ignored; at most 1 MiB.",
     }
@@ -350,6 +361,27 @@ def _plane_decision_target(decision: Decision) -> tuple[str | None, str]:
     return link.work_item_id, ""
 
 
+def with_named_agent(decision: Decision) -> Decision | str:
+    """A labelled issue's decision with its agent named (the block's, else SDLC_AGENT_PROFILE, else the
+    repository's .sdlc/config.yaml), or why it cannot start: the receiver never starts a fake agent."""
+    from tasks.taskfile import AgentNotNamed, named_agent
+
+    if decision.kind != "request" or decision.request is None:
+        return decision
+    request = decision.request
+    try:
+        agent = named_agent(request)
+    except AgentNotNamed:
+        return (
+            f"no agent for {decision.repository}: set agent_profile in the WebhookSettings block (defaults,"
+            f" or repositories[{decision.repository!r}]), SDLC_AGENT_PROFILE, or agent_profile in the"
+            " repository's .sdlc/config.yaml"
+        )
+    except Exception as exc:  # noqa: BLE001 - origin unreachable or its config invalid: say so, start nothing
+        return f"cannot tell which agent {request.work_item} would run: {' '.join(str(exc).split())[:300]}"
+    return decision.model_copy(update={"request": request.model_copy(update={"agent": agent})})
+
+
 def emit_work_item_event(name: str, work_item: str, payload: dict[str, Any]) -> None:
     from prefect.events import emit_event
 
@@ -380,6 +412,10 @@ def act(decision: Decision, source: str, delivery: str) -> dict[str, Any]:
                 "forge_credentials_block": request.forge.credentials_block or "",
                 "forge_owner": request.forge.owner or "",
                 "forge_name": request.forge.name or "",
+                # What it runs with (WebhookSettings), whole: the trigger passes them on as they are.
+                "agent": request.agent.model_dump(mode="json", exclude_defaults=True),
+                "budget_usd": request.budget_usd,
+                "tracker": request.tracker.model_dump(mode="json", exclude_defaults=True) if request.tracker else None,
                 "source": source,
                 "delivery": delivery,
             },
@@ -391,6 +427,8 @@ def act(decision: Decision, source: str, delivery: str) -> dict[str, Any]:
             return {"accepted": False, "reason": refusal}
         decision = decision.model_copy(update={"work_item": work_item})
     assert decision.work_item is not None
+    if decision.kind == "retry":
+        return _retry(decision, source)
     approve = decision.kind == "approve"
     try:
         if decision.kind == "answer":
@@ -421,8 +459,36 @@ def act(decision: Decision, source: str, delivery: str) -> dict[str, Any]:
     return {"accepted": True, "event": name, "work_item": decision.work_item}
 
 
+def _retry(decision: Decision, source: str) -> dict[str, Any]:
+    """A /retry: sends the Blocked work item on, as `sdlc retry` does, through the sdlc-pipeline deployment."""
+    from entrypoints.retrying import retry_blocked
+
+    assert decision.work_item is not None
+    try:
+        summary = retry_blocked(
+            decision.work_item, stage=None, comment=decision.comment, by=decision.by or source, source=source
+        )
+    except (ValueError, RuntimeError) as exc:  # NotRetryable (a ValueError): the item is not Blocked
+        return {"accepted": False, "reason": str(exc), "work_item": decision.work_item}
+    return {"accepted": True, "work_item": decision.work_item, "summary": summary}
+
+
+async def body_within_limit(request: Request) -> bytes | None:
+    """The delivery's body, or None once it is over 1 MiB (declared or streamed): never read whole first."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            return None
+    return body
+
+
 def create_app(settings: WebhookSettings) -> FastAPI:
-    """The FastAPI app: POST /webhooks/{gitea,github,plane}, GET /healthz."""
+    """The FastAPI app: POST /webhooks/{gitea,github,plane,telegram}, GET /healthz."""
+    from entrypoints.telegram import add_webhook_route
     from tasks.ledger import Ledger
 
     app = FastAPI(title="sdlc-flows webhooks", version="1")
@@ -430,6 +496,8 @@ def create_app(settings: WebhookSettings) -> FastAPI:
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    add_webhook_route(app, settings)  # before /webhooks/{source}, which would take "telegram" for a bad source
 
     @app.post(
         "/webhooks/{source}",
@@ -441,14 +509,9 @@ def create_app(settings: WebhookSettings) -> FastAPI:
     )
     async def receive(source: Source, request: Request) -> JSONResponse:
         spec = SOURCES[source]
-        declared = request.headers.get("content-length", "")
-        if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        body = await body_within_limit(request)
+        if body is None:
             return JSONResponse({"detail": "delivery over 1 MiB"}, status_code=413)
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                return JSONResponse({"detail": "delivery over 1 MiB"}, status_code=413)
         secret_value = getattr(settings, spec.secret_field)
         secret = secret_value.get_secret_value() if secret_value is not None else None
         if not signature_valid(spec, secret, body, request.headers):
@@ -472,6 +535,10 @@ def create_app(settings: WebhookSettings) -> FastAPI:
             return JSONResponse({"detail": f"{where}: {message}" if where else message}, status_code=422)
         except ValueError as exc:
             return JSONResponse({"detail": f"malformed delivery: {exc}"}, status_code=422)
+        named = await run_in_threadpool(with_named_agent, decision)
+        if isinstance(named, str):  # before the delivery is remembered: a redelivery after the fix starts it
+            return JSONResponse({"detail": named}, status_code=422)
+        decision = named
         ledger = Ledger.from_settings()
         if not await run_in_threadpool(ledger.remember_delivery, source, delivery, event):
             return JSONResponse({"duplicate": True, "delivery": delivery}, status_code=200)

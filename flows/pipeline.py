@@ -26,6 +26,8 @@ from sdlc.config import current_graph
 from sdlc.graph import BLOCKED, DONE, StageGraph
 from sdlc.models import (
     Announcement,
+    Continuation,
+    Feedback,
     NotifyEvent,
     PipelineResult,
     StageInput,
@@ -38,6 +40,7 @@ from sdlc.settings import get_settings, settings_in_force
 from tasks import forge, tracking
 from tasks.failures import SdlcError, UsageLimitWait
 from tasks.graph_check import require_valid_graph
+from tasks.taskfile import named_agent
 
 # A resumed run (after a pause, a crash or a retry) replays these instead of redoing them (B21).
 merge_pull_request = replayed(forge.merge_pull_request)
@@ -51,9 +54,12 @@ class WorkItemBlocked(SdlcError):
 
 def _pipeline_run_name() -> str:
     request: Any = flow_run.parameters.get("request", {})
-    if isinstance(request, WorkItemRequest):
-        return request.work_item
-    return str(request.get("work_item", "work-item"))
+    retry: Any = flow_run.parameters.get("retry")
+    work_item = (
+        request.work_item if isinstance(request, WorkItemRequest) else str(request.get("work_item", "work-item"))
+    )
+    number = retry.number if isinstance(retry, Continuation) else (retry or {}).get("number")
+    return f"{work_item}-retry-{number}" if number else work_item
 
 
 def _mark_failed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
@@ -112,14 +118,22 @@ def _wait_for_input(form: Any, *, key: str, timeout: int) -> Any:
 def _decision_record(
     request: WorkItemRequest, graph: StageGraph, decision: router.Decision, carried: StepRecord
 ) -> StepRecord:
-    """What a decision leaves behind before its action: its transition (ledger, tracker) and gate notice."""
+    """What a decision leaves behind before its action: its transition (ledger, notifiers, tracker) and gate notice."""
     work_item = request.work_item
     said = list(carried.announcements)
     move = decision.transition
     if move is not None and move.to_stage not in (DONE, BLOCKED):
         arrow = f"{move.from_stage} -> {move.to_stage}" if move.from_stage else f"starts at {move.to_stage}"
         text = f"{work_item} {arrow}: {move.reason}"
-        said.append(Announcement(message=text, tracker_state=graph.stage(move.to_stage).tracker_state, comment=text))
+        said.append(
+            Announcement(
+                event="stage_changed",
+                message=text,
+                details=move.model_dump(),
+                tracker_state=graph.stage(move.to_stage).tracker_state,
+                comment=text,
+            )
+        )
     if decision.notice is not None:
         notice = decision.notice
         said.append(
@@ -159,7 +173,8 @@ def _wait_for_approval(
         return router.ApprovalGiven(approve=True, approver="auto-approve", comment=""), StepRecord()
     asked = _said(
         "approval_requested",
-        f"{work_item} analysis is ready: approve in the UI or run `sdlc approve {work_item}`",
+        f"{work_item} analysis is ready: approve in the UI or run `sdlc approve {work_item}`; "
+        f"in chat: /approve {work_item} [comment], /reject {work_item} what to change",
         tracker_state="in_review",
         comment=f"The analysis of {work_item} is ready for approval. "
         "Reply /approve to go on, or /reject with what to change.",
@@ -246,7 +261,7 @@ def _wait_for_usage_reset(request: WorkItemRequest, stage: str, wait: UsageLimit
 
 
 @flow(name="sdlc-pipeline", flow_run_name=_pipeline_run_name, on_failure=[_mark_failed], on_crashed=[_mark_failed])
-def sdlc_pipeline(request: WorkItemRequest) -> PipelineResult:
+def sdlc_pipeline(request: WorkItemRequest, retry: Continuation | None = None) -> PipelineResult:
     """Take one work item from analysis to a merged pull request, or to Blocked with the reason.
 
     A loop over the router's decisions (sdlc/router.py): this flow carries them out and
@@ -255,21 +270,70 @@ def sdlc_pipeline(request: WorkItemRequest) -> PipelineResult:
     # The settings the process that runs this flow handed down (the CLI, `sdlc worker`), or,
     # when Prefect's own worker started the process, read here once for the whole run.
     with settings_in_force():
-        return _follow_the_graph(request)
+        return _follow_the_graph(request, retry)
 
 
-def _follow_the_graph(request: WorkItemRequest) -> PipelineResult:
+def _first_decision(
+    request: WorkItemRequest, graph: StageGraph, retry: Continuation | None
+) -> tuple[router.Decision, StepRecord]:
+    """Where the run begins: the graph's start, or where a person sent the Blocked work item on."""
+    work_item = request.work_item
+    if retry is None:
+        started = Announcement(event="work_item_started", message=f"{work_item} started: {request.title}")
+        return router.start(graph), StepRecord(announcements=[started])
+    feedback = [Feedback(source=f"retry by {retry.by}", summary=retry.comment)] if retry.comment else []
+    decision = router.start(
+        graph,
+        retry.stage,
+        reason=retry.reason,
+        feedback=feedback,
+        pull_request=tracking.open_pull_request(work_item),
+    )
+    continued = Announcement(
+        event="work_item_started", message=f"{work_item} {retry.reason}; going on at {retry.stage}"
+    )
+    return decision, StepRecord(announcements=[continued])
+
+
+def _retried_from_the_ui(request: WorkItemRequest, run_id: str | None) -> PipelineResult | None:
+    """The UI's Retry on a Blocked run: the work item goes on where it stopped, as with `sdlc retry`.
+
+    The Blocked run's own replayed calls and stage subflows stand for the way that led to
+    the block, so the work item goes on in a new run of this deployment (fresh budgets),
+    and this one ends saying which.
+    """
+    stage = tracking.blocked_at(request.work_item, run_id) if run_id else None
+    if stage is None or not deployment.id:
+        return None
+    from prefect.deployments import run_deployment
+
+    from sdlc.sync import sync_result
+
+    retry = Continuation(
+        stage=stage, number=tracking.retries_so_far(request.work_item) + 1, by="Prefect UI", source="ui"
+    )
+    parameters = {"request": request.model_dump(mode="json"), "retry": retry.model_dump(mode="json")}
+    continued: Any = sync_result(
+        run_deployment(UUID(deployment.id), parameters=parameters, timeout=0, as_subflow=False)
+    )
+    reason = f"{retry.reason}; going on at {stage} in flow run {continued.name}"
+    return PipelineResult(work_item=request.work_item, state=WorkItemState.running, stage=stage, reason=reason)
+
+
+def _follow_the_graph(request: WorkItemRequest, retry: Continuation | None) -> PipelineResult:
     graph = current_graph()
     run_id = str(flow_run.id) if flow_run.id else None
     work_item = request.work_item
+    if retry is None and (handed_on := _retried_from_the_ui(request, run_id)) is not None:
+        return handed_on
     register_work_item(request, run_id)
     require_valid_graph(graph, request.repo)  # every problem named before any agent runs
+    # No default agent: a run that names none takes SDLC_AGENT_PROFILE or the repository's, or stops here.
+    request = request.model_copy(update={"agent": named_agent(request)})
 
-    decision = router.start(graph)
     # What the next step records besides its decision: here the start, later a person's answer or a PR.
-    carried = StepRecord(
-        announcements=[Announcement(event="work_item_started", message=f"{work_item} started: {request.title}")]
-    )
+    decision, carried = _first_decision(request, graph, retry)
+    retries = retry.number if retry is not None else 0
     while True:
         progress, action = decision.progress, decision.action
         record = _decision_record(request, graph, decision, carried)
@@ -277,7 +341,7 @@ def _follow_the_graph(request: WorkItemRequest) -> PipelineResult:
         event: router.Event
         if isinstance(action, router.RunStage):
             _record(request, run_id, record)
-            event = _run_stage(request, action, run_id)
+            event = _run_stage(request, action, run_id, retries)
             if isinstance(event, router.StageFinished) and event.pull_request is not None:
                 carried = StepRecord(pull_request=event.pull_request)
         elif isinstance(action, router.AskForApproval):
@@ -309,9 +373,11 @@ def _follow_the_graph(request: WorkItemRequest) -> PipelineResult:
         decision = router.decide(graph, progress, event)
 
 
-def _run_stage(request: WorkItemRequest, action: router.RunStage, run_id: str | None) -> router.Event:
+def _run_stage(request: WorkItemRequest, action: router.RunStage, run_id: str | None, retries: int) -> router.Event:
     """Run one stage's subflow; its gate's result, or the error that stopped it, is the event."""
-    stage_input = StageInput(request=request, stage=action.stage, visit=action.visit, feedback=action.feedback)
+    stage_input = StageInput(
+        request=request, stage=action.stage, visit=action.visit, feedback=action.feedback, retry=retries
+    )
     try:
         with _without_subflow_heartbeat():
             result = stage_flow(stage_input)

@@ -39,6 +39,13 @@ of another layout makes the run stop with :class:`ReplayOutdated`.
 Both errors say what to do: finish the run with the sdlc-flows version that
 started it, or start the work item again as a new run. Their messages begin with
 :data:`REFUSED`, which :func:`refused_resume` finds in a flow run's final state.
+
+The same look at the finished task runs finds a rerun whose results are out of reach:
+a run suspended on one machine and resumed on another, where results are stored in
+another place (each machine's own ``$PREFECT_HOME/storage``, or another block). Its
+calls would all miss their results and run again, agents included, so the run stops
+with :class:`ResultsOutOfReach` before the first of them; given the same storage, it
+goes on (README, "Several machines").
 """
 
 from __future__ import annotations
@@ -90,6 +97,14 @@ class ReplayMismatch(ReplayRefused):
 
 class ReplayOutdated(ReplayRefused):
     """The flow run was recorded by an sdlc-flows whose replay keys carry no version."""
+
+
+class ResultsOutOfReach(RuntimeError):
+    """A rerun's recorded results are not in the result storage this process reads (another machine's folder).
+
+    Not a :class:`ReplayRefused`: the run is sound and goes on once this process is given the storage it was
+    recorded in; the work item must not be started again.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,8 +194,9 @@ def check_call(call: Call, store: ResultStore) -> None:
     )
 
 
-def check_flow_run(flow_run_id: UUID | str) -> None:
-    """Raise :class:`ReplayOutdated` when the flow run holds results under unversioned replay keys.
+def check_flow_run(flow_run_id: UUID | str, store: ResultStore | None = None) -> None:
+    """Raise :class:`ReplayOutdated` when the flow run holds results under unversioned replay keys,
+    and :class:`ResultsOutOfReach` when ``store`` (this process's) does not hold its recorded results.
 
     The replayed tasks call this themselves, once per rerun of a flow run, before the
     first of them runs; it may also be called at the start of a flow.
@@ -211,7 +227,9 @@ def check_flow_run(flow_run_id: UUID | str) -> None:
                 if key is None or not key.startswith("replay-"):
                     continue
                 if key.startswith(f"replay-{VERSION}-"):
-                    return  # recorded by this version: later records are too
+                    if store is not None and not store.exists(key):
+                        raise _out_of_reach(client, run_id, task_run.name, task_run.state, store)
+                    return  # recorded by this version, where this process reads: later records are too
                 layout = key.split("-")[1] if re.match(r"replay-v\d+-", key) else "unversioned, without parameters"
                 raise ReplayOutdated(
                     f"{REFUSED} flow run {run_id} was recorded by an older sdlc-flows: its finished tasks "
@@ -241,8 +259,8 @@ def _refusing_changed_calls(fn: Callable[..., Any]) -> Callable[..., Any]:
             recorded = counters.get(f"{_SLOT}:slot:{context.task_run.id}")
             if isinstance(recorded, str):
                 call = Call(**json.loads(recorded))
-                if flow_context.flow_run.run_count != 1 and f"{_SLOT}:checked" not in counters:
-                    check_flow_run(call.flow_run_id)
+                if _is_rerun(flow_context.flow_run) and f"{_SLOT}:checked" not in counters:
+                    check_flow_run(call.flow_run_id, context.result_store)
                     counters[f"{_SLOT}:checked"] = 1
                 check_call(call, context.result_store)
                 context.result_store.write(
@@ -252,6 +270,47 @@ def _refusing_changed_calls(fn: Callable[..., Any]) -> Callable[..., Any]:
         return fn(*args, **kwargs)
 
     return checked
+
+
+def _is_rerun(flow_run: Any) -> bool:
+    """Whether an execution of this flow run went before: it ran before, or it suspended (resuming a
+    suspended run keeps its run count at 1; the keys it paused under stay on the run)."""
+    policy = getattr(flow_run, "empirical_policy", None)
+    return flow_run.run_count != 1 or bool(getattr(policy, "pause_keys", None))
+
+
+def _out_of_reach(client: Any, run_id: UUID, task_name: str, state: Any, store: ResultStore) -> ResultsOutOfReach:
+    """The error for a finished task whose result this process's storage does not hold, saying where it is."""
+    data = getattr(state, "data", None)
+    metadata = getattr(data, "metadata", data)
+    block_id = getattr(metadata, "storage_block_id", None)
+    key = str(getattr(metadata, "storage_key", None) or _result_key(state))
+    recorded = f"the folder {PurePath(key).parent}"
+    if block_id is not None:
+        recorded = f"the storage block with id {block_id}"
+        try:
+            document = client.read_block_document(block_id, include_secrets=False)
+            recorded = f"the storage block {document.block_type.slug}/{document.name}"
+        except Exception:  # noqa: BLE001 - the id says it as well, only less kindly
+            pass
+    return ResultsOutOfReach(
+        f"flow run {run_id} cannot go on here: its finished tasks (such as {task_name!r}) stored their results "
+        f"in {recorded}, and this process reads results from {_storage_name(store)}, where they are not. "
+        "Run from here, every finished task would run again (agents, commits and notifications included), so "
+        "nothing was run. Every machine that runs or resumes work items must use one shared result storage "
+        'block (PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK; README, "Several machines"): give this one that storage, '
+        "then run the flow run again (`sdlc resume WORK-ITEM`)."
+    )
+
+
+def _storage_name(store: ResultStore) -> str:
+    """How a person finds this process's result storage: its block's slug, else its folder."""
+    storage = store.result_storage
+    name = getattr(storage, "_block_document_name", None)
+    if storage is not None and name:
+        return f"the storage block {storage.get_block_type_slug()}/{name}"
+    basepath = getattr(storage, "basepath", None)
+    return f"the folder {basepath}" if basepath else f"the storage {type(storage).__name__}"
 
 
 def _result_key(state: Any) -> str | None:

@@ -12,9 +12,9 @@ import unicodedata
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 # Defined in the stdlib-only sdlc.ids (the scripted agent checks IDs without pydantic); re-exported here.
 from sdlc.ids import WORK_ITEM_ID_PATTERN as WORK_ITEM_ID_PATTERN
@@ -24,6 +24,8 @@ from sdlc.retry import RetryKnobs
 BRANCH_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 URL_PATTERN = re.compile(r"^(https?|ssh|git|file)://[^\s]+$")
 SCP_PATTERN = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._/~-]+$")
+BlockName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[a-z0-9][a-z0-9-]*$")]
+"""The name of a saved Prefect block (lower case, digits and dashes, as Prefect allows)."""
 AGENT_KINDS = ("scripted", "claude", "codex", "gemini", "aider", "custom")
 AgentKind = Literal["scripted", "claude", "codex", "gemini", "aider", "custom"]
 TrackerState = Literal["in_progress", "in_review", "needs_input", "blocked", "done"]
@@ -31,6 +33,9 @@ TrackerState = Literal["in_progress", "in_review", "needs_input", "blocked", "do
 NotifyEvent = Literal[
     "work_item_started",
     "stage_changed",
+    "agent_started",
+    "agent_finished",
+    "agent_failed",
     "gate_failed",
     "gate_warning",
     "approval_requested",
@@ -40,7 +45,10 @@ NotifyEvent = Literal[
     "failed",
     "done",
 ]
-"""What the notifiers are told of (B51)."""
+"""What the notifiers are told of (B51, B75); SDLC_NOTIFY_EVENTS and SDLC_NOTIFY_BLOCKS route them."""
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = get_args(NotifyEvent)
+NotifyDetails = dict[str, str | int | float | bool | None]
+"""An event's facts as notifications.jsonl keeps them beside its message (role, attempt, duration, ...)."""
 
 
 def _no_control_chars(value: str, what: str, allow_newlines: bool = False) -> str:
@@ -126,7 +134,11 @@ class AgentSpec(RetryKnobs):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: AgentKind = Field(default="scripted", description="scripted, claude, codex, gemini, aider or custom.")
+    kind: AgentKind | None = Field(
+        default=None,
+        description="scripted, claude, codex, gemini, aider or custom; unset: the profile block, else"
+        " SDLC_AGENT_PROFILE, else agent_profile in the repository's .sdlc/config.yaml (never a default agent).",
+    )
     command: list[str] | None = Field(default=None, description="Argument list of a custom agent (kind=custom).")
     timeout_seconds: float = Field(
         default=1800, gt=0, le=7 * 24 * 3600, description="Per-run timeout; the whole process group is ended."
@@ -198,9 +210,7 @@ class TrackerSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["plane"] = Field(default="plane", description="plane (the only tracker so far).")
-    credentials_block: str = Field(
-        min_length=1, max_length=200, pattern=r"^[a-z0-9][a-z0-9-]*$", description="Name of the PlaneCredentials block."
-    )
+    credentials_block: BlockName = Field(description="Name of the PlaneCredentials block.")
     ref: str | None = Field(
         default=None,
         max_length=100,
@@ -294,6 +304,30 @@ class StageInput(BaseModel):
     stage: str
     visit: int = Field(ge=1, description="How many times this stage has been entered, this one included.")
     feedback: list[Feedback] = Field(default_factory=list)
+    retry: int = Field(
+        default=0, ge=0, description="How often a person sent the Blocked work item on; budgets count within one."
+    )
+
+
+RETRIED_BY = "retried by"
+"""How the ledger's transition of a retry begins (``Continuation.reason``)."""
+
+
+class Continuation(BaseModel):
+    """A person sends a Blocked work item on (`sdlc retry`, the UI's Retry, Telegram's /retry)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str = Field(min_length=1, max_length=100, description="The stage to continue at.")
+    number: int = Field(ge=1, description="Which retry of this work item this is (its agents' budgets are fresh).")
+    by: str = Field(min_length=1, max_length=100, description="Who sent it on.")
+    source: str = Field(default="cli", max_length=40, description="From where: cli, ui, telegram.")
+    comment: str = Field(default="", max_length=2000, description="Why, or what was fixed: for the next agent.")
+
+    @property
+    def reason(self) -> str:
+        """The transition's reason in the ledger: who, from where and why."""
+        return f"{RETRIED_BY} {self.by} from {self.source}" + (f": {self.comment}" if self.comment else "")
 
 
 class AgentResult(BaseModel):
@@ -396,8 +430,11 @@ class Announcement(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    event: NotifyEvent | None = Field(default=None, description="None: for the tracker only (a stage transition).")
+    event: NotifyEvent | None = Field(default=None, description="None: for the tracker only.")
     message: str
+    details: NotifyDetails = Field(
+        default_factory=dict, description="The event's facts for notifications.jsonl (a stage change: from, to, why)."
+    )
     tracker_state: TrackerState | None = None
     comment: str | None = Field(default=None, description="The tracker's comment; none: no comment.")
 

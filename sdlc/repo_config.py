@@ -8,6 +8,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sdlc.models import BlockName
+
 CONFIG_PATH = Path(".sdlc") / "config.yaml"
 
 
@@ -19,6 +21,10 @@ class RepoConfig(BaseModel):
         description="Local test command of the development gate, as a list or a string (split, never run by a shell).",
     )
     test_timeout_seconds: float = Field(default=600, gt=0)
+    agent_profile: BlockName | None = Field(
+        default=None,
+        description="AgentProfile block of work items that name no agent and find no SDLC_AGENT_PROFILE.",
+    )
     budget_usd: float | None = Field(
         default=None,
         gt=0,

@@ -145,15 +145,24 @@ class Decision(_Frozen):
 # --- the decisions ------------------------------------------------------------------------------
 
 
-def start(graph: StageGraph, at: str | None = None, *, reason: str = "work item started") -> Decision:
+def start(
+    graph: StageGraph,
+    at: str | None = None,
+    *,
+    reason: str = "work item started",
+    feedback: list[Feedback] | None = None,
+    pull_request: PullRequestRef | None = None,
+) -> Decision:
     """The first decision: enter ``at`` (default: the graph's start) with fresh budgets.
 
     Starting elsewhere than the graph's start is how a person sends a work item on
-    from the stage where it stopped, once they have fixed what stopped it.
+    from the stage where it stopped, once they have fixed what stopped it (``sdlc retry``):
+    with their ``feedback`` for the next agent and the work item's open ``pull_request``.
     """
     stage = at or graph.start
     graph.stage(stage)  # KeyError naming the stage when it is not in the graph
-    return _enter(graph, Progress(stage=stage), stage, [], Transition(from_stage=None, to_stage=stage, reason=reason))
+    progress = Progress(stage=stage, pull_request=pull_request)
+    return _enter(graph, progress, stage, feedback or [], Transition(from_stage=None, to_stage=stage, reason=reason))
 
 
 def decide(graph: StageGraph, progress: Progress, event: Event) -> Decision:

@@ -22,9 +22,10 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from sdlc.models import NOTIFY_EVENTS, BlockName, NotifyEvent
 from sdlc.retry import (
     AGENT_BACKOFF_BASE_SECONDS,
     AGENT_BACKOFF_CAP_SECONDS,
@@ -38,14 +39,69 @@ from sdlc.retry import (
 )
 
 
+def _event_names(value: Any, separator: str) -> Any:
+    """Event names as people write them (``separator``-separated, or a list), each one known."""
+    if isinstance(value, str):
+        value = [name.strip() for name in value.split(separator) if name.strip()]
+    if not isinstance(value, list | tuple):
+        return value
+    unknown = [name for name in value if name not in NOTIFY_EVENTS]
+    if unknown:
+        raise ValueError(f"unknown notify event {unknown[0]!r}; the events are {', '.join(NOTIFY_EVENTS)}")
+    return value
+
+
+class NotifyRoute(BaseModel):
+    """One entry of ``SDLC_NOTIFY_BLOCKS``: a notification block and, when named, the only events it gets.
+
+    Written ``block-type-slug/block-name=event|event``: Prefect's slugs and block names
+    hold only letters, digits and dashes, so ``=`` and ``|`` never clash with a reference,
+    nor ``|`` with the commas between entries.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ref: str = Field(min_length=1, description='"block-type-slug/block-name", as Block.load takes it.')
+    events: tuple[NotifyEvent, ...] | None = Field(
+        default=None, description="The events this block gets (unset: those of SDLC_NOTIFY_EVENTS)."
+    )
+
+    @field_validator("events", mode="before")
+    @classmethod
+    def _known_events(cls, value: Any) -> Any:
+        names = _event_names(value, "|")
+        if isinstance(names, list | tuple) and not names:
+            raise ValueError("names no events after '='")
+        return names
+
+    def takes(self, event: NotifyEvent, default: tuple[NotifyEvent, ...] | None) -> bool:
+        """Whether ``event`` goes to this block: its own events, else ``default`` (None: every event)."""
+        events = self.events if self.events is not None else default
+        return events is None or event in events
+
+
+def _notify_route(entry: Any) -> Any:
+    """``ref`` or ``ref=event|event`` as a route; anything else (a JSON object) as it is."""
+    if not isinstance(entry, str):
+        return entry
+    ref, routed, events = entry.partition("=")
+    return {"ref": ref.strip(), "events": events} if routed else {"ref": ref.strip()}
+
+
 def _block_refs(value: Any) -> Any:
     """A list from the environment either way people write it: a JSON list or comma-separated."""
-    if not isinstance(value, str):
+    if isinstance(value, str):
+        text = value.strip()
+        value = json.loads(text) if text.startswith("[") else [ref.strip() for ref in text.split(",") if ref.strip()]
+    if not isinstance(value, list):
         return value
-    text = value.strip()
-    if text.startswith("["):
-        return json.loads(text)
-    return [ref.strip() for ref in text.split(",") if ref.strip()]
+    return [_notify_route(entry) for entry in value]
+
+
+def _notify_events(value: Any) -> Any:
+    """SDLC_NOTIFY_EVENTS: comma-separated; empty is unset (every event), as for the other settings."""
+    names = _event_names(value, ",")
+    return names or None
 
 
 def _colon_paths(value: Any) -> Any:
@@ -95,6 +151,10 @@ class SdlcSettings(BaseSettings):
         default_factory=dict, description='Agent runs at once per provider, e.g. {"claude": 4} (JSON).'
     )
     # An agent's budgets and backoff where neither its run nor its profile sets them.
+    agent_profile: BlockName | None = Field(
+        default=None,
+        description="AgentProfile block of the runs that name no agent (before the repository's agent_profile).",
+    )
     agent_max_attempts: MaxAttempts = AGENT_MAX_ATTEMPTS
     agent_transient_retries: TransientRetries = AGENT_TRANSIENT_RETRIES
     agent_backoff_base_seconds: BackoffBaseSeconds = AGENT_BACKOFF_BASE_SECONDS
@@ -131,10 +191,15 @@ class SdlcSettings(BaseSettings):
     bot_email: str = Field(
         default="sdlc-bot@localhost", min_length=3, description="Author and committer email of sdlc's commits."
     )
-    notify_blocks: Annotated[list[str], NoDecode, BeforeValidator(_block_refs)] = Field(
+    notify_blocks: Annotated[list[NotifyRoute], NoDecode, BeforeValidator(_block_refs)] = Field(
         default_factory=list,
-        description='Notification blocks every message also goes to, as "block-type-slug/block-name" '
-        '(e.g. "sdlc-telegram/ops,slack-webhook/team").',
+        description='Notification blocks messages also go to, as "block-type-slug/block-name", each optionally '
+        'with its own events after "=" (e.g. "sdlc-telegram/ops=approval_requested|done,slack-webhook/team").',
+    )
+    notify_events: Annotated[tuple[NotifyEvent, ...] | None, NoDecode, BeforeValidator(_notify_events)] = Field(
+        default=None,
+        description="Comma-separated events the notification blocks get (unset: every event); "
+        "notifications.jsonl and the run log keep every event.",
     )
 
     @property

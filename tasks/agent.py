@@ -28,7 +28,7 @@ from prefect.artifacts import create_table_artifact
 from prefect_shell import ShellOperation
 from pydantic import BaseModel, Field
 
-from sdlc.models import AgentResult, WorkItemState
+from sdlc.models import AgentResult, NotifyDetails, NotifyEvent, WorkItemState
 from sdlc.retry import Classification, FailureKind, RetryDecision, RetryPolicy, decide_retry
 from sdlc.settings import get_settings, process_environment
 from tasks.breaker import CircuitBreaker
@@ -37,6 +37,7 @@ from tasks.failures import PermanentError, SdlcError, TransientError
 from tasks.git import fold_agent_commits, head_commit, paths_outside, run_logger
 from tasks.ledger import Ledger
 from tasks.limits import agent_slots
+from tasks.notify import announce, flow_run_url
 from tasks.processes import TERMINATE_GRACE_SECONDS, end_group, group_alive, process_start_ticks
 from tasks.sandbox import SandboxSpec, confinement, resolve_mode
 
@@ -504,7 +505,8 @@ def _enter_retry_window(earlier: list[Any], ledger: Ledger, invocation: AgentInv
 
 @task(name="run-agent", retry_condition_fn=_retry_agent_failures)
 def run_agent(invocation: AgentInvocation) -> AgentResult:
-    """One run of the agent, recorded in the ledger and shown as a Prefect artifact."""
+    """One run of the agent, recorded in the ledger, shown as a Prefect artifact and told to the
+    notifiers (agent_started, then agent_finished or agent_failed with what comes next)."""
     settings = get_settings()
     ledger = Ledger.from_settings()
     logger = _run_logger()
@@ -534,7 +536,7 @@ def run_agent(invocation: AgentInvocation) -> AgentResult:
             flow_run_id=_current_flow_run_id(),
             visit=invocation.visit,
         )
-        logger.info("%s attempt %s starting: %s (log %s)", invocation.role, attempt, invocation.argv[0], log_path)
+        _announce_start(invocation, attempt, log_path)
         worktree = Path(invocation.worktree)
         recorded_head = head_commit(worktree) if invocation.branch else None
         outcome = execute_agent(
@@ -555,8 +557,12 @@ def run_agent(invocation: AgentInvocation) -> AgentResult:
         breaker.record_success()
     _publish_run_artifact(invocation, result)
     if decision is not None:
-        logger.warning(describe_failure(result))
-        check_budget(ledger, invocation.work_item, invocation.budget_usd)  # a spent budget stops, whatever failed
+        try:
+            check_budget(ledger, invocation.work_item, invocation.budget_usd)  # a spent budget stops, whatever failed
+        except BudgetExceeded as spent:
+            _announce_failure(invocation, result, RetryDecision(retry=False, why=str(spent)), visit_runs)
+            raise
+        _announce_failure(invocation, result, decision, visit_runs)
         failure = agent_failure(result, decision)
         if failure.waits_for_usage_reset and not _pipeline_can_suspend():
             # Nothing can reschedule the pipeline: this task's retry, scheduled for the reset, waits instead.
@@ -567,8 +573,130 @@ def run_agent(invocation: AgentInvocation) -> AgentResult:
                 reason=usage_reset_note(result.retry_not_before),
             )
         raise failure
-    logger.info("%s attempt %s finished in %.1f s", invocation.role, attempt, result.duration_seconds)
+    _announce_finish(invocation, result)
     return result
+
+
+# --- what the notifiers hear of an agent run (B75) ----------------------------------------------
+# Said from inside the run-agent task, one announce per event: no task run of its own (BENCHMARKS.md).
+
+_KIND_LABELS = {"transient": "transient", "permanent": "permanent", "usage_limit": "usage limit"}
+
+
+def seconds_text(seconds: float) -> str:
+    """A duration as people read it: 0.4 s, 40 s, 5 min 03 s, 2 h 05 min."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        minutes, rest = divmod(round(seconds), 60)
+        return f"{minutes} min {rest:02d} s"
+    hours, rest = divmod(round(seconds) // 60, 60)
+    return f"{hours} h {rest:02d} min"
+
+
+def next_attempt(result: AgentResult, decision: RetryDecision, policy: RetryPolicy, earlier: list[Any]) -> str:
+    """What follows a failed run, as its agent_failed event says: "retry 2 of 5 in 40 s" or "no retry: why".
+
+    Counted as :func:`assess_run` counts for the decision: this stage visit's failures of the same kind.
+    """
+    if not decision.retry:
+        return f"no retry: {decision.why}"
+    wait = "now" if decision.wait_seconds < 0.05 else f"in {seconds_text(decision.wait_seconds)}"
+    kinds = [run.failure_kind for run in earlier] + [result.failure_kind]
+    if result.failure_kind == FailureKind.usage_limit.value and result.retry_not_before is not None:
+        reset = result.retry_not_before.astimezone().strftime("%H:%M %Z")
+        return f"retry after the usage-limit reset, at {reset} ({wait})"
+    if result.failure_kind == FailureKind.transient.value:
+        done, budget = kinds.count(FailureKind.transient.value), policy.transient_retries
+    else:
+        done, budget = kinds.count(FailureKind.permanent.value), policy.max_attempts - 1
+    return f"retry {done} of {budget} {wait}"
+
+
+def _announce(event: NotifyEvent, invocation: AgentInvocation, message: str, details: NotifyDetails) -> None:
+    """One event of this agent run, linked to the stage's flow run (where the agent's output streams)."""
+    details = {"role": invocation.role, "stage": invocation.stage, "agent": invocation.provider, **details}
+    announce(
+        event,
+        f"{invocation.work_item} {message}",
+        work_item=invocation.work_item,
+        link=flow_run_url(_current_flow_run_id()),
+        log=_run_logger(),
+        details=details,
+    )
+
+
+def _announce_start(invocation: AgentInvocation, attempt: int, log_path: Path) -> None:
+    _announce(
+        "agent_started",
+        invocation,
+        f"{invocation.role} started: attempt {attempt}, stage {invocation.stage}, agent {invocation.provider}; "
+        f"log {log_path}",
+        {"attempt": attempt, "log": str(log_path)},
+    )
+
+
+def _run_facts(result: AgentResult) -> NotifyDetails:
+    return {
+        "attempt": result.attempt,
+        "exit_code": result.exit_code,
+        "duration_seconds": result.duration_seconds,
+        "cost_usd": result.cost_usd,
+        "input_tokens": result.input_tokens,
+        "output_tokens": result.output_tokens,
+        "turns": result.num_turns,
+        "log": result.log_path,
+    }
+
+
+def _usage_text(result: AgentResult) -> str:
+    """Cost and tokens where the agent reported them (a JSON result, B34); nothing otherwise."""
+    parts = []
+    if result.cost_usd is not None:
+        parts.append(f"cost ${result.cost_usd:.4f}")
+    if result.input_tokens is not None or result.output_tokens is not None:
+        parts.append(f"tokens {result.input_tokens or 0} in / {result.output_tokens or 0} out")
+    if result.num_turns is not None:
+        parts.append(f"{result.num_turns} turns")
+    return "".join(f", {part}" for part in parts)
+
+
+def _announce_finish(invocation: AgentInvocation, result: AgentResult) -> None:
+    _announce(
+        "agent_finished",
+        invocation,
+        f"{result.role} finished: attempt {result.attempt}, stage {invocation.stage}, exit code {result.exit_code} "
+        f"in {seconds_text(result.duration_seconds)}{_usage_text(result)}",
+        _run_facts(result),
+    )
+
+
+def _announce_failure(
+    invocation: AgentInvocation, result: AgentResult, decision: RetryDecision, earlier: list[Any]
+) -> None:
+    """agent_failed: how it failed, how that is classified (B30), where its log is (B33), and what comes next."""
+    then = next_attempt(result, decision, invocation.retry, earlier)
+    if result.timed_out and result.error:
+        what = result.error
+    else:
+        what = f"{result.error or f'exit code {result.exit_code}'} after {seconds_text(result.duration_seconds)}"
+    kind = result.failure_kind or FailureKind.permanent.value
+    _announce(
+        "agent_failed",
+        invocation,
+        f"{result.role} failed: attempt {result.attempt}, stage {invocation.stage}, {what}{_usage_text(result)}; "
+        f"{_KIND_LABELS.get(kind, kind)} ({result.failure_reason}); log {result.log_path}; {then}",
+        {
+            **_run_facts(result),
+            "classification": kind,
+            "reason": result.failure_reason,
+            "retry": decision.retry,
+            "retry_in_seconds": decision.wait_seconds if decision.retry else None,
+            "next": then,
+        },
+    )
 
 
 def _fold_back(

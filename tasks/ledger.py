@@ -7,20 +7,24 @@ status``, retry budgets and the forge survive restarts and can be read by any
 process. SQLite by default (WAL, long busy timeout, every transaction ``BEGIN
 IMMEDIATE`` so concurrent writers queue instead of failing); any SQLAlchemy URL
 works, PostgreSQL (``postgresql+psycopg://``) when several machines share it.
-Every process creates the tables it misses on first use; on PostgreSQL it does so
-under an advisory lock, so processes starting at once on an empty database queue
-instead of colliding in the catalog.
+The schema is versioned with Alembic (``tasks/ledger_migrations``): every process
+brings the ledger up to its newest revision on first use, under a lock (PostgreSQL's
+advisory lock, a file lock beside an SQLite file) so processes starting at once
+upgrade it once, and refuses a ledger a newer sdlc has upgraded.
 """
 
 from __future__ import annotations
 
+import fcntl
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, UniqueConstraint, event, func, inspect, text
+from sqlalchemy import Engine, UniqueConstraint, event, func, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
@@ -29,9 +33,10 @@ from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 from sdlc.models import AgentResult, WorkItemRequest, WorkItemState
 from sdlc.settings import get_settings
+from tasks.ledger_migrations.upgrade import upgrade_ledger
 
 SQLITE_BUSY_TIMEOUT_MS = 30000
-# Key of the PostgreSQL advisory lock held while a process creates the ledger's tables.
+# Key of the PostgreSQL advisory lock held while a process creates or upgrades the ledger's tables.
 SCHEMA_LOCK_KEY = 0x5D1C_1ED6
 SCHEMA_ATTEMPTS = 5
 
@@ -216,7 +221,7 @@ def _build_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         engine = create_engine(url, pool_pre_ping=True)
-        _create_tables(engine)
+        _upgraded_or_disposed(engine, None)
         return engine
 
     sqlite_file = _sqlite_file(url)
@@ -250,76 +255,61 @@ def _build_engine(url: str) -> Engine:
         # writes fails at once with "database is locked" under concurrent writers.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
-    SQLModel.metadata.create_all(engine)
-    _migrate(engine)
+    _upgraded_or_disposed(engine, sqlite_file)
     return engine
 
 
-def _add_missing_columns(connection: Connection) -> None:
-    """Add the nullable columns (and their indexes) that a ledger made by an older version lacks.
-
-    ``create_all`` creates missing tables, never missing columns, so a new field
-    would fail every query on an existing ledger. Nullable columns are added with
-    ``ALTER TABLE ... ADD COLUMN`` (SQLite and PostgreSQL alike) and old rows read
-    them as NULL; a new column that cannot be NULL needs a migration of its own.
-    Callers hold the schema's lock (SQLite's write lock, PostgreSQL's advisory lock),
-    so two processes never add one column twice.
-    """
-    inspector = inspect(connection)
-    preparer = connection.dialect.identifier_preparer
-    existing_tables = set(inspector.get_table_names())
-    for table in SQLModel.metadata.sorted_tables:
-        if table.name not in existing_tables:
-            continue
-        present = {column["name"] for column in inspector.get_columns(table.name)}
-        added: set[str] = set()
-        for column in table.columns:
-            if column.name in present or not column.nullable or column.primary_key:
-                continue
-            column_type = column.type.compile(dialect=connection.dialect)
-            connection.execute(
-                text(
-                    f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {preparer.format_column(column)} {column_type}"
-                )
-            )
-            added.add(column.name)
-        for index in table.indexes:
-            if added & {column.name for column in index.columns}:
-                index.create(connection, checkfirst=True)
+def _upgraded_or_disposed(engine: Engine, sqlite_file: Path | None) -> None:
+    """Bring the new engine's ledger to this code's schema; an engine refused is not left open."""
+    try:
+        _upgrade_schema(engine, sqlite_file)
+    except BaseException:
+        engine.dispose()
+        raise
 
 
-def _migrate(engine: Engine) -> None:
-    with engine.begin() as connection:
-        _add_missing_columns(connection)
+def _upgrade_schema(engine: Engine, sqlite_file: Path | None) -> None:
+    """Create or upgrade the ledger's schema once, however many processes start at once.
 
-
-def _create_tables(engine: Engine) -> None:
-    """Create missing tables when many processes may start at once on an empty database.
-
-    Concurrent ``CREATE TABLE`` of one name fails in all but one session (PostgreSQL:
-    unique violation on ``pg_type``), whatever ``checkfirst`` saw. PostgreSQL's DDL is
-    transactional, so one transaction-scoped advisory lock makes the others wait and
-    then find the tables; elsewhere a failed attempt is simply made again.
+    PostgreSQL's DDL is transactional: one transaction-scoped advisory lock makes the
+    others wait, then find the ledger at the head revision. An SQLite file is guarded by
+    a file lock beside it (its own write lock is not taken until the transaction's
+    first statement, and a busy database is tried again); an in-memory one belongs to
+    this process alone.
     """
     if engine.dialect.name == "postgresql":
         with engine.begin() as connection:
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
-            SQLModel.metadata.create_all(connection)
-            _add_missing_columns(connection)
+            upgrade_ledger(connection)
         return
-    for attempt in range(1, SCHEMA_ATTEMPTS + 1):
+    with _schema_file_lock(sqlite_file):
+        for attempt in range(1, SCHEMA_ATTEMPTS + 1):
+            try:
+                with engine.begin() as connection:
+                    upgrade_ledger(connection)
+                return
+            except DBAPIError:
+                if attempt == SCHEMA_ATTEMPTS:
+                    raise
+                time.sleep(0.2 * attempt)
+
+
+@contextmanager
+def _schema_file_lock(sqlite_file: Path | None) -> Iterator[None]:
+    """Hold ``<ledger>.lock`` exclusively (``flock``): one process at a time upgrades an SQLite ledger."""
+    if sqlite_file is None:
+        yield
+        return
+    with open(sqlite_file.with_name(sqlite_file.name + ".lock"), "a+b") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
         try:
-            SQLModel.metadata.create_all(engine)
-            _migrate(engine)
-            return
-        except DBAPIError:
-            if attempt == SCHEMA_ATTEMPTS:
-                raise
-            time.sleep(0.2 * attempt)
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def engine_for(url: str) -> Engine:
-    """One engine (and one ``create_all``) per URL per process; cheap after the first call."""
+    """One engine (and one schema check or upgrade) per URL per process; cheap after the first call."""
     with _ENGINES_LOCK:
         engine = _ENGINES.get(url)
         sqlite_file = _sqlite_file(url)

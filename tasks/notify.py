@@ -1,10 +1,12 @@
 """Notifications (B22, B33, B51): what happened, to whom it matters, with a link to the run.
 
 Every message is appended to ``<data_dir>/notifications.jsonl`` (which
-``sdlc status`` and tests read) and logged to the run. It also goes to every
-Prefect notification block named in ``SDLC_NOTIFY_BLOCKS`` (``sdlc-telegram/ops``,
-``slack-webhook/team``, ...). A failing notifier is logged, recorded in the jsonl
-record under ``failed_notifiers`` and never fails the pipeline.
+``sdlc status`` and tests read) and logged to the run. It also goes to the
+Prefect notification blocks named in ``SDLC_NOTIFY_BLOCKS`` (``sdlc-telegram/ops``,
+``slack-webhook/team``, ...) that take its event: a block's own events
+(``sdlc-telegram/ops=done|failed``), else ``SDLC_NOTIFY_EVENTS``, else every event (B75).
+A failing notifier is logged, recorded in the jsonl record under ``failed_notifiers``
+and never fails the pipeline.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from prefect.blocks.notifications import AbstractAppriseNotificationBlock
 
 from blocks import load_block
 from blocks.notifications import redact  # also registers the sdlc block types, so Block.load finds them
-from sdlc.models import NotifyEvent
+from sdlc.models import NotifyDetails, NotifyEvent
 from sdlc.settings import get_settings
 
 logger = logging.getLogger("sdlc.notify")
@@ -31,12 +33,15 @@ _NOTIFY_TYPES: dict[str, Literal["info", "success", "warning", "failure"]] = {
     "approval_requested": "warning",
     "input_requested": "warning",
     "usage_limit": "warning",
+    "agent_failed": "warning",
     "blocked": "failure",
     "failed": "failure",
     "done": "success",
 }
 """How Apprise services (a Slack colour, a Telegram icon) show each event; others are info."""
 
+_WARNINGS: frozenset[NotifyEvent] = frozenset({"blocked", "failed", "gate_failed", "gate_warning", "agent_failed"})
+"""Events the run log shows as warnings."""
 _REASON_CHARS = 500
 
 
@@ -57,12 +62,15 @@ def deliver(
     work_item: str,
     link: str | None = None,
     failed_notifiers: list[dict[str, str]] | None = None,
+    details: NotifyDetails | None = None,
 ) -> None:
+    """Append the event to notifications.jsonl: every event, whichever blocks it was routed to."""
     record = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "event": event,
         "work_item": work_item,
         "message": message,
+        "details": details or {},
         "link": link,
         "failed_notifiers": failed_notifiers or [],
     }
@@ -83,15 +91,21 @@ def send_to_blocks(
     link: str | None,
     log: logging.Logger | logging.LoggerAdapter[Any],
 ) -> list[dict[str, str]]:
-    """Send to each block in ``SDLC_NOTIFY_BLOCKS``; the ones that failed, as ``{"notifier", "reason"}``.
+    """Send to each block in ``SDLC_NOTIFY_BLOCKS`` that takes ``event``; the ones that failed,
+    as ``{"notifier", "reason"}``.
 
     Blocks are loaded for every message: an edited block or setting takes effect at once,
     for one call to the Prefect API. Each block bounds its own time (timeouts, attempts).
+    A block the event is not routed to is not loaded.
     """
     body = f"{message}\nFlow run: {link}" if link else message
     subject = f"sdlc-flows: {event} {work_item}"
     failures: list[dict[str, str]] = []
-    for ref in get_settings().notify_blocks:
+    settings = get_settings()
+    for route in settings.notify_blocks:
+        if not route.takes(event, settings.notify_events):
+            continue
+        ref = route.ref
         try:
             block = load_block(Block, ref)
             if not isinstance(block, NotificationBlock):
@@ -123,9 +137,16 @@ def announce(
     work_item: str,
     link: str | None,
     log: logging.Logger | logging.LoggerAdapter[Any],
+    details: NotifyDetails | None = None,
 ) -> None:
-    """Tell everyone configured: the run's log, each notifier block, and the notifications file."""
-    level = logging.WARNING if event in ("blocked", "failed", "gate_failed", "gate_warning") else logging.INFO
-    log.log(level, "[%s] %s%s", event, message, f" ({link})" if link else "")
-    failures = send_to_blocks(event, message, work_item=work_item, link=link, log=log)
-    deliver(event, message, work_item=work_item, link=link, failed_notifiers=failures)
+    """Tell everyone configured: the run's log, each notifier block it is routed to, and the notifications file.
+
+    Never raises: whatever goes wrong telling people, the run goes on (B51).
+    """
+    try:
+        level = logging.WARNING if event in _WARNINGS else logging.INFO
+        log.log(level, "[%s] %s%s", event, message, f" ({link})" if link else "")
+        failures = send_to_blocks(event, message, work_item=work_item, link=link, log=log)
+        deliver(event, message, work_item=work_item, link=link, failed_notifiers=failures, details=details)
+    except Exception as exc:  # noqa: BLE001 - a notification never fails the pipeline
+        logger.warning("notification %s for %s not delivered: %s", event, work_item, _reason(exc))

@@ -15,7 +15,7 @@ from prefect import task
 from blocks import load_block
 from blocks.agent_profile import AgentProfile, profile_for
 from sdlc.graph import StageSpec, artifacts_dir, builtin_prompt, missing_prompt
-from sdlc.models import AgentSpec, Feedback, StageInput, validate_work_item_id
+from sdlc.models import AgentSpec, Feedback, StageInput, WorkItemRequest, validate_work_item_id
 from sdlc.retry import STEP_RETRY_DELAYS_SECONDS, RetryPolicy
 from sdlc.settings import get_settings
 from tasks.agent import AgentInvocation, check_budget
@@ -24,7 +24,14 @@ from tasks.gates import archive_stale_artifacts_in
 from tasks.graph_check import InvalidStageGraph
 from tasks.ledger import Ledger
 from tasks.sandbox import sandbox_spec_for
-from tasks.worktree import base_commit, base_file, base_repo_config, ensure_worktree, main_clone_path
+from tasks.worktree import (
+    base_commit,
+    base_file,
+    base_repo_config,
+    ensure_worktree,
+    main_clone_path,
+    origin_repo_config,
+)
 
 T = TypeVar("T")
 
@@ -131,10 +138,34 @@ def previous_session(work_item: str, role: str) -> str | None:
     return runs[-1].session_id if runs else None
 
 
+class AgentNotNamed(PermanentError):
+    """No agent is named anywhere: sdlc never falls back to the scripted one on a real repository."""
+
+
+NO_AGENT_NAMED = (
+    "no agent is named for {work_item}: give --agent KIND (e.g. --agent claude) or --agent-profile NAME,"
+    " set SDLC_AGENT_PROFILE to a saved AgentProfile block, or put agent_profile: NAME"
+    " in the repository's .sdlc/config.yaml"
+)
+
+
+def named_agent(request: WorkItemRequest) -> AgentSpec:
+    """The run's agent as named: its own kind or profile, else SDLC_AGENT_PROFILE, else the
+    ``agent_profile`` of `.sdlc/config.yaml` on origin's default branch; raises AgentNotNamed."""
+    agent = request.agent
+    if agent.kind is not None or agent.profile_block:
+        return agent
+    name = get_settings().agent_profile or origin_repo_config(request.repo).agent_profile
+    if name is None:
+        raise AgentNotNamed(NO_AGENT_NAMED.format(work_item=request.work_item))
+    return agent.model_copy(update={"profile_block": name})
+
+
 def load_profile(stage_input: StageInput) -> AgentProfile:
-    agent = stage_input.request.agent
+    agent = named_agent(stage_input.request)
     if agent.profile_block:
         return load_block(AgentProfile, agent.profile_block)
+    assert agent.kind is not None  # named_agent names a kind or a profile
     return profile_for(agent.kind, agent.command, agent.timeout_seconds)
 
 
@@ -190,7 +221,7 @@ def agent_invocation(worktree: str, stage_input: StageInput, spec: StageSpec, ta
         provider=profile.kind,
         repo_key=main_clone_path(request.repo).name,
         budget_usd=budget,
-        visit=f"{spec.name}-{stage_input.visit}",
+        visit=f"{spec.name}-{stage_input.visit}" + (f"-retry{stage_input.retry}" if stage_input.retry else ""),
         retry=retry_policy(agent, profile, retry_agent=spec.retry_agent),
         work_item=request.work_item,
         stage=spec.name,

@@ -15,7 +15,7 @@ from prefect import task
 
 from blocks import load_block
 from blocks.plane import StateKey
-from sdlc.models import Announcement, StepRecord, WorkItemRequest, WorkItemState
+from sdlc.models import RETRIED_BY, Announcement, PullRequestRef, StepRecord, WorkItemRequest, WorkItemState
 from tasks.git import run_logger
 from tasks.ledger import Ledger
 from tasks.notify import announce, flow_run_url
@@ -57,7 +57,7 @@ def tell(
 ) -> None:
     """One announcement: to the notifiers when it names an event, to the work item's tracker when it has one."""
     if said.event is not None:
-        announce(said.event, said.message, work_item=request.work_item, link=link, log=log)
+        announce(said.event, said.message, work_item=request.work_item, link=link, log=log, details=said.details)
     if request.tracker is not None and (said.comment is not None or said.tracker_state is not None):
         sync_tracker(request, said.tracker_state, said.comment, link=link)
 
@@ -77,14 +77,12 @@ def record_failure(work_item: str, request: WorkItemRequest | None, flow_run_id:
     message = f"{work_item} failed: {reason}"
     link, log = flow_run_url(flow_run_id), _run_logger()
     if request is None:
-        announce("failed", message, work_item=work_item, link=link, log=log)
+        announce("failed", message, work_item=work_item, link=link, log=log, details={"reason": reason})
     else:
-        tell(
-            request,
-            Announcement(event="failed", message=message, tracker_state="blocked", comment=message),
-            link=link,
-            log=log,
+        said = Announcement(
+            event="failed", message=message, details={"reason": reason}, tracker_state="blocked", comment=message
         )
+        tell(request, said, link=link, log=log)
 
 
 def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
@@ -159,3 +157,32 @@ def _linked_item_id(ledger: Ledger, work_item: str, credentials_block: str, ref:
     except ValueError:
         pass  # a human id
     return link.tracker_item_id
+
+
+def retries_so_far(work_item: str) -> int:
+    """How often a person has sent the work item on after Blocked (each retry's start transition says so)."""
+    transitions = Ledger.from_settings().transitions(work_item)
+    return sum(1 for t in transitions if t.from_stage is None and t.reason.startswith(RETRIED_BY))
+
+
+def blocked_at(work_item: str, flow_run_id: str) -> str | None:
+    """The stage where this flow run left the work item Blocked, else None (a rerun of it is a person's Retry)."""
+    row = Ledger.from_settings().get_work_item(work_item)
+    if row is None or row.flow_run_id != flow_run_id or row.state != WorkItemState.blocked.value:
+        return None
+    return row.stage
+
+
+def open_pull_request(work_item: str) -> PullRequestRef | None:
+    """The work item's pull request that is still open (a retry goes on with it), else None."""
+    for record in reversed(Ledger.from_settings().pull_requests(work_item)):
+        if record.state == "open":
+            return PullRequestRef(
+                number=record.number,
+                url=record.url,
+                branch=record.branch,
+                base=record.base,
+                title=record.title,
+                state="open",
+            )
+    return None

@@ -232,6 +232,22 @@ def default_branch_has(repo: str, relative: str) -> bool | None:
     return True
 
 
+def origin_repo_config(repo: str) -> RepoConfig:
+    """`.sdlc/config.yaml` on origin's default branch now, before any work item has cloned it:
+    read from a local origin itself (nothing is created), else from the main clone, fetched."""
+    repo = validate_repo(repo)
+    if not _is_clone(main_clone_path(repo)) and "://" not in repo and Path(repo).exists():
+        try:
+            text: str | None = repo_at(Path(repo)).git.cat_file(
+                "blob", f"HEAD:{CONFIG_PATH.as_posix()}", env=git_env(), strip_newline_in_stdout=False
+            )
+        except GitCommandError:
+            text = None
+        return RepoConfig() if text is None else parse_repo_config(text)
+    ensure_main_clone(repo)
+    return base_repo_config(repo)
+
+
 def base_repo_config(repo: str, base_sha: str | None = None) -> RepoConfig:
     """`.sdlc/config.yaml` as origin's default branch had it at ``base_sha`` (the work item's start),
     else as it is now: what agents on a feature branch cannot change."""

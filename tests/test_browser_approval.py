@@ -271,7 +271,7 @@ def test_approve_in_the_prefect_ui_resumes_and_finishes_the_pipeline(
 
     variant = UIS[ui]
     repo = create_sample_repo(tmp_path / "repos")
-    with _running(start_run(cli_env, "--repo", str(repo), "--work-item", variant.work_item, "--title", TITLE)) as run:
+    with _running(start_run(cli_env, "--repo", str(repo), "--work-item", variant.work_item, "--title", TITLE, "--agent", "scripted")) as run:
         wait_for_state(data_dir, variant.work_item, "waiting_approval", run)
         flow_run_id = Ledger.from_settings().get_work_item(variant.work_item).flow_run_id
         assert flow_run_id, f"{variant.work_item} has no flow run in the ledger"

@@ -98,7 +98,8 @@ def test_questions_answers_and_approval_from_other_processes(tmp_path: Path, cli
     scenario = tmp_path / "scenario.json"
     scenario.write_text(json.dumps({"analyst": {"questions": 1}}))
     run = start_run(
-        cli_env, "--repo", str(origin), "--work-item", "ET-21", "--title", "Export to CSV", "--scenario", str(scenario)
+        cli_env, "--repo", str(origin), "--work-item", "ET-21", "--title", "Export to CSV", "--agent", "scripted",
+        "--scenario", str(scenario)
     )
     try:
         # B11: the analyst asks; the pipeline waits for typed answers.
@@ -135,7 +136,7 @@ def test_questions_answers_and_approval_from_other_processes(tmp_path: Path, cli
 
 def test_reject_sends_the_comment_back_to_the_analyst(tmp_path: Path, cli_env: dict[str, str], data_dir: Path) -> None:
     origin = create_sample_repo(tmp_path / "repos")
-    run = start_run(cli_env, "--repo", str(origin), "--work-item", "ET-22", "--title", "Dark mode")
+    run = start_run(cli_env, "--repo", str(origin), "--work-item", "ET-22", "--title", "Dark mode", "--agent", "scripted")
     try:
         wait_for_state(data_dir, "ET-22", "waiting_approval", run)
         rejected = sdlc(cli_env, "reject", "ET-22", "--comment", "Also cover high-contrast themes", "--by", "carol")
@@ -162,7 +163,7 @@ def test_blocked_run_exits_1_with_the_reason(tmp_path: Path, cli_env: dict[str, 
     scenario.write_text(json.dumps({"deployer": {"fail": 1}}))
     result = sdlc(
         cli_env, "run", "--repo", str(origin), "--work-item", "ET-23", "--title", "Deploy me",
-        "--scenario", str(scenario), "--auto-approve",
+        "--agent", "scripted", "--scenario", str(scenario), "--auto-approve",
     )
     assert result.returncode == 1
     assert "ET-23 blocked: deployer exited 1" in result.stderr
@@ -186,7 +187,7 @@ def test_invalid_input_exits_2_and_creates_nothing(
 ) -> None:
     origin = create_sample_repo(tmp_path / "repos")
     branches_before = subprocess.run(["git", "-C", str(origin), "branch"], capture_output=True, text=True).stdout
-    base = {"--repo": str(origin), "--work-item": "ET-24", "--title": "Fine title"}
+    base = {"--repo": str(origin), "--work-item": "ET-24", "--title": "Fine title", "--agent": "scripted"}
     overrides = dict(zip(args[::2], args[1::2]))
     argv = [item for pair in {**base, **overrides}.items() for item in pair]
     env = {**os.environ, "SDLC_DATA_DIR": str(data_dir), "PREFECT_API_URL": "http://127.0.0.1:9/api"}
@@ -236,7 +237,7 @@ def test_two_work_items_at_once_on_one_repository(tmp_path: Path, cli_env: dict[
 
     origin = create_sample_repo(tmp_path / "repos")
     runs = [
-        start_run(cli_env, "--repo", str(origin), "--work-item", f"ET-3{n}", "--title", f"Feature {n}", "--auto-approve")
+        start_run(cli_env, "--repo", str(origin), "--work-item", f"ET-3{n}", "--title", f"Feature {n}", "--agent", "scripted", "--auto-approve")
         for n in (1, 2)
     ]
     try:
@@ -276,7 +277,7 @@ def test_a_waiting_run_survives_its_process_and_no_agent_runs_twice(
     from tasks.ledger import Ledger
 
     origin = create_sample_repo(tmp_path / "repos")
-    run = start_run(cli_env, "--repo", str(origin), "--work-item", "ET-31", "--title", "Resilient waits")
+    run = start_run(cli_env, "--repo", str(origin), "--work-item", "ET-31", "--title", "Resilient waits", "--agent", "scripted")
     try:
         wait_for_state(data_dir, "ET-31", "waiting_approval", run)
         wait_for_suspension(Ledger.from_settings().get_work_item("ET-31").flow_run_id)
@@ -303,7 +304,7 @@ def test_a_waiting_run_survives_its_process_and_no_agent_runs_twice(
 
 def test_resume_refuses_a_work_item_without_an_unfinished_run(tmp_path: Path, cli_env: dict[str, str], data_dir: Path) -> None:
     origin = create_sample_repo(tmp_path / "repos")
-    done = sdlc(cli_env, "run", "--repo", str(origin), "--work-item", "ET-32", "--title", "Quick", "--auto-approve", timeout=180)
+    done = sdlc(cli_env, "run", "--repo", str(origin), "--work-item", "ET-32", "--title", "Quick", "--agent", "scripted", "--auto-approve", timeout=180)
     assert done.returncode == 0, done.stderr
     again = sdlc(cli_env, "resume", "ET-32")
     assert again.returncode == 2

@@ -138,7 +138,7 @@ def prepare_run(forge: str, scenario: Scenario, root: Path, prefect_api: str) ->
     work_item = f"CH-{uuid.uuid4().int % 100000}"
     argv = [
         sys.executable, "-m", "entrypoints.cli", "run", "--repo", str(origin), "--work-item", work_item,
-        "--title", "Survive a flaky forge", "--auto-approve",
+        "--title", "Survive a flaky forge", "--agent", "scripted", "--auto-approve",
         "--forge", forge, "--forge-block", block, "--forge-repo", f"{OWNER}/{REPO}",
     ]
     return Run(forge, scenario, root, server, env, work_item, argv)

@@ -390,10 +390,13 @@ class InProcessReceiver:
 
 @pytest.fixture
 def receiver_app(prefect_api: str, data_dir: Path) -> Iterator[InProcessReceiver]:
-    from blocks.webhooks import WebhookSettings
+    from blocks.webhooks import RunDefaults, WebhookSettings
     from entrypoints.webhooks import create_app
 
-    settings = WebhookSettings(gitea_secret=GITEA_SECRET, approvers=["alice"], project_keys={"team/app": "HX"})
+    settings = WebhookSettings(
+        gitea_secret=GITEA_SECRET, approvers=["alice"], project_keys={"team/app": "HX"},
+        defaults=RunDefaults(agent_profile="scripted-agent"),
+    )
     with InProcessReceiver(create_app(settings)) as receiver:
         yield receiver
 

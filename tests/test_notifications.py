@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from prefect import flow
@@ -28,8 +30,8 @@ from blocks.notifications import AppriseURLNotification, TelegramNotification, s
 from forge_servers.common import ForgeRequestHandler, ThreadedForgeServer
 from forge_servers.telegram import TelegramTestServer
 from gitrepo import free_port
-from sdlc.settings import SdlcSettings
 from sdlc.models import Announcement, StepRecord, WorkItemRequest
+from sdlc.settings import SdlcSettings
 from tasks.tracking import record_step
 
 TOKEN = "123456789:AAH-sdlc_test_TOKEN_abcdefghijklmnopq"
@@ -202,16 +204,63 @@ def test_notify_works_from_async_code(telegram: TelegramTestServer) -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ("sdlc-telegram/ops, slack-webhook/team", ["sdlc-telegram/ops", "slack-webhook/team"]),
-        ('["sdlc-telegram/ops", "sdlc-apprise-url/audit"]', ["sdlc-telegram/ops", "sdlc-apprise-url/audit"]),
+        ("sdlc-telegram/ops, slack-webhook/team", [("sdlc-telegram/ops", None), ("slack-webhook/team", None)]),
+        ('["sdlc-telegram/ops", "sdlc-apprise-url/audit"]', [("sdlc-telegram/ops", None), ("sdlc-apprise-url/audit", None)]),
         ("", []),
+        # B75: a block's own events after "=", separated by "|" (never a comma: that separates blocks).
+        (
+            "sdlc-telegram/ops=approval_requested|blocked | done|failed,slack-webhook/team",
+            [("sdlc-telegram/ops", ("approval_requested", "blocked", "done", "failed")), ("slack-webhook/team", None)],
+        ),
+        (
+            '["sdlc-telegram/ops=done", {"ref": "slack-webhook/team", "events": ["agent_failed"]}]',
+            [("sdlc-telegram/ops", ("done",)), ("slack-webhook/team", ("agent_failed",))],
+        ),
     ],
 )
 def test_notify_blocks_setting_takes_a_comma_list_or_json(
-    monkeypatch: pytest.MonkeyPatch, value: str, expected: list[str]
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: list[tuple[str, Any]]
 ) -> None:
     monkeypatch.setenv("SDLC_NOTIFY_BLOCKS", value)
-    assert SdlcSettings().notify_blocks == expected
+    assert [(route.ref, route.events) for route in SdlcSettings().notify_blocks] == expected
+
+
+def test_notify_events_chooses_what_the_blocks_get_and_a_block_of_its_own_overrides_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert SdlcSettings().notify_events is None  # unset: every event
+    monkeypatch.setenv("SDLC_NOTIFY_EVENTS", " agent_failed, done ")
+    monkeypatch.setenv("SDLC_NOTIFY_BLOCKS", "sdlc-telegram/ops=approval_requested,slack-webhook/team")
+    settings = SdlcSettings()
+    assert settings.notify_events == ("agent_failed", "done")
+    ops, team = settings.notify_blocks
+    assert [ops.takes(e, settings.notify_events) for e in ("approval_requested", "done")] == [True, False]
+    assert [team.takes(e, settings.notify_events) for e in ("approval_requested", "done")] == [False, True]
+    monkeypatch.setenv("SDLC_NOTIFY_EVENTS", "")  # empty: unset, as for the other settings
+    assert SdlcSettings().notify_events is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("SDLC_NOTIFY_EVENTS", "done,agent_start", "notify_events: unknown notify event 'agent_start'; the events are "),
+        ("SDLC_NOTIFY_BLOCKS", "sdlc-telegram/ops=done|bogus", "notify_blocks.0.events: unknown notify event 'bogus'"),
+        ("SDLC_NOTIFY_BLOCKS", "slack-webhook/team,sdlc-telegram/ops=", "notify_blocks.1.events: names no events"),
+    ],
+    ids=["events", "block-events", "block-without-events"],
+)
+def test_an_unknown_event_name_is_a_bad_setting_one_line_and_exit_2(
+    tmp_path: Path, name: str, value: str, expected: str
+) -> None:
+    env = {**os.environ, "SDLC_DATA_DIR": str(tmp_path / "data"), name: value}
+    done = subprocess.run(
+        [sys.executable, "-m", "entrypoints.cli", "status"], env=env, capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).parents[1],
+    )
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"sdlc: error: invalid SDLC_* setting: {expected}")
+    assert not (tmp_path / "data").exists()
 
 
 def test_the_blocks_register_from_the_command_line(cli_env: dict[str, str]) -> None:

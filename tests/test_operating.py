@@ -10,6 +10,8 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 from demo.sample import create_sample_repo
 from gitrepo import free_port
@@ -58,6 +60,20 @@ def test_demo_starts_its_own_server_and_ends_with_the_pr_merged(tmp_path: Path) 
         subprocess.run([*SDLC, "--data-dir", str(data), "server", "stop"], env=env, capture_output=True)
 
 
+def requested_of(work_item: str) -> Any:
+    """The WorkItemRequest of the work item's pipeline run, from the parameters Prefect stored."""
+    from prefect.client.orchestration import get_client
+
+    from sdlc.models import WorkItemRequest
+    from tasks.ledger import Ledger
+
+    row = Ledger.from_settings().get_work_item(work_item)
+    assert row is not None and row.flow_run_id
+    with get_client(sync_client=True) as client:
+        parameters = client.read_flow_run(UUID(row.flow_run_id)).parameters
+    return WorkItemRequest.model_validate(parameters["request"])
+
+
 def test_deploy_all_then_deployment_run_through_a_process_worker(
     tmp_path: Path, cli_env: dict[str, str], data_dir: Path
 ) -> None:
@@ -65,7 +81,8 @@ def test_deploy_all_then_deployment_run_through_a_process_worker(
     deploy_all(cli_env)
     worker = start_worker(cli_env, tmp_path)
     try:
-        params = {"request": {"work_item": "ET-40", "title": "Via deployment", "repo": str(origin), "auto_approve": True}}
+        params = {"request": {"work_item": "ET-40", "title": "Via deployment", "repo": str(origin), "auto_approve": True,
+                              "agent": {"kind": "scripted"}}}
         prefect_cli(cli_env, "deployment", "run", "sdlc-pipeline/sdlc-pipeline", "--params", json.dumps(params))
         row = wait_for_end("ET-40", data_dir)
         assert row.state == "done", row.reason
@@ -77,8 +94,9 @@ def test_deploy_all_then_deployment_run_through_a_process_worker(
 
         # B61: a signed Gitea "issue labelled" delivery -> event -> the deployment trigger starts a run
         # whose PR lives on Gitea (a real HTTP server following Gitea's swagger, over real git repositories).
+        from blocks.agent_profile import AgentProfile
         from blocks.forge import GiteaCredentials
-        from blocks.webhooks import WebhookSettings
+        from blocks.webhooks import RunDefaults, WebhookSettings
         from forge_servers.gitea import DEFAULT_TOKEN, GiteaTestServer
         from test_webhooks import Receiver
 
@@ -88,7 +106,11 @@ def test_deploy_all_then_deployment_run_through_a_process_worker(
             settings = WebhookSettings(
                 gitea_secret="s3cret", approvers=["alice"], project_keys={"team/app": "APP"},
                 gitea_credentials_block="gitea-e2e",
+                # Issue 15: what the labelled issue runs with comes from the block, through the trigger.
+                defaults=RunDefaults(agent_profile="no-such-profile", budget_usd=50),
+                repositories={"team/app": RunDefaults(agent_profile="scripted-e2e", transient_retries=3)},
             )
+            AgentProfile(kind="scripted").save("scripted-e2e", overwrite=True)
             repository = {"full_name": "team/app", "name": "app", "clone_url": str(gitea_origin)}
             gitea.inject("GET", r"/repos/team/app/pulls$", status=500, times=2)
             gitea.inject("POST", r"/repos/team/app/pulls$", status=500, after=True)
@@ -99,6 +121,10 @@ def test_deploy_all_then_deployment_run_through_a_process_worker(
                 assert answer.status_code == 202, answer.text
                 # The triggered run pauses for approval like any other; an allowed user's comment resumes it.
                 wait_for_state("APP-41", "waiting_approval", data_dir)
+                request = requested_of("APP-41")  # what the trigger rendered, as the pipeline reads it
+                assert (request.agent.profile_block, request.agent.transient_retries) == ("scripted-e2e", 3)
+                assert (request.agent.kind, request.agent.max_attempts, request.budget_usd) == (None, None, 50)
+                assert request.tracker is None
                 comment = {"action": "created", "issue": issue, "comment": {"body": "/approve", "user": {"login": "alice"}},
                            "repository": repository}
                 answer = receiver.send("gitea", "issue_comment", comment, secret="s3cret")

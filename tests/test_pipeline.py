@@ -375,7 +375,7 @@ def test_a_pipeline_that_fails_unexpectedly_says_so_in_the_ledger_and_to_the_not
     assert row.state == "failed" and ".sdlc/config.yaml is not valid YAML" in row.reason
     assert runs == []  # it stopped before the first agent
     events = [n["event"] for n in notifications(data_dir)]
-    assert events == ["work_item_started", "failed"]
+    assert events == ["work_item_started", "stage_changed", "failed"]  # it entered analysis, then failed there
     failed = notifications(data_dir)[-1]
     assert failed["work_item"] == "ET-7" and failed["message"].startswith("ET-7 failed: ")
     assert ".sdlc/config.yaml is not valid YAML" in failed["message"]

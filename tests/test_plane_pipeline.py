@@ -104,7 +104,7 @@ def test_plane_follows_the_work_item_and_people_decide_by_commenting(
 
     run = subprocess.Popen(
         [sys.executable, "-m", "entrypoints.cli", "run", "--repo", str(origin), "--work-item", work_item,
-         "--title", "Export to CSV", "--scenario", str(scenario), "--plane-block", block],
+         "--title", "Export to CSV", "--agent", "scripted", "--scenario", str(scenario), "--plane-block", block],
         env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -162,7 +162,7 @@ def test_missing_plane_states_are_named_and_the_pipeline_still_finishes(
     origin = create_sample_repo(tmp_path / "repos")
     done = subprocess.run(
         [sys.executable, "-m", "entrypoints.cli", "run", "--repo", str(origin), "--work-item", f"OPS-{item['sequence_id']}",
-         "--title", "Rotate logs", "--auto-approve", "--plane-block", block, "--verbose"],
+         "--title", "Rotate logs", "--agent", "scripted", "--auto-approve", "--plane-block", block, "--verbose"],
         env=cli_env, capture_output=True, text=True, timeout=240,
     )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -188,7 +188,7 @@ def test_an_open_breaker_holds_another_process_until_the_cooldown(
     assert "breaker scripted: open until" in status_line
     result = subprocess.run(
         [sys.executable, "-m", "entrypoints.cli", "run", "--repo", str(origin), "--work-item", "ET-10",
-         "--title", "Behind the breaker", "--auto-approve"],
+         "--title", "Behind the breaker", "--agent", "scripted", "--auto-approve"],
         env=cli_env, capture_output=True, text=True, timeout=180,
     )
     assert result.returncode == 0, result.stdout + result.stderr

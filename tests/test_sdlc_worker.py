@@ -36,7 +36,7 @@ def test_the_sdlc_worker_runs_deployments_in_its_own_process_and_resumes_suspend
         for work_item, auto in items.items():
             origin = create_sample_repo(tmp_path / work_item)
             request = {"work_item": work_item, "title": f"Through the worker {work_item}", "repo": str(origin),
-                       "auto_approve": auto}
+                       "agent": {"kind": "scripted"}, "auto_approve": auto}
             run_deployment("sdlc-pipeline/sdlc-pipeline", parameters={"request": request}, timeout=0)
 
         wait_for_state("WRK-1", "waiting_approval", data_dir)

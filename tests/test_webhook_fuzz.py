@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.core import NOT_SET
 
-from blocks.webhooks import WebhookSettings
+from blocks.webhooks import RunDefaults, WebhookSettings
 from demo.sample import create_sample_repo
 from entrypoints.webhooks import SOURCES, create_app, signature_for
 from test_hostile_inputs import InProcessReceiver
@@ -46,7 +46,7 @@ FUZZ = settings(
 def webhook_settings() -> WebhookSettings:
     return WebhookSettings(
         gitea_secret=SECRETS["gitea"], github_secret=SECRETS["github"], plane_secret=SECRETS["plane"],
-        approvers=["alice"], project_keys={"fuzz/app": KEY},
+        approvers=["alice"], project_keys={"fuzz/app": KEY}, defaults=RunDefaults(agent_profile="scripted-agent"),
     )
 
 

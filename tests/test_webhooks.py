@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from blocks.webhooks import WebhookSettings
+from blocks.webhooks import RunDefaults, WebhookSettings
 from gitrepo import free_port
 from processes import end
 from demo.sample import create_sample_repo
@@ -70,7 +70,8 @@ class Receiver:
 @pytest.fixture
 def receiver(prefect_api: str, data_dir: Path) -> Iterator[Receiver]:
     settings = WebhookSettings(
-        gitea_secret=GITEA_SECRET, github_secret=GITHUB_SECRET, approvers=["alice"], project_keys={"team/app": "APP"}
+        gitea_secret=GITEA_SECRET, github_secret=GITHUB_SECRET, approvers=["alice"], project_keys={"team/app": "APP"},
+        defaults=RunDefaults(agent_profile="scripted-agent"),
     )
     with Receiver(settings) as running:
         yield running
@@ -192,7 +193,8 @@ def test_an_approve_comment_resumes_the_paused_pipeline(
 
     origin = create_sample_repo(tmp_path / "repos")
     run = subprocess.Popen(
-        [sys.executable, "-m", "entrypoints.cli", "run", "--repo", str(origin), "--work-item", "APP-12", "--title", "Approve me"],
+        [sys.executable, "-m", "entrypoints.cli", "run", "--repo", str(origin), "--work-item", "APP-12", "--title", "Approve me",
+         "--agent", "scripted"],
         env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:

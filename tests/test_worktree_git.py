@@ -243,7 +243,8 @@ def test_branch_lock_serialises_runs(origin: Path) -> None:
 
 def _review_input(origin: Path, budget_usd: float | None = None) -> StageInput:
     request = WorkItemRequest(
-        work_item="ET-11", title="Prepare a run", repo=str(origin), branch="feature/ET-11-prepare", budget_usd=budget_usd
+        work_item="ET-11", title="Prepare a run", repo=str(origin), branch="feature/ET-11-prepare", budget_usd=budget_usd,
+        agent=AgentSpec(kind="scripted"),
     )
     stale = "docs/work-items/ET-11/12-review.md"
     return StageInput(request=request, stage="review", visit=2, feedback=[Feedback(source="review", summary="redo", file=stale)])
