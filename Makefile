@@ -65,7 +65,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: install lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 clean:
 	-$(BIN)/sdlc server stop
