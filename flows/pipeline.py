@@ -206,7 +206,7 @@ def _wait_for_answers(
     asked = _said(
         "input_requested",
         f"{work_item} needs input: the analyst asked questions ({gate.artifact}); "
-        f"answer in the UI or run `sdlc answer {work_item} --file ANSWERS.md`",
+        f"answer in the UI or run `sdlc answer {work_item} --file ANSWERS.md`; in chat: /answer {work_item} your answers",
         tracker_state="needs_input",
         comment=f"The analyst of {work_item} has questions:\n\n{gate.details}\n\n"
         "Reply /answer followed by your answers.",
@@ -357,7 +357,8 @@ def _follow_the_graph(request: WorkItemRequest, retry: Continuation | None) -> P
                 event = router.MergeFinished(error=str(exc))
         elif isinstance(action, router.Block):
             message = f"{work_item} blocked at {action.at}: {action.reason}"
-            blocked = _said("blocked", message, tracker_state="blocked")
+            once_fixed = f"; once fixed: `sdlc retry {work_item} --comment WHAT-CHANGED`, or /retry {work_item} in chat"
+            blocked = _said("blocked", message + once_fixed, tracker_state="blocked")
             _record(request, run_id, _with_state(record, WorkItemState.blocked, action.at, action.reason, blocked))
             raise WorkItemBlocked(message)
         else:
