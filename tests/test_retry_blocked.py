@@ -98,7 +98,7 @@ def test_the_uis_retry_and_telegrams_send_a_blocked_deployment_run_on(
     from prefect.client.orchestration import get_client
     from prefect.states import Scheduled
 
-    from entrypoints.retrying import retry_blocked
+    from entrypoints.webhooks import Decision, act
     from operating import deploy_all, prefect_cli, start_worker, stop_worker
     from operating import wait_for_end as wait_for_end_state
     from tasks.ledger import Ledger
@@ -136,13 +136,17 @@ def test_the_uis_retry_and_telegrams_send_a_blocked_deployment_run_on(
         (ui,) = [t for t in ledger.transitions("RT-2") if t.reason.startswith("retried by")]
         assert (ui.to_stage, ui.reason) == ("development", "retried by Prefect UI from ui")
 
-        # Telegram's /retry (and any other caller of retry_blocked) goes through the deployment too.
-        said = retry_blocked("RT-2", stage=None, comment="deploy key rotated", by="@dana", source="telegram")
-        assert said.startswith("RT-2 retried by @dana from telegram: deploy key rotated; going on at development")
+        # Telegram's /retry, as the receiver applies it, goes through the deployment too.
+        telegram = Decision(kind="retry", work_item="RT-2", by="@dana", comment="deploy key rotated")
+        said = act(telegram, "telegram", "update-1")
+        assert said["accepted"] is True, said
+        assert said["summary"].startswith("RT-2 retried by @dana from telegram: deploy key rotated; going on at development")
         final = wait_for_row("RT-2", lambda r: r.flow_run_id != again.flow_run_id and r.state in ("done", "failed"), log)
         assert final.state == "done", final.reason
     finally:
         stop_worker(worker)
+    reasons = [t.reason for t in Ledger.from_settings().transitions("RT-2") if t.reason.startswith("retried by")]
+    assert reasons == ["retried by Prefect UI from ui", "retried by @dana from telegram: deploy key rotated"]
     deployer = [r.exit_code for r in Ledger.from_settings().agent_runs("RT-2") if r.role == "deployer"]
     assert deployer == [1, 1, 0]
     analyst = [r for r in Ledger.from_settings().agent_runs("RT-2") if r.role == "analyst"]

@@ -96,6 +96,16 @@ def test_start_at_any_stage_with_fresh_budgets() -> None:
         router.start(DEFAULT_GRAPH, "nowhere")
 
 
+def test_a_retry_at_deploy_carries_the_comment_and_merges_the_open_pull_request() -> None:
+    from sdlc.models import Feedback
+
+    said = Feedback(source="retry by ana", summary="smoke host is back")
+    decision = router.start(DEFAULT_GRAPH, "deploy", reason="retried by ana", feedback=[said], pull_request=PR)
+    assert isinstance(decision.action, router.RunStage) and decision.action.feedback == [said]
+    after = router.decide(DEFAULT_GRAPH, decision.progress, finished("pass"))
+    assert isinstance(after.action, router.MergePullRequest) and after.action.pull_request == PR
+
+
 @pytest.mark.parametrize(("visits_so_far", "expected"), [(1, ("run_stage", "development", 2)), (2, ("run_stage", "development", 3)), (3, ("block", "development", None))])
 def test_development_budget_edges(visits_so_far: int, expected: tuple[str, str, int | None]) -> None:
     """Development may run 3 times (max_visits); the 4th entry blocks, after its transition is recorded."""
