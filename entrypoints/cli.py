@@ -435,13 +435,11 @@ def command_retry(args: argparse.Namespace) -> int:
     _known_work_item(args.work_item)
     settings = get_settings()
     try:
-        retry_point(args.work_item, stage=args.stage, comment=args.comment, by=args.by)  # before any server starts
-        ensure_prefect_api(settings)
-        request, retry = continuation_for(
-            args.work_item, stage=args.stage, comment=args.comment, by=args.by, source="cli"
-        )
-    except NotRetryable as exc:
+        point = retry_point(args.work_item, stage=args.stage, comment=args.comment, by=args.by)
+    except NotRetryable as exc:  # before any server starts
         raise UsageError(str(exc)) from None
+    ensure_prefect_api(settings)
+    request, retry = continuation_for(args.work_item, point, comment=args.comment, by=args.by, source="cli")
     return execute(request, args.work_item, settings, verbose=args.verbose, retry=retry)
 
 

@@ -15,6 +15,7 @@ from sdlc.models import (
     Continuation,
     WorkItemRequest,
     WorkItemState,
+    pipeline_parameters,
     validate_comment,
     validate_person,
     validate_work_item_id,
@@ -52,19 +53,18 @@ def retry_point(work_item: str, *, stage: str | None, comment: str, by: str) -> 
 
 
 def continuation_for(
-    work_item: str, *, stage: str | None, comment: str, by: str, source: str
+    work_item: str, point: tuple[str, str], *, comment: str, by: str, source: str
 ) -> tuple[WorkItemRequest, Continuation]:
-    """The request of the work item's last run (from Prefect) and where it goes on; NotRetryable when it cannot."""
+    """The request of the work item's last run (from Prefect) and its next retry at ``point`` (from retry_point)."""
     from prefect.client.orchestration import get_client
 
-    from tasks.tracking import retries_so_far
+    from tasks.tracking import next_retry
 
-    at, flow_run_id = retry_point(work_item, stage=stage, comment=comment, by=by)
+    at, flow_run_id = point
     with get_client(sync_client=True) as client:
         parameters = client.read_flow_run(UUID(flow_run_id)).parameters
     request = WorkItemRequest.model_validate(parameters["request"])
-    number = retries_so_far(work_item) + 1
-    return request, Continuation(stage=at, number=number, by=by, source=source, comment=comment)
+    return request, next_retry(work_item, stage=at, by=by, source=source, comment=comment)
 
 
 def retry_blocked(work_item: str, *, stage: str | None, comment: str, by: str, source: str) -> str:
@@ -73,13 +73,11 @@ def retry_blocked(work_item: str, *, stage: str | None, comment: str, by: str, s
 
     from sdlc.sync import sync_result
 
-    request, retry = continuation_for(work_item, stage=stage, comment=comment, by=by, source=source)
+    point = retry_point(work_item, stage=stage, comment=comment, by=by)
+    request, retry = continuation_for(work_item, point, comment=comment, by=by, source=source)
     flow_run = sync_result(
         run_deployment(
-            "sdlc-pipeline/sdlc-pipeline",
-            parameters={"request": request.model_dump(mode="json"), "retry": retry.model_dump(mode="json")},
-            timeout=0,
-            as_subflow=False,
+            "sdlc-pipeline/sdlc-pipeline", parameters=pipeline_parameters(request, retry), timeout=0, as_subflow=False
         )
     )
     return f"{work_item} {retry.reason}; going on at {retry.stage} (flow run {flow_run.name})"

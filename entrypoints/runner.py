@@ -30,7 +30,7 @@ from prefect.exceptions import Pause
 from prefect.flow_engine import run_flow
 from prefect.states import Scheduled
 
-from sdlc.models import Continuation, WorkItemRequest, WorkItemState
+from sdlc.models import Continuation, WorkItemRequest, WorkItemState, pipeline_parameters
 from sdlc.settings import get_settings
 from sdlc.sync import sync_result
 
@@ -93,10 +93,7 @@ def start_run(request: WorkItemRequest, retry: Continuation | None = None) -> UU
     flow_run = sync_result(
         run_deployment(
             f"sdlc-pipeline/{CLI_DEPLOYMENT}",
-            parameters={
-                "request": request.model_dump(mode="json"),
-                "retry": retry.model_dump(mode="json") if retry is not None else None,
-            },
+            parameters=pipeline_parameters(request, retry),
             timeout=0,
         )
     )

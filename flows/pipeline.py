@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from flows.inputs import AnalystAnswers, ApprovalDecision
 from flows.replay import replayed
-from flows.stages import stage_flow
+from flows.stages import ensure_pull_request, stage_flow
 from sdlc import router
 from sdlc.config import current_graph
 from sdlc.graph import BLOCKED, DONE, StageGraph
@@ -35,6 +35,7 @@ from sdlc.models import (
     TrackerState,
     WorkItemRequest,
     WorkItemState,
+    pipeline_parameters,
 )
 from sdlc.settings import get_settings, settings_in_force
 from tasks import forge, tracking
@@ -282,13 +283,17 @@ def _first_decision(
         started = Announcement(event="work_item_started", message=f"{work_item} started: {request.title}")
         return router.start(graph), StepRecord(announcements=[started])
     feedback = [Feedback(source=f"retry by {retry.by}", summary=retry.comment)] if retry.comment else []
-    decision = router.start(
-        graph,
-        retry.stage,
-        reason=retry.reason,
-        feedback=feedback,
-        pull_request=tracking.open_pull_request(work_item),
-    )
+    pull_request = None
+    if tracking.had_pull_request(work_item):  # the forge's open PR of the branch, to merge at the end
+        pull_request = ensure_pull_request(
+            request.repo,
+            request.forge,
+            request.feature_branch,
+            f"{work_item}: {request.title}",
+            request.description,
+            work_item,
+        )
+    decision = router.start(graph, retry.stage, reason=retry.reason, feedback=feedback, pull_request=pull_request)
     continued = Announcement(
         event="work_item_started", message=f"{work_item} {retry.reason}; going on at {retry.stage}"
     )
@@ -302,19 +307,18 @@ def _retried_from_the_ui(request: WorkItemRequest, run_id: str | None) -> Pipeli
     the block, so the work item goes on in a new run of this deployment (fresh budgets),
     and this one ends saying which.
     """
-    stage = tracking.blocked_at(request.work_item, run_id) if run_id else None
-    if stage is None or not deployment.id:
+    if run_id is None or flow_run.run_count < 2 or not deployment.id:
+        return None  # a first execution (no ledger read on this path), or no deployment to go on in
+    stage = tracking.blocked_at(request.work_item, run_id)
+    if stage is None:
         return None
     from prefect.deployments import run_deployment
 
     from sdlc.sync import sync_result
 
-    retry = Continuation(
-        stage=stage, number=tracking.retries_so_far(request.work_item) + 1, by="Prefect UI", source="ui"
-    )
-    parameters = {"request": request.model_dump(mode="json"), "retry": retry.model_dump(mode="json")}
+    retry = tracking.next_retry(request.work_item, stage=stage, by="Prefect UI", source="ui")
     continued: Any = sync_result(
-        run_deployment(UUID(deployment.id), parameters=parameters, timeout=0, as_subflow=False)
+        run_deployment(UUID(deployment.id), parameters=pipeline_parameters(request, retry), timeout=0, as_subflow=False)
     )
     reason = f"{retry.reason}; going on at {stage} in flow run {continued.name}"
     return PipelineResult(work_item=request.work_item, state=WorkItemState.running, stage=stage, reason=reason)

@@ -12,7 +12,7 @@ import unicodedata
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
@@ -328,6 +328,11 @@ class Continuation(BaseModel):
     def reason(self) -> str:
         """The transition's reason in the ledger: who, from where and why."""
         return f"{RETRIED_BY} {self.by} from {self.source}" + (f": {self.comment}" if self.comment else "")
+
+
+def pipeline_parameters(request: WorkItemRequest, retry: Continuation | None = None) -> dict[str, Any]:
+    """The sdlc-pipeline flow's parameters as a new run of it is given them (JSON)."""
+    return {"request": request.model_dump(mode="json"), "retry": retry.model_dump(mode="json") if retry else None}
 
 
 class AgentResult(BaseModel):

@@ -15,7 +15,14 @@ from prefect import task
 
 from blocks import load_block
 from blocks.plane import StateKey
-from sdlc.models import RETRIED_BY, Announcement, PullRequestRef, StepRecord, WorkItemRequest, WorkItemState
+from sdlc.models import (
+    RETRIED_BY,
+    Announcement,
+    Continuation,
+    StepRecord,
+    WorkItemRequest,
+    WorkItemState,
+)
 from tasks.git import run_logger
 from tasks.ledger import Ledger
 from tasks.notify import announce, flow_run_url
@@ -159,10 +166,12 @@ def _linked_item_id(ledger: Ledger, work_item: str, credentials_block: str, ref:
     return link.tracker_item_id
 
 
-def retries_so_far(work_item: str) -> int:
-    """How often a person has sent the work item on after Blocked (each retry's start transition says so)."""
+def next_retry(work_item: str, *, stage: str, by: str, source: str, comment: str = "") -> Continuation:
+    """The work item's next retry at ``stage``, numbered after the earlier ones (each one's start
+    transition in the ledger says so)."""
     transitions = Ledger.from_settings().transitions(work_item)
-    return sum(1 for t in transitions if t.from_stage is None and t.reason.startswith(RETRIED_BY))
+    number = 1 + sum(1 for t in transitions if t.from_stage is None and t.reason.startswith(RETRIED_BY))
+    return Continuation(stage=stage, number=number, by=by, source=source, comment=comment)
 
 
 def blocked_at(work_item: str, flow_run_id: str) -> str | None:
@@ -173,16 +182,7 @@ def blocked_at(work_item: str, flow_run_id: str) -> str | None:
     return row.stage
 
 
-def open_pull_request(work_item: str) -> PullRequestRef | None:
-    """The work item's pull request that is still open (a retry goes on with it), else None."""
-    for record in reversed(Ledger.from_settings().pull_requests(work_item)):
-        if record.state == "open":
-            return PullRequestRef(
-                number=record.number,
-                url=record.url,
-                branch=record.branch,
-                base=record.base,
-                title=record.title,
-                state="open",
-            )
-    return None
+def had_pull_request(work_item: str) -> bool:
+    """Whether a stage of the work item opened its pull request (the ledger keeps its number, whatever the forge)."""
+    row = Ledger.from_settings().get_work_item(work_item)
+    return row is not None and row.pr_number is not None

@@ -217,32 +217,41 @@ def base_file(repo: str, relative: str, base_sha: str | None = None) -> str | No
     return text
 
 
+def _local_origin_file(origin: Path, relative: str) -> str | None:
+    """``relative`` at a local origin's HEAD, read where it is (nothing written); None when it is not there."""
+    try:
+        text: str = repo_at(origin).git.cat_file(
+            "blob", f"HEAD:{relative}", env=git_env(), strip_newline_in_stdout=False
+        )
+    except GitCommandError:
+        return None
+    return text
+
+
+def _uncloned_local_origin(repo: str) -> Path | None:
+    """A local origin that has no main clone yet: read in place rather than cloned to answer a question."""
+    if _is_clone(main_clone_path(repo)) or "://" in repo or not Path(repo).exists():
+        return None
+    return Path(repo)
+
+
 def default_branch_has(repo: str, relative: str) -> bool | None:
     """Whether origin's default branch has ``relative``: from the main clone, else from a local
     origin itself (read only); None when neither can tell (a remote origin not cloned yet)."""
     repo = validate_repo(repo)
     if _is_clone(main_clone_path(repo)):
         return base_file(repo, relative) is not None
-    if "://" in repo or not Path(repo).exists():
-        return None
-    try:
-        repo_at(Path(repo)).git.cat_file("-e", f"HEAD:{relative}", env=git_env())
-    except GitCommandError:
-        return False
-    return True
+    origin = _uncloned_local_origin(repo)
+    return None if origin is None else _local_origin_file(origin, relative) is not None
 
 
 def origin_repo_config(repo: str) -> RepoConfig:
     """`.sdlc/config.yaml` on origin's default branch now, before any work item has cloned it:
     read from a local origin itself (nothing is created), else from the main clone, fetched."""
     repo = validate_repo(repo)
-    if not _is_clone(main_clone_path(repo)) and "://" not in repo and Path(repo).exists():
-        try:
-            text: str | None = repo_at(Path(repo)).git.cat_file(
-                "blob", f"HEAD:{CONFIG_PATH.as_posix()}", env=git_env(), strip_newline_in_stdout=False
-            )
-        except GitCommandError:
-            text = None
+    origin = _uncloned_local_origin(repo)
+    if origin is not None:
+        text = _local_origin_file(origin, CONFIG_PATH.as_posix())
         return RepoConfig() if text is None else parse_repo_config(text)
     ensure_main_clone(repo)
     return base_repo_config(repo)
