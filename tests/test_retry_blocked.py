@@ -151,3 +151,33 @@ def test_the_uis_retry_and_telegrams_send_a_blocked_deployment_run_on(
     assert deployer == [1, 1, 0]
     analyst = [r for r in Ledger.from_settings().agent_runs("RT-2") if r.role == "analyst"]
     assert len(analyst) == 1
+
+
+def test_a_retry_past_development_merges_the_gitea_pull_request(
+    tmp_path: Path, cli_env: dict[str, str], data_dir: Path
+) -> None:
+    from blocks.forge import GiteaCredentials
+    from forge_servers.gitea import DEFAULT_TOKEN, GiteaTestServer
+
+    scenario = tmp_path / "scenario.json"
+    scenario.write_text(json.dumps({"deployer": {"fail": 1}}))
+    with GiteaTestServer(tmp_path / "gitea") as gitea:
+        origin = gitea.create_repo("team", "app")
+        GiteaCredentials(api_url=gitea.api_url, token=DEFAULT_TOKEN, timeout_seconds=10).save("gitea-retry", overwrite=True)
+        blocked = sdlc(
+            cli_env, "run", "--repo", str(origin), "--work-item", "RT-3", "--title", "Ship it", "--agent", "scripted",
+            "--scenario", str(scenario), "--auto-approve", "--forge", "gitea", "--forge-block", "gitea-retry",
+            "--forge-repo", "team/app", timeout=300,
+        )
+        assert blocked.returncode == 1, blocked.stdout + blocked.stderr
+        (pr,) = gitea.pull_requests("team", "app")
+        assert pr["merged"] is False
+
+        # Straight to deploy: the PR the development stage opened on Gitea is the one merged.
+        retried = sdlc(cli_env, "retry", "RT-3", "--stage", "deploy", "--comment", "smoke host back", timeout=300)
+        assert retried.returncode == 0, retried.stdout + retried.stderr
+        (pr,) = gitea.pull_requests("team", "app")
+        assert pr["merged"] is True
+        assert gitea.violations == []
+    merged = subprocess.run(["git", "-C", str(origin), "log", "-1", "--format=%s", "main"], capture_output=True, text=True)
+    assert merged.stdout.startswith(f"Merge pull request #{pr['number']}")
