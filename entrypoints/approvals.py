@@ -19,6 +19,25 @@ class NotWaiting(RuntimeError):
     """The work item is not waiting for this kind of input."""
 
 
+def _form_saved(client: Any, flow_run_id: Any, state: Any) -> bool:
+    """Whether the paused run has saved the schema of its input form yet.
+
+    Prefect sets Paused first and saves the form's schema just after, so an
+    answer in between is refused with "Run input schema not found"."""
+    import httpx
+
+    keyset = state.state_details.run_input_keyset
+    if not keyset:
+        return True
+    try:
+        client.read_flow_run_input(flow_run_id, keyset["schema"])
+    except httpx.HTTPStatusError as error:
+        if error.response.status_code == 404:
+            return False
+        raise
+    return True
+
+
 def resume_waiting_run(work_item: str, expected_state: WorkItemState, run_input: dict[str, Any]) -> None:
     """Give typed input to the paused pipeline of a work item, from any process."""
     from uuid import UUID
@@ -40,7 +59,8 @@ def resume_waiting_run(work_item: str, expected_state: WorkItemState, run_input:
             raise NotWaiting(f"{work_item} is not {expected_state.value.replace('_', ' ')} (it is {now})")
         with get_client(sync_client=True) as client:
             state = client.read_flow_run(UUID(row.flow_run_id)).state
-        if state is not None and state.is_paused():
+            ready = state is not None and state.is_paused() and _form_saved(client, UUID(row.flow_run_id), state)
+        if ready:
             resume_flow_run(UUID(row.flow_run_id), run_input=run_input)
             # Answered: the run is no longer waiting, even before it is running again.
             ledger.set_state(work_item, WorkItemState.running, reason=None)
