@@ -13,12 +13,29 @@ model. What it does on each attempt is steered by an optional scenario file
     tester: {fail: 1}                # attempts 1..1 report Result: FAIL
     deployer: {fail: 1}              # attempts 1..1 fail the smoke check (exit 1)
     developer: {break_tests: 1}      # attempts 1..1 write a failing test
+    developer: {shared_file: docs/CHANGES.md}   # also append a line there: work items conflict
     "*": {sleep_seconds: 0.2}        # generic options for every role
+    "*": {wait_for_file: /tmp/go, wait_times: 1, wait_timeout_seconds: 120}
+                                     # attempts 1..1 wait until /tmp/go exists
 
 Generic options (any role, and ``"*"``): ``exit_code`` + ``exit_times``,
 ``sleep_seconds``, ``rate_limit_times`` + ``retry_after_seconds``,
-``spawn_background_sleep``. A role's own entry overrides ``"*"`` option by option.
+``spawn_background_sleep``, ``wait_for_file`` + ``wait_times`` +
+``wait_timeout_seconds``. A role's own entry overrides ``"*"`` option by option.
 "N times" always means attempts 1..N, counted by ``SDLC_ATTEMPT``.
+
+``wait_for_file`` holds an agent until a test says go: on attempts 1..wait_times,
+before anything else, the agent polls (every 0.05 s) until that absolute path
+exists, and exits 1 after ``wait_timeout_seconds``. The file is never read or written.
+
+``shared_file`` makes work items conflict on purpose: the developer normally writes
+only ``src/<slug>.py`` and ``tests/test_<slug>.py``, which no other work item touches;
+with it, every run also appends ``<work item> change <n> (attempt <a>)`` to that file
+(relative to the worktree; keep it under a path the development stage commits, such
+as ``docs/``), so two work items branched from the same base conflict when merged. Whatever the scenario, the developer first resolves git conflict
+markers it finds in ``src/``, ``tests/`` and the shared file by keeping both sides
+(ours, then theirs; a diff3 base section is dropped), as an agent handed a merge
+conflict would, and names those files in ``dev-notes.md``.
 
 The options are the stdlib dataclass ``RoleScenario`` below; a run without a
 scenario file uses its defaults and imports only the standard library (the agent
@@ -64,6 +81,7 @@ RATE_LIMIT_LINE = (
 )
 FAIL_ON_PURPOSE = "scripted agent: failing on purpose"
 SMOKE_FAILED = "smoke check failed"
+WAIT_POLL_SECONDS = 0.05
 
 # Options that only make sense for one role: option -> role.
 ROLE_OPTIONS: dict[str, str] = {
@@ -72,6 +90,7 @@ ROLE_OPTIONS: dict[str, str] = {
     "break_tests": "developer",
     "request_changes": "reviewer",
     "fail": "tester|deployer",
+    "shared_file": "developer",
 }
 
 ANALYSIS_FILES = ("02-brd.md", "03-requirements.md", "04-acceptance-criteria.md", "05-test-plan.md")
@@ -106,10 +125,18 @@ class RoleScenario:
     rate_limit_times: int = _option(0, "Attempts 1..N print a 429 and exit 1.", ge=0)
     retry_after_seconds: int | None = _option(None, "Adds a `retry-after: N` line.", ge=0)
     spawn_background_sleep: bool = _option(False, "Start `sleep 600` and leave it running.")
+    wait_for_file: str | None = _option(
+        None, "Absolute path: attempts 1..wait_times wait until it exists, before anything else.", min_length=1
+    )
+    wait_times: int = _option(1, "Attempts 1..N wait for wait_for_file.", ge=0)
+    wait_timeout_seconds: float = _option(120, "Give up waiting (exit 1) after this long.", ge=0, le=3600)
     # role-specific (see ROLE_OPTIONS)
     questions: int = _option(0, "analyst: attempts 1..N write 01-questions.md.", ge=0)
     conflicts: int = _option(0, "architect: attempts 1..N write 10-conflict.md.", ge=0)
     break_tests: int = _option(0, "developer: attempts 1..N write a failing test.", ge=0)
+    shared_file: str | None = _option(
+        None, "developer: also append a line to this file (relative to the worktree) on every run.", min_length=1
+    )
     request_changes: int = _option(0, "reviewer: attempts 1..N request changes.", ge=0)
     fail: int = _option(0, "tester: Result: FAIL; deployer: smoke check fails (exit 1).", ge=0)
 
@@ -155,6 +182,23 @@ def _inside(worktree: Path, value: str, what: str) -> Path:
     return path
 
 
+def check_scenario_paths(scenario: RoleScenario, worktree: Path) -> None:
+    """Reject unusable paths up front (exit 2), whatever the attempt, before anything is written."""
+    if scenario.wait_for_file is not None:
+        if "\x00" in scenario.wait_for_file or not Path(scenario.wait_for_file).is_absolute():
+            raise UsageError(f"wait_for_file {scenario.wait_for_file[:200]!r} must be an absolute path")
+    if scenario.shared_file is not None:
+        shared_path(scenario.shared_file, worktree)
+
+
+def shared_path(value: str, worktree: Path) -> Path:
+    """The shared file: inside the worktree, not the worktree itself, not under .git."""
+    path = _inside(worktree, value, "shared_file")
+    if path == worktree or ".git" in path.relative_to(worktree).parts:
+        raise UsageError(f"shared_file {value[:200]!r} must name a file of the worktree, outside .git")
+    return path
+
+
 def read_invocation(env: dict[str, str] | os._Environ[str], cwd: Path) -> Invocation:
     missing = [name for name in REQUIRED_ENV if not env.get(name, "").strip()]
     if missing:
@@ -185,6 +229,7 @@ def read_invocation(env: dict[str, str] | os._Environ[str], cwd: Path) -> Invoca
         if not scenario_path.is_absolute():
             scenario_path = worktree / scenario_path
         scenario = load_role_scenario(scenario_path, role)
+    check_scenario_paths(scenario, worktree)
     return Invocation(
         role=role,
         stage=_one_line(env["SDLC_STAGE"]),
@@ -213,6 +258,7 @@ class TaskInfo:
     text: str
     title: str
     feedback: tuple[str, ...]  # sources of "### From <source>" sections
+    merge_section: str = ""  # first "## " heading about a merge (sdlc tells the agent of one it made or left)
 
     @property
     def lines(self) -> int:
@@ -233,7 +279,13 @@ def read_task(path: Path) -> TaskInfo:
         if not first_heading and stripped.startswith("#"):
             first_heading = stripped.lstrip("#")
     feedback = tuple(_one_line(match, 40) for match in re.findall(r"(?m)^###\s+From\s+([A-Za-z_][\w-]*)", text))
-    return TaskInfo(text=text, title=_one_line(title or first_heading or "(untitled)"), feedback=feedback)
+    merge = re.search(r"(?mi)^##[ \t]+(.*(?:merg|conflict|up to date).*)$", text)
+    return TaskInfo(
+        text=text,
+        title=_one_line(title or first_heading or "(untitled)"),
+        feedback=feedback,
+        merge_section=_one_line(merge.group(1), 100) if merge else "",
+    )
 
 
 def quoted(text: str) -> str:
@@ -254,7 +306,7 @@ class Writer:
 
     def write(self, path: Path, content: str, *, append: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a" if append else "w", encoding="utf-8") as handle:
+        with open(path, "a" if append else "w", encoding="utf-8", newline="") as handle:
             handle.write(content)
         rel = self.inv.rel(path)
         self.written.append(rel)
@@ -342,7 +394,112 @@ def module_slug(work_item: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", work_item.lower()).strip("_") or "work_item"
 
 
+CONFLICT_START, CONFLICT_BASE, CONFLICT_SEP, CONFLICT_END = "<<<<<<<", "|||||||", "=======", ">>>>>>>"
+CONFLICT_TREES = ("src", "tests")
+
+
+def _is_marker(line: str, marker: str) -> bool:
+    """Git's marker line: the marker alone, or followed by a space and a label (HEAD, a sha, a branch)."""
+    bare = line.rstrip("\r\n")
+    return bare == marker or (marker != CONFLICT_SEP and bare.startswith(marker + " "))
+
+
+def resolve_conflicts(text: str) -> str | None:
+    """Text with every conflict resolved by keeping both sides (ours, then theirs; a diff3 base is dropped).
+
+    None when there is no conflict, or when the markers are not well formed (then the
+    file is left as it is rather than guessed at).
+    """
+    if CONFLICT_START not in text:
+        return None
+    out: list[str] = []
+    ours: list[str] = []
+    theirs: list[str] = []
+    state = "outside"  # outside -> ours [-> base] -> theirs -> outside
+    found = False
+    for line in text.splitlines(keepends=True):
+        if state == "outside":
+            if _is_marker(line, CONFLICT_START):
+                state, ours, theirs, found = "ours", [], [], True
+            else:
+                out.append(line)
+        elif _is_marker(line, CONFLICT_START):
+            return None  # nested or unterminated: not git's shape
+        elif state in ("ours", "base"):
+            if _is_marker(line, CONFLICT_SEP):
+                state = "theirs"
+            elif _is_marker(line, CONFLICT_END) or (state == "base" and _is_marker(line, CONFLICT_BASE)):
+                return None
+            elif _is_marker(line, CONFLICT_BASE):
+                state = "base"
+            elif state == "ours":
+                ours.append(line)
+        elif _is_marker(line, CONFLICT_END):
+            out.extend(ours + theirs)
+            state = "outside"
+        elif _is_marker(line, CONFLICT_SEP) or _is_marker(line, CONFLICT_BASE):
+            return None
+        else:
+            theirs.append(line)
+    if state != "outside" or not found:
+        return None
+    # A side whose last line had no newline (end of file) must not glue onto the next kept line.
+    for index, kept in enumerate(out[:-1]):
+        if not kept.endswith("\n"):
+            out[index] = kept + "\n"
+    return "".join(out)
+
+
+def _conflicted_candidates(inv: Invocation, extra: Path | None) -> list[Path]:
+    """Regular files under src/ and tests/ (symlinks and caches skipped), plus the shared file."""
+    found: list[Path] = []
+    for tree in CONFLICT_TREES:
+        root = inv.worktree / tree
+        if root.is_symlink() or not root.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d not in ("__pycache__", ".git"))
+            for name in sorted(filenames):
+                path = Path(dirpath) / name
+                if not path.is_symlink() and path.is_file():
+                    found.append(path)
+    if extra is not None and extra not in found and not extra.is_symlink() and extra.is_file():
+        found.append(extra)
+    return found
+
+
+def resolve_conflicted_files(inv: Invocation, out: Writer, extra: Path | None) -> list[str]:
+    """Resolve the conflicts git left (a merge of main that went back to the developer); the files resolved."""
+    resolved: list[str] = []
+    for path in _conflicted_candidates(inv, extra):
+        data = path.read_bytes()
+        if CONFLICT_START.encode() not in data:
+            continue
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        fixed = resolve_conflicts(text)
+        if fixed is None:
+            continue
+        out.write(path, fixed)
+        resolved.append(inv.rel(path))
+        print(f"scripted agent: resolved merge conflicts in {inv.rel(path)} (kept both sides)", flush=True)
+    return resolved
+
+
+def append_shared_line(inv: Invocation, out: Writer, path: Path, number: int) -> str:
+    """Append this run's line at the end of the shared file (created if missing); the line."""
+    line = f"{inv.work_item} change {number} (attempt {inv.attempt})"
+    existing = path.read_bytes() if path.is_file() else b""
+    prefix = "\n" if existing and not existing.endswith(b"\n") else ""
+    out.write(path, prefix + line + "\n", append=path.exists())
+    return line
+
+
 def do_developer(inv: Invocation, task: TaskInfo, out: Writer) -> None:
+    shared = shared_path(inv.scenario.shared_file, inv.worktree) if inv.scenario.shared_file else None
+    resolved = resolve_conflicted_files(inv, out, shared)
     slug = module_slug(inv.work_item)
     module = inv.worktree / "src" / f"{slug}.py"
     tests_dir = inv.worktree / "tests"
@@ -359,6 +516,7 @@ def do_developer(inv: Invocation, task: TaskInfo, out: Writer) -> None:
         append=bool(existing),
     )
     numbers.append(number)
+    shared_line = append_shared_line(inv, out, shared, number) if shared is not None else ""
     if not tests_dir.exists():
         out.write(tests_dir / "__init__.py", "")
     broken = _times(inv.scenario.break_tests, inv.attempt)
@@ -397,7 +555,10 @@ def do_developer(inv: Invocation, task: TaskInfo, out: Writer) -> None:
         ("" if notes_exist else _header(inv, task, "Developer notes")) + f"\n## Attempt {inv.attempt}\n\n"
         f"- Added `change_{number}` to `src/{slug}.py`.\n"
         f"- Tests: `tests/test_{slug}.py` ({'broken on purpose' if broken else 'passing'}).\n"
-        f"- Feedback addressed: {addressed}.\n",
+        f"- Feedback addressed: {addressed}.\n"
+        + (f"- The task's section on the merge: {task.merge_section!r}.\n" if task.merge_section else "")
+        + (f"- Resolved merge conflicts in: {', '.join(resolved)}.\n" if resolved else "")
+        + (f"- Appended `{shared_line}` to `{inv.rel(shared)}`.\n" if shared is not None else ""),
         append=notes_exist,
     )
 
@@ -453,8 +614,31 @@ def _usage_exit(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+def wait_for_go(path: Path, timeout: float) -> bool:
+    """Poll until `path` exists (a test's "go"); False once `timeout` seconds have passed without it."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(WAIT_POLL_SECONDS, remaining))
+    return True
+
+
 def run(inv: Invocation) -> int:
     options = inv.scenario
+    if options.wait_for_file is not None and _times(options.wait_times, inv.attempt):
+        go = Path(options.wait_for_file)
+        print(f"scripted agent: waiting for {go} (up to {options.wait_timeout_seconds:g} s)", flush=True)
+        if not wait_for_go(go, options.wait_timeout_seconds):
+            print(
+                f"scripted agent: gave up waiting for {go}: it did not appear within "
+                f"{options.wait_timeout_seconds:g} s (scenario wait_for_file)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 1
+        print(f"scripted agent: {go} exists, going on", flush=True)
     task = read_task(inv.task_file)
     try:
         task_name = inv.rel(inv.task_file.resolve())

@@ -33,6 +33,7 @@ from sdlc.models import (
     StageInput,
     StepRecord,
     TrackerState,
+    Transition,
     WorkItemRequest,
     WorkItemState,
     pipeline_parameters,
@@ -45,6 +46,7 @@ from tasks.taskfile import named_agent
 
 # A resumed run (after a pause, a crash or a retry) replays these instead of redoing them (B21).
 merge_pull_request = replayed(forge.merge_pull_request)
+merge_tested_pull_request = replayed(forge.merge_tested_pull_request)
 record_step = replayed(tracking.record_step)
 register_work_item = replayed(tracking.register_work_item)
 
@@ -345,7 +347,7 @@ def _follow_the_graph(request: WorkItemRequest, retry: Continuation | None) -> P
         event: router.Event
         if isinstance(action, router.RunStage):
             _record(request, run_id, record)
-            event = _run_stage(request, action, run_id, retries)
+            event = _run_stage(request, graph, action, run_id, retries)
             if isinstance(event, router.StageFinished) and event.pull_request is not None:
                 carried = StepRecord(pull_request=event.pull_request)
         elif isinstance(action, router.AskForApproval):
@@ -354,11 +356,7 @@ def _follow_the_graph(request: WorkItemRequest, retry: Continuation | None) -> P
             event, carried = _wait_for_answers(request, action, run_id, record)
         elif isinstance(action, router.MergePullRequest):
             _record(request, run_id, record)
-            try:
-                merged = merge_pull_request(request.repo, request.forge, action.pull_request.number)
-                event = router.MergeFinished(pull_request=merged)
-            except SdlcError as exc:
-                event = router.MergeFinished(error=str(exc))
+            event = _merge(request, graph, action)
         elif isinstance(action, router.Block):
             message = f"{work_item} blocked at {action.at}: {action.reason}"
             once_fixed = f"; once fixed: `sdlc retry {work_item} --comment WHAT-CHANGED`, or /retry {work_item} in chat"
@@ -378,10 +376,30 @@ def _follow_the_graph(request: WorkItemRequest, retry: Continuation | None) -> P
         decision = router.decide(graph, progress, event)
 
 
-def _run_stage(request: WorkItemRequest, action: router.RunStage, run_id: str | None, retries: int) -> router.Event:
+def _merge(request: WorkItemRequest, graph: StageGraph, action: router.MergePullRequest) -> router.MergeFinished:
+    """Merge the work item's PR; where stages judge merged code, only when its branch holds the
+    default branch as it is now (else it comes back saying what moved)."""
+    number = action.pull_request.number
+    try:
+        if graph.keeps_up_to_date:
+            outcome = merge_tested_pull_request(request.repo, request.forge, number, request.feature_branch)
+            return router.MergeFinished(pull_request=outcome.pull_request, main_moved=outcome.main_moved)
+        return router.MergeFinished(pull_request=merge_pull_request(request.repo, request.forge, number))
+    except SdlcError as exc:
+        return router.MergeFinished(error=str(exc))
+
+
+def _run_stage(
+    request: WorkItemRequest, graph: StageGraph, action: router.RunStage, run_id: str | None, retries: int
+) -> router.Event:
     """Run one stage's subflow; its gate's result, or the error that stopped it, is the event."""
     stage_input = StageInput(
-        request=request, stage=action.stage, visit=action.visit, feedback=action.feedback, retry=retries
+        request=request,
+        stage=action.stage,
+        visit=action.visit,
+        feedback=action.feedback,
+        retry=retries,
+        gate_only=action.gate_only,
     )
     try:
         with _without_subflow_heartbeat():
@@ -391,4 +409,15 @@ def _run_stage(request: WorkItemRequest, action: router.RunStage, run_id: str | 
         raise  # not reached: the run is rescheduled
     except SdlcError as exc:
         return router.StageFailed(reason=str(exc))
+    for update in result.brought_up_to_date:  # each merge of the default branch, in the ledger and for people
+        move = Transition(from_stage=action.stage, to_stage=action.stage, reason=update.reason())
+        text = f"{request.work_item} {action.stage}: {update.reason()}"
+        said = Announcement(
+            event="stage_changed",
+            message=text,
+            details=move.model_dump(),
+            tracker_state=graph.stage(action.stage).tracker_state,
+            comment=text,
+        )
+        _record(request, run_id, StepRecord(transition=move, announcements=[said]))
     return router.StageFinished(gate=result.gate, pull_request=result.pull_request)

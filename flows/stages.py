@@ -12,9 +12,10 @@ from prefect import flow
 
 from flows.replay import replayed
 from sdlc.config import current_graph
-from sdlc.models import AgentResult, PullRequestRef, StageInput, StageResult
+from sdlc.graph import CODE_GATES, StageSpec
+from sdlc.models import AgentResult, GateResult, PullRequestRef, StageInput, StageResult, UpToDate
 from sdlc.settings import settings_in_force
-from tasks import agent, forge, gates, git, taskfile
+from tasks import agent, forge, gates, git, taskfile, up_to_date
 from tasks.agent import AgentRunFailed
 from tasks.failures import UsageLimitWait
 from tasks.worktree import branch_lock, worktree_path
@@ -28,6 +29,7 @@ run_agent = replayed(agent.run_agent)
 commit_and_push = replayed(git.commit_and_push)
 ensure_pull_request = replayed(forge.ensure_pull_request)
 run_gate = replayed(gates.run_gate)
+bring_up_to_date = replayed(up_to_date.bring_up_to_date)
 
 
 def _stage_run_name() -> str:
@@ -51,11 +53,38 @@ def stage_flow(stage_input: StageInput) -> StageResult:
         return _run_stage(stage_input)
 
 
+def _result(
+    stage_input: StageInput, spec: StageSpec, gate: GateResult, merges: list[UpToDate], **done: Any
+) -> StageResult:
+    merged = [update for update in merges if update.state == "merged"]
+    return StageResult(
+        stage=spec.name, role=spec.role, visit=stage_input.visit, gate=gate, brought_up_to_date=merged, **done
+    )
+
+
+def _judge_again(stage_input: StageInput, spec: StageSpec) -> StageResult:
+    """The default branch moved after the gates passed: its gate judges the merged code, no agent runs."""
+    request = stage_input.request
+    update = bring_up_to_date(request.repo, request.feature_branch)
+    if update.state == "conflict":
+        return _result(stage_input, spec, gates.conflict_result(update), [update])
+    worktree = str(worktree_path(request.repo, request.feature_branch))
+    gate = run_gate(worktree, request.work_item, stage_input.visit, spec, None, request.repo, request.forge)
+    return _result(stage_input, spec, gate, [update])
+
+
 def _run_stage(stage_input: StageInput) -> StageResult:
     spec = current_graph().stage(stage_input.stage)
+    if stage_input.gate_only:
+        return _judge_again(stage_input, spec)
     request = stage_input.request
     invocation = prepare_agent_run(stage_input, spec)
     worktree = invocation.worktree
+    merges = [invocation.up_to_date] if invocation.up_to_date is not None else []
+    before = invocation.up_to_date
+    if before is not None and before.state == "conflict" and not before.left_for_agent:
+        # This agent would judge code that does not merge: the stage that resolves conflicts comes first.
+        return _result(stage_input, spec, gates.conflict_result(before), merges)
 
     agent: AgentResult
     try:
@@ -89,14 +118,17 @@ def _run_stage(stage_input: StageInput) -> StageResult:
                 request.description,
                 request.work_item,
             )
+        if spec.up_to_date and spec.gate in CODE_GATES:
+            # The tests judge the code as it would be merged: with the default branch as it is now.
+            after = bring_up_to_date(request.repo, request.feature_branch)
+            merges.append(after)
+            if after.state == "conflict":
+                conflict = gates.conflict_result(after)
+                if commit.unresolved:
+                    left = f"{spec.role} left conflict markers in {', '.join(commit.unresolved)}; "
+                    conflict = conflict.model_copy(update={"reason": left + conflict.reason})
+                done = {"agent": agent, "commit": commit, "pull_request": pull_request}
+                return _result(stage_input, spec, conflict, merges, **done)
 
     gate = run_gate(worktree, request.work_item, stage_input.visit, spec, agent, request.repo, request.forge)
-    return StageResult(
-        stage=spec.name,
-        role=spec.role,
-        visit=stage_input.visit,
-        agent=agent,
-        gate=gate,
-        commit=commit,
-        pull_request=pull_request,
-    )
+    return _result(stage_input, spec, gate, merges, agent=agent, commit=commit, pull_request=pull_request)

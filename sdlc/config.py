@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from sdlc.graph import StageGraph, load_graph
+from sdlc.graph import StageGraph, load_graph, with_when_main_moves
 from sdlc.settings import SdlcSettings, get_settings
 
 
 def current_graph(settings: SdlcSettings | None = None) -> StageGraph:
-    return load_graph((settings or get_settings()).graph_file)
+    """The graph in force, with ``SDLC_WHEN_MAIN_MOVES`` applied."""
+    settings = settings or get_settings()
+    return with_when_main_moves(load_graph(settings.graph_file), settings.when_main_moves)

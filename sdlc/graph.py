@@ -34,6 +34,10 @@ ROLE_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 # The outcome every gate kind but exit_code names when the agent itself failed; unless a
 # stage routes it, it blocks (a person looks at the agent's log).
 AGENT_FAILED = "agent_failed"
+# The outcome of an ``up_to_date`` stage whose branch does not merge origin's default branch cleanly.
+CONFLICT = "conflict"
+# Gate kinds that run the code itself: they judge the merged code again when the default branch moves.
+CODE_GATES = frozenset({"ci", "tests"})
 BUILTIN_PROMPTS = Path(__file__).resolve().parent / "prompts"
 
 
@@ -91,6 +95,23 @@ class StageSpec(BaseModel):
     tracker_state: TrackerState = Field(
         default="in_progress", description="Tracker state while this stage runs; the tracker block names it (B50)."
     )
+    up_to_date: bool = Field(
+        default=False,
+        description="Merge origin's default branch into the branch before this stage judges code: before its "
+        "agent runs, and again before a ci/tests gate. A conflict is the outcome 'conflict'; the stage whose "
+        "'conflict' route comes back to itself resolves it.",
+    )
+    when_main_moves: Literal["skip", "gate", "stage"] = Field(
+        default="skip",
+        description="When the default branch moved after the gates passed (at the merge): run this stage's "
+        "gate again on the merged code (no agent), the whole stage, or skip it. Only up_to_date stages.",
+    )
+
+    @property
+    def resolves_conflicts(self) -> bool:
+        """This stage's agent resolves a conflicting merge itself (its conflict route comes back to it)."""
+        route = self.routes.get(CONFLICT)
+        return self.up_to_date and route is not None and route.to == self.name
 
     @property
     def stale_artifacts(self) -> list[str]:
@@ -125,6 +146,24 @@ class StageGraph(BaseModel):
     @property
     def roles(self) -> list[str]:
         return [s.role for s in self.stages]
+
+    @property
+    def keeps_up_to_date(self) -> bool:
+        """Some stage judges code merged with the default branch: a PR is merged only when it is current."""
+        return any(s.up_to_date for s in self.stages)
+
+    def first_to_judge_again(self) -> str | None:
+        """Where judging the merged code begins when the default branch moved: the first
+        ``up_to_date`` stage along the pass routes from the start."""
+        by_name = {s.name: s for s in self.stages}
+        stage, seen = self.start, set()
+        while stage in by_name and stage not in seen:
+            seen.add(stage)
+            spec = by_name[stage]
+            if spec.up_to_date:
+                return stage
+            stage = spec.routes["pass"].to
+        return None
 
 
 # Every gate kind (its judge is in tasks/gates.py) and the outcomes it can name for a stage;
@@ -182,10 +221,43 @@ def _gate_problems(stage: StageSpec) -> list[str]:
         return [f"stage {stage.name!r} names gate kind {stage.gate!r}, which does not exist (kinds: {known})"]
     if stage.gate == "verdict" and not stage.artifacts:
         return [f"stage {stage.name!r}: a verdict gate reads its first artifact, and it names none"]
-    return [
+    problems = [
         f"stage {stage.name!r}: its {stage.gate} gate can name {outcome!r}, which has no route"
         for outcome in sorted(set(outcomes(stage)) - set(stage.routes))
     ]
+    if stage.up_to_date and CONFLICT not in stage.routes:
+        problems.append(f"stage {stage.name!r} is up_to_date: its merge can name {CONFLICT!r}, which has no route")
+    if stage.when_main_moves != "skip" and not stage.up_to_date:
+        problems.append(f"stage {stage.name!r}: when_main_moves {stage.when_main_moves!r} needs up_to_date: true")
+    if stage.when_main_moves == "gate" and stage.gate not in CODE_GATES:
+        problems.append(
+            f"stage {stage.name!r}: when_main_moves 'gate' needs a gate that runs the code "
+            f"({', '.join(sorted(CODE_GATES))}), not {stage.gate!r}"
+        )
+    return problems
+
+
+WhenMainMoves = Literal["graph", "tests", "all"]
+"""What runs again on the merged code when the default branch moved after the gates passed
+(``SDLC_WHEN_MAIN_MOVES``): each stage's own ``when_main_moves`` (the default graph: the
+development gate's tests and the testing stage), only the gates that run the code, or every
+up_to_date stage (review too)."""
+
+
+def with_when_main_moves(graph: StageGraph, choice: WhenMainMoves) -> StageGraph:
+    """The graph with ``SDLC_WHEN_MAIN_MOVES`` applied to its up_to_date stages."""
+    if choice == "graph":
+        return graph
+    stages = []
+    for spec in graph.stages:
+        if spec.up_to_date:
+            if choice == "tests":
+                mode = "gate" if spec.gate in CODE_GATES else "skip"
+            else:
+                mode = spec.when_main_moves if spec.when_main_moves != "skip" else "stage"
+            spec = spec.model_copy(update={"when_main_moves": mode})
+        stages.append(spec)
+    return graph.model_copy(update={"stages": stages})
 
 
 def missing_prompt(role: str) -> str:
@@ -254,9 +326,12 @@ DEFAULT_GRAPH = StageGraph(
             commit_paths=["docs/", "src/", "tests/"],
             opens_pull_request=True,
             max_visits=3,
+            up_to_date=True,
+            when_main_moves="gate",
             routes={
                 "pass": {"to": "review", "feedback": "none"},
                 "fail": {"to": "development"},
+                CONFLICT: {"to": "development"},
             },
         ),
         _stage(
@@ -269,9 +344,11 @@ DEFAULT_GRAPH = StageGraph(
                 "request_changes": r"(?mi)^\W*verdict\W*:\W*request_changes\b",
             },
             tracker_state="in_review",
+            up_to_date=True,
             routes={
                 "pass": {"to": "testing", "feedback": "none"},
                 "request_changes": {"to": "development"},
+                CONFLICT: {"to": "development"},
                 "missing": {"to": BLOCKED, "alert": True},
             },
         ),
@@ -281,9 +358,12 @@ DEFAULT_GRAPH = StageGraph(
             gate="verdict",
             artifacts=["13-test-report.md"],
             verdicts={"pass": r"(?mi)^\W*result\W*:\W*pass\b", "fail": r"(?mi)^\W*result\W*:\W*fail\b"},
+            up_to_date=True,
+            when_main_moves="stage",
             routes={
                 "pass": {"to": "deploy", "feedback": "none"},
                 "fail": {"to": "development"},
+                CONFLICT: {"to": "development"},
                 "missing": {"to": BLOCKED, "alert": True},
             },
         ),

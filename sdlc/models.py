@@ -307,6 +307,9 @@ class StageInput(BaseModel):
     retry: int = Field(
         default=0, ge=0, description="How often a person sent the Blocked work item on; budgets count within one."
     )
+    gate_only: bool = Field(
+        default=False, description="Main moved after the gates passed: judge the merged code again, run no agent."
+    )
 
 
 RETRIED_BY = "retried by"
@@ -386,6 +389,72 @@ class CommitResult(BaseModel):
     committed: list[str] = Field(default_factory=list)
     left_out: list[str] = Field(default_factory=list)
     pushed: bool = False
+    merged: str | None = Field(default=None, description="The default branch's commit a resolved merge brought in.")
+    unresolved: list[str] = Field(
+        default_factory=list, description="Conflicted files still holding conflict markers: the merge was not made."
+    )
+
+
+class MainCommit(BaseModel):
+    """A commit of the default branch, as a developer resolving a conflict is told of it."""
+
+    sha: str
+    subject: str
+    author: str
+
+
+class ConflictingPath(BaseModel):
+    path: str
+    commits: list[MainCommit] = Field(default_factory=list, description="The default branch's commits that touched it.")
+
+
+class UpToDate(BaseModel):
+    """What bringing a work item's branch up to date with origin's default branch did (issue 16).
+
+    ``current``: the branch already contains it; ``merged``: sdlc merged it in (a merge
+    commit, pushed); ``conflict``: it does not merge cleanly, and either the merge is
+    left in the worktree for the stage's agent to resolve (``left_for_agent``) or it
+    was abandoned and the stage goes to whoever resolves conflicts.
+    """
+
+    state: Literal["current", "merged", "conflict"]
+    branch: str
+    default_branch: str
+    target: str | None = Field(default=None, description="The default branch's commit merged, or tried.")
+    merge_commit: str | None = None
+    commits: int = Field(default=0, description="How many of the default branch's commits the branch did not have.")
+    conflicts: list[ConflictingPath] = Field(default_factory=list)
+    left_for_agent: bool = False
+    git_said: list[str] = Field(default_factory=list, description="git's CONFLICT lines.")
+
+    @property
+    def conflicting_paths(self) -> list[str]:
+        return [c.path for c in self.conflicts]
+
+    def reason(self) -> str:
+        target = (self.target or "")[:12]
+        if self.state == "current":
+            return f"{self.branch} already contains {self.default_branch} ({target})"
+        if self.state == "merged":
+            return (
+                f"brought up to date: merged {self.default_branch} ({target}, {self.commits} new commit(s)) "
+                f"into {self.branch}"
+            )
+        return (
+            f"conflict merging {self.default_branch} ({target}) into {self.branch}: {', '.join(self.conflicting_paths)}"
+        )
+
+    def describe_conflicts(self) -> str:
+        """The conflicting paths with the default branch's commits that touched them, and git's own words."""
+        lines: list[str] = []
+        for conflict in self.conflicts:
+            lines.append(f"- `{conflict.path}`, changed on {self.default_branch} by:")
+            lines += [f"  - {c.sha[:12]} {c.subject} ({c.author})" for c in conflict.commits] or [
+                "  - (no commit found)"
+            ]
+        if self.git_said:
+            lines += ["", "git said:", "", *[f"    {line}" for line in self.git_said]]
+        return "\n".join(lines)
 
 
 class PullRequestRef(BaseModel):
@@ -406,6 +475,16 @@ class StageResult(BaseModel):
     gate: GateResult
     commit: CommitResult | None = None
     pull_request: PullRequestRef | None = None
+    brought_up_to_date: list[UpToDate] = Field(
+        default_factory=list, description="Merges of the default branch into the branch this stage made."
+    )
+
+
+class MergeOutcome(BaseModel):
+    """The end of a work item: its PR merged, or not, because the default branch moved since its gates passed."""
+
+    pull_request: PullRequestRef | None = None
+    main_moved: str | None = Field(default=None, description="Why it was not merged: what moved, for the ledger.")
 
 
 class PipelineResult(BaseModel):

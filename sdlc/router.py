@@ -36,6 +36,12 @@ class Progress(_Frozen):
     visits: dict[str, int] = Field(default_factory=dict, description="Entries into each stage so far.")
     pull_request: PullRequestRef | None = None
     gate: GateResult | None = Field(default=None, description="The last gate's result, while a person decides on it.")
+    judging_again: bool = Field(
+        default=False, description="The default branch moved after the gates passed: the merged code is judged again."
+    )
+    gate_only_visits: dict[str, int] = Field(
+        default_factory=dict, description="Visits that ran only the gate again; they spend no budget."
+    )
 
     def visit(self) -> int:
         return self.visits.get(self.stage, 0)
@@ -71,11 +77,13 @@ class AnswersGiven(_Frozen):
 
 
 class MergeFinished(_Frozen):
-    """The pull request was merged (``pull_request`` as merged), or merging failed (``error``)."""
+    """The pull request was merged (``pull_request`` as merged), merging failed (``error``), or it
+    was not merged because the default branch moved since the gates passed (``main_moved``)."""
 
     kind: Literal["merge"] = "merge"
     pull_request: PullRequestRef | None = None
     error: str | None = None
+    main_moved: str | None = None
 
 
 Event = StageFinished | StageFailed | ApprovalGiven | AnswersGiven | MergeFinished
@@ -89,6 +97,7 @@ class RunStage(_Frozen):
     stage: str
     visit: int
     feedback: list[Feedback] = Field(default_factory=list)
+    gate_only: bool = Field(default=False, description="Judge the merged code again: the gate, no agent.")
 
 
 class AskForApproval(_Frozen):
@@ -183,6 +192,8 @@ def _after_gate(graph: StageGraph, progress: Progress, event: StageFinished) -> 
     spec = graph.stage(progress.stage)
     gate = event.gate
     progress = progress.model_copy(update={"pull_request": event.pull_request or progress.pull_request, "gate": gate})
+    if not gate.passed:
+        progress = progress.model_copy(update={"judging_again": False})  # back to the ordinary way through
     notice = _gate_notice(graph, progress, gate)
     route = graph.route(progress.stage, gate.outcome)
     if gate.passed and spec.requires_approval:
@@ -227,6 +238,14 @@ def _after_merge(graph: StageGraph, progress: Progress, event: MergeFinished) ->
         return Decision(
             progress=progress, action=Block(at=progress.stage, reason=f"merging PR #{number} failed: {event.error}")
         )
+    if event.main_moved is not None:
+        first = graph.first_to_judge_again()
+        if first is None:  # only a graph with up_to_date stages asks; nothing to judge again otherwise
+            return Decision(progress=progress, action=Block(at=progress.stage, reason=event.main_moved))
+        again = progress.model_copy(update={"judging_again": True})
+        return _enter(
+            graph, again, first, [], Transition(from_stage=progress.stage, to_stage=first, reason=event.main_moved)
+        )
     progress = progress.model_copy(update={"pull_request": event.pull_request or progress.pull_request})
     gate = _pending_gate(progress)
     route = graph.route(progress.stage, gate.outcome).model_copy(update={"merge_pull_request": False})
@@ -257,16 +276,43 @@ def _follow(graph: StageGraph, progress: Progress, route: Route, feedback: list[
 def _enter(
     graph: StageGraph, progress: Progress, stage: str, feedback: list[Feedback], transition: Transition
 ) -> Decision:
-    """Enter ``stage``, spending one of its visits; a spent budget blocks there."""
+    """Enter ``stage``, spending one of its visits; a spent budget blocks there.
+
+    While the merged code is judged again, stages that need not run again are passed
+    over along their pass routes, a stage that judges again with its gate alone runs
+    no agent and spends no budget, and the first stage that is not up_to_date ends it.
+    """
     spec = graph.stage(stage)
+    gate_only = False
+    if progress.judging_again:
+        passed_over: list[str] = []
+        while spec.up_to_date and spec.when_main_moves == "skip" and spec.routes["pass"].to in _stage_names(graph):
+            passed_over.append(stage)
+            stage = spec.routes["pass"].to
+            spec = graph.stage(stage)
+        if passed_over:
+            note = f" ({', '.join(passed_over)} not run again)"
+            transition = transition.model_copy(update={"to_stage": stage, "reason": transition.reason + note})
+        gate_only = spec.up_to_date and spec.when_main_moves == "gate"
+        if not spec.up_to_date:
+            progress = progress.model_copy(update={"judging_again": False})
     visits = {**progress.visits, stage: progress.visits.get(stage, 0) + 1}
-    progress = progress.model_copy(update={"stage": stage, "visits": visits, "gate": None})
-    if spec.max_visits is not None and visits[stage] > spec.max_visits:
+    gate_only_visits = dict(progress.gate_only_visits)
+    if gate_only:
+        gate_only_visits[stage] = gate_only_visits.get(stage, 0) + 1
+    progress = progress.model_copy(
+        update={"stage": stage, "visits": visits, "gate": None, "gate_only_visits": gate_only_visits}
+    )
+    spent = visits[stage] - gate_only_visits.get(stage, 0)
+    if spec.max_visits is not None and spent > spec.max_visits:
         reason = f"manual intervention needed: {stage} ran {spec.max_visits} times (its budget)"
         return Decision(progress=progress, action=Block(at=stage, reason=reason), transition=transition)
-    return Decision(
-        progress=progress, action=RunStage(stage=stage, visit=visits[stage], feedback=feedback), transition=transition
-    )
+    action = RunStage(stage=stage, visit=visits[stage], feedback=feedback, gate_only=gate_only)
+    return Decision(progress=progress, action=action, transition=transition)
+
+
+def _stage_names(graph: StageGraph) -> set[str]:
+    return {s.name for s in graph.stages}
 
 
 def _gate_notice(graph: StageGraph, progress: Progress, gate: GateResult) -> GateNotice | None:

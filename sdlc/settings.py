@@ -185,6 +185,12 @@ class SdlcSettings(BaseSettings):
     graph_file: Path | None = Field(
         default=None, description="YAML stage graph to run instead of the built-in one (`sdlc graph dump` writes one)."
     )
+    when_main_moves: Literal["graph", "tests", "all"] = Field(
+        default="graph",
+        description="What judges the merged code again when the default branch moved after a work item's gates "
+        "passed: 'graph' (each stage's when_main_moves; built in: the tests and the testing stage), 'tests' "
+        "(only the gates that run the code, no agent), 'all' (review too).",
+    )
     bot_name: str = Field(
         default="sdlc-flows bot", min_length=1, description="Author and committer name of sdlc's commits."
     )

@@ -28,7 +28,7 @@ from prefect.artifacts import create_table_artifact
 from prefect_shell import ShellOperation
 from pydantic import BaseModel, Field
 
-from sdlc.models import AgentResult, NotifyDetails, NotifyEvent, WorkItemState
+from sdlc.models import AgentResult, NotifyDetails, NotifyEvent, UpToDate, WorkItemState
 from sdlc.retry import Classification, FailureKind, RetryDecision, RetryPolicy, decide_retry
 from sdlc.settings import get_settings, process_environment
 from tasks.breaker import CircuitBreaker
@@ -75,6 +75,9 @@ class AgentInvocation(BaseModel):
         default=None, description="The work item's branch: only sdlc moves it (folded after the run)."
     )
     allowed_paths: list[str] = Field(default_factory=lambda: ["."], description="What the role may change.")
+    up_to_date: UpToDate | None = Field(
+        default=None, description="The merge of the default branch made before the agent runs (up_to_date stages)."
+    )
 
 
 class BudgetExceeded(PermanentError):

@@ -21,13 +21,15 @@ from git.exc import GitCommandError
 from prefect import task
 from sqlalchemy.exc import IntegrityError
 
-from sdlc.models import ForgeSpec, PullRequestRef, validate_branch, validate_repo, validate_work_item_id
+from sdlc.models import ForgeSpec, MergeOutcome, PullRequestRef, validate_branch, validate_repo, validate_work_item_id
 from sdlc.retry import HTTP_STEP_RETRY_DELAYS_SECONDS
 from tasks.ci_status import CiStatus
 from tasks.failures import GitOperationError, PermanentError, TransientError, retried_on_transient
 from tasks.git import bot_env, describe, git_env, has_ref, push_branch, remote_git, repo_at
 from tasks.ledger import Ledger, PullRequestRecord
-from tasks.worktree import clone_lock, default_branch, ensure_main_clone
+from tasks.limits import merge_slot
+from tasks.up_to_date import default_branch_moved
+from tasks.worktree import clone_lock, default_branch, ensure_main_clone, main_clone_path
 
 CREATE_ATTEMPTS = 5
 
@@ -216,6 +218,22 @@ def merge_pull_request(repo: str, forge: ForgeSpec, number: int) -> PullRequestR
         return target.merge_pull_request(number=number)
     finally:
         target.close()
+
+
+@task(name="merge-tested-pull-request", **retried_on_transient(HTTP_STEP_RETRY_DELAYS_SECONDS))
+def merge_tested_pull_request(repo: str, forge: ForgeSpec, number: int, branch: str) -> MergeOutcome:
+    """Merge the PR only when its branch contains origin's default branch as it is now: what is
+    merged is what the gates judged (issue 16). Merges into one repository take turns."""
+    repo = validate_repo(repo)
+    with merge_slot(main_clone_path(repo).name):
+        moved = default_branch_moved(repo, branch)
+        if moved is not None:
+            return MergeOutcome(main_moved=moved)
+        target = forge_for(repo, forge)
+        try:
+            return MergeOutcome(pull_request=target.merge_pull_request(number=number))
+        finally:
+            target.close()
 
 
 def ci_status_of(repo: str, forge: ForgeSpec, ref: str) -> CiStatus:

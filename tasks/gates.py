@@ -19,8 +19,8 @@ from pathlib import Path
 from prefect import task
 from pydantic import BaseModel, ConfigDict
 
-from sdlc.graph import AGENT_FAILED, StageSpec, artifacts_dir
-from sdlc.models import AgentResult, ForgeSpec, GateResult
+from sdlc.graph import AGENT_FAILED, CONFLICT, StageSpec, artifacts_dir
+from sdlc.models import AgentResult, ForgeSpec, GateResult, UpToDate
 from sdlc.repo_config import CONFIG_PATH, RepoConfig
 from sdlc.retry import HTTP_STEP_RETRY_DELAYS_SECONDS
 from sdlc.settings import get_settings, process_environment
@@ -231,6 +231,17 @@ def ci_gate(ctx: GateContext) -> GateResult:
                 reason=f"CI still pending on {sha[:12]} after {ctx.forge.ci_timeout_seconds:g} s",
             )
         time.sleep(ctx.forge.ci_poll_seconds)
+
+
+def conflict_result(update: UpToDate) -> GateResult:
+    """The outcome of an up_to_date stage whose branch does not merge the default branch cleanly:
+    the stage that resolves conflicts gets the paths and the commits that touched them."""
+    return GateResult(
+        outcome=CONFLICT,
+        passed=False,
+        reason=update.reason(),
+        details=update.describe_conflicts()[:MAX_DETAILS],
+    )
 
 
 # The judge of every gate kind; the kinds and the outcomes each can name are declared in

@@ -10,9 +10,11 @@ around.
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import git
 from git.exc import GitCommandError
 from prefect import task
 
-from sdlc.models import CommitResult, validate_branch, validate_work_item_id
+from sdlc.models import CommitResult, UpToDate, validate_branch, validate_work_item_id
 from sdlc.retry import STEP_RETRY_DELAYS_SECONDS
 from sdlc.settings import get_settings, process_environment
 from tasks.failures import GitOperationError, PushRejected, TransientError, retried_on_transient
@@ -107,7 +109,8 @@ def has_ref(repo: git.Repo, ref: str) -> bool:
         return False
 
 
-def _allowed(path: str, allowed: list[str]) -> bool:
+def may_change(path: str, allowed: list[str]) -> bool:
+    """Whether a role whose allowlist is ``allowed`` may change ``path`` (never `.sdlc/`)."""
     if path == ".sdlc" or path.startswith(".sdlc/"):
         return (
             False  # sdlc's own config and prompts judge the agents: never theirs to change, whatever the graph allows
@@ -125,7 +128,8 @@ def _allowed(path: str, allowed: list[str]) -> bool:
     return False
 
 
-def _is_task_file(path: str) -> bool:
+def is_task_file(path: str) -> bool:
+    """An agent's task file (`.task-<role>.md`): sdlc writes it for the agent and never commits it."""
     return fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], TASK_FILE_PATTERN)
 
 
@@ -161,9 +165,9 @@ def commit_role_changes(worktree: Path, *, allowed: list[str], message: str) -> 
     try:
         if has_ref(repo, "HEAD"):
             repo.git.reset("-q", env=env)
-        changed = [p for p in changed_paths(repo) if not _is_task_file(p)]
-        to_stage = [p for p in changed if _allowed(p, allowed)]
-        left_out = [p for p in changed if not _allowed(p, allowed)]
+        changed = [p for p in changed_paths(repo) if not is_task_file(p)]
+        to_stage = [p for p in changed if may_change(p, allowed)]
+        left_out = [p for p in changed if not may_change(p, allowed)]
         for start in range(0, len(to_stage), ADD_BATCH):
             repo.git.add("-A", "--", *to_stage[start : start + ADD_BATCH], env=env)
         staged_out: str = repo.git.diff("--cached", "--name-only", "--no-renames", "-z", env=env)
@@ -270,7 +274,19 @@ def commit_and_push(
     validate_branch(branch)
     log = _run_logger()
     path = Path(worktree)
-    result = commit_role_changes(path, allowed=allowed, message=commit_message(role, work_item, summary))
+    merging = merge_in_progress(path)
+    if merging is not None:
+        message = commit_message(role, work_item, f"merge {merging.default_branch} into {branch}: {summary}")
+        result = commit_merge_resolution(path, merging, allowed=allowed, branch=branch, message=message)
+        if result.unresolved:
+            log.warning(
+                "%s left conflict markers in %s: the merge of %s was not made",
+                role,
+                ", ".join(result.unresolved),
+                merging.default_branch,
+            )
+    else:
+        result = commit_role_changes(path, allowed=allowed, message=commit_message(role, work_item, summary))
     if result.left_out:
         log.warning(
             "%s left %d changed path(s) uncommitted (outside %s): %s",
@@ -284,16 +300,23 @@ def commit_and_push(
     else:
         log.info("%s changed nothing under %s; no commit", role, ", ".join(allowed))
     if result.sha or unpushed_commits(path) > 0:
-        # The push also moves refs/remotes/origin/<branch> in the main clone, which every fetch
-        # there rewrites: without the clone's lock a concurrent fetch fails with "cannot lock ref".
-        from tasks.worktree import clone_lock  # tasks.worktree imports this module
-
-        common_dir = repo_at(path).git.rev_parse("--path-format=absolute", "--git-common-dir", env=git_env())
-        with clone_lock(Path(common_dir.strip()).parent):
-            push_branch(path, branch)
+        push_from_worktree(path, branch)
         result.pushed = True
         log.info("pushed %s to origin", branch)
     return result
+
+
+def push_from_worktree(worktree: Path, branch: str) -> None:
+    """Push the worktree's HEAD to ``origin/<branch>`` holding its main clone's lock.
+
+    The push also moves refs/remotes/origin/<branch> in the main clone, which every fetch
+    there rewrites: without the clone's lock a concurrent fetch fails with "cannot lock ref".
+    """
+    from tasks.worktree import clone_lock  # tasks.worktree imports this module
+
+    common_dir = repo_at(worktree).git.rev_parse("--path-format=absolute", "--git-common-dir", env=git_env())
+    with clone_lock(Path(common_dir.strip()).parent):
+        push_branch(worktree, branch)
 
 
 def describe(exc: Any) -> str:
@@ -340,4 +363,111 @@ def fold_agent_commits(worktree: Path, branch: str, recorded_head: str | None) -
 def paths_outside(worktree: Path, allowed: list[str]) -> list[str]:
     """Changed paths the role may not change: named in the run log and the artifact, never committed."""
     repo = repo_at(worktree)
-    return [p for p in changed_paths(repo) if not _is_task_file(p) and not _allowed(p, allowed)]
+    return [p for p in changed_paths(repo) if not is_task_file(p) and not may_change(p, allowed)]
+
+
+# --- a merge of the default branch left for the agent to resolve (issue 16) ---------------------
+
+CONFLICT_MARKER = re.compile(r"(?m)^(<{7}|>{7})( |$)|^={7}$")
+
+
+def _merge_record_path(worktree: Path) -> Path:
+    """``<worktree>.merging.json`` beside the worktree: sdlc's own note, out of the agent's reach."""
+    return worktree.with_name(worktree.name + ".merging.json")
+
+
+def record_merge_in_progress(worktree: Path, head: str, update: UpToDate) -> None:
+    """Remember which merge sdlc left in the worktree: the branch's head before it and what it merges."""
+    note = {"head": head, "update": update.model_dump(mode="json")}
+    _merge_record_path(worktree).write_text(json.dumps(note), encoding="utf-8")
+
+
+class MergeInProgress(UpToDate):
+    head: str
+
+
+def merge_in_progress(worktree: Path) -> MergeInProgress | None:
+    """The merge sdlc left in this worktree for its agent, if any (never git's MERGE_HEAD, which the agent can write)."""
+    path = _merge_record_path(worktree)
+    if not path.is_file():
+        return None
+    note = json.loads(path.read_text(encoding="utf-8"))
+    return MergeInProgress.model_validate({**note["update"], "head": note["head"]})
+
+
+def forget_merge_in_progress(worktree: Path) -> None:
+    _merge_record_path(worktree).unlink(missing_ok=True)
+
+
+def _temporary_index_env(index: Path) -> dict[str, str]:
+    return {**git_env(), "GIT_INDEX_FILE": str(index)}
+
+
+def commit_merge_resolution(
+    worktree: Path, merging: MergeInProgress, *, allowed: list[str], branch: str, message: str
+) -> CommitResult:
+    """Commit the agent's resolution of the merge sdlc left in the worktree: a merge commit of the
+    branch's head and the default branch's commit, as the bot.
+
+    Built from git's own merge of the two commits (``git merge-tree``), not from the
+    worktree's index or MERGE_HEAD, which the agent may have changed: the agent's files
+    are taken only under ``allowed`` (the conflicted files among them), everything else
+    as the merge made it. A conflicted file that still holds conflict markers means the
+    agent did not resolve it: no merge is made, the worktree goes back to the branch's
+    head, and ``unresolved`` names the files.
+    """
+    validate_branch(branch)
+    repo = repo_at(worktree)
+    env = git_env()
+    head, target = merging.head, merging.target
+    assert target is not None
+    try:
+        merged_tree = _merged_tree(repo, head, target)
+        with tempfile.TemporaryDirectory(prefix="sdlc-merge-index-") as scratch:
+            index_env = _temporary_index_env(Path(scratch) / "index")
+            repo.git.read_tree(merged_tree, env=index_env)
+            edited = _paths_differing_from_index(repo, index_env)
+            changed = [p for p in edited if not is_task_file(p)]
+            to_stage = [p for p in changed if may_change(p, allowed)]
+            left_out = [p for p in changed if not may_change(p, allowed)]
+            for start in range(0, len(to_stage), ADD_BATCH):
+                repo.git.add("-A", "--", *to_stage[start : start + ADD_BATCH], env=index_env)
+            unresolved = [p for p in merging.conflicting_paths if _still_conflicted(repo, p, index_env)]
+            if unresolved:
+                repo.git.reset("-q", "--hard", head, env=env)
+                forget_merge_in_progress(worktree)
+                return CommitResult(left_out=left_out, unresolved=unresolved)
+            tree = str(repo.git.write_tree(env=index_env)).strip()
+        sha = str(repo.git.commit_tree(tree, "-p", head, "-p", target, "-m", message, env=bot_env())).strip()
+        repo.git.update_ref("-m", "sdlc: commit the resolved merge", f"refs/heads/{branch}", sha, head, env=env)
+        repo.git.symbolic_ref("HEAD", f"refs/heads/{branch}", env=env)
+        repo.git.reset("-q", env=env)  # the index to the merge commit; the worktree stays as the agent left it
+    except GitCommandError as exc:
+        raise GitOperationError(f"committing the merge in {worktree} failed: {describe(exc)}") from exc
+    forget_merge_in_progress(worktree)
+    committed = sorted({*to_stage, *merging.conflicting_paths})
+    return CommitResult(sha=sha, committed=committed, left_out=left_out, merged=target)
+
+
+def _merged_tree(repo: git.Repo, head: str, target: str) -> str:
+    """The tree git's merge of the two commits makes, conflict markers and all (git >= 2.38)."""
+    status, out, err = repo.git.merge_tree(
+        "--write-tree", "--no-messages", head, target, env=git_env(), with_extended_output=True, with_exceptions=False
+    )
+    if status not in (0, 1) or not str(out).strip():  # 1: it has conflicts, and still wrote the tree
+        raise GitOperationError(f"git merge-tree {head[:12]} {target[:12]} failed: {str(err).strip()}")
+    return str(out).split()[0]
+
+
+def _paths_differing_from_index(repo: git.Repo, index_env: dict[str, str]) -> list[str]:
+    tracked: str = repo.git.diff("--name-only", "--no-renames", "-z", env=index_env)
+    untracked: str = repo.git.ls_files("--others", "--exclude-standard", "-z", env=index_env)
+    return list(dict.fromkeys(p for p in [*tracked.split("\0"), *untracked.split("\0")] if p))
+
+
+def _still_conflicted(repo: git.Repo, path: str, index_env: dict[str, str]) -> bool:
+    try:
+        text = str(repo.git.show(f":{path}", env=index_env, strip_newline_in_stdout=False))
+    except GitCommandError:
+        return False  # resolved by deleting it
+    return bool(CONFLICT_MARKER.search(text))

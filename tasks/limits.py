@@ -67,3 +67,15 @@ def agent_slots(
     log.info("taking a slot of %s", ", ".join(f"{name} (limit {size})" for name, size in limits.items()))
     with concurrency(list(limits), occupy=1, strict=True, lease_duration=LEASE_SECONDS):
         yield
+
+
+@contextlib.contextmanager
+def merge_slot(repo_key: str) -> Iterator[None]:
+    """One merge at a time into a repository, across every worker that shares the Prefect server:
+    two work items cannot both find their branch up to date and then merge one after the other."""
+    from prefect.concurrency.sync import concurrency
+
+    name = f"sdlc-merge-{_name_part(repo_key)}"
+    _write_limits({name: 1})
+    with concurrency([name], occupy=1, strict=True, lease_duration=LEASE_SECONDS):
+        yield

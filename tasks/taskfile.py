@@ -15,7 +15,7 @@ from prefect import task
 from blocks import load_block
 from blocks.agent_profile import AgentProfile, profile_for
 from sdlc.graph import StageSpec, artifacts_dir, builtin_prompt, missing_prompt
-from sdlc.models import AgentSpec, Feedback, StageInput, WorkItemRequest, validate_work_item_id
+from sdlc.models import AgentSpec, Feedback, StageInput, UpToDate, WorkItemRequest, validate_work_item_id
 from sdlc.retry import STEP_RETRY_DELAYS_SECONDS, RetryPolicy
 from sdlc.settings import get_settings
 from tasks.agent import AgentInvocation, check_budget
@@ -24,6 +24,7 @@ from tasks.gates import archive_stale_artifacts_in
 from tasks.graph_check import InvalidStageGraph
 from tasks.ledger import Ledger
 from tasks.sandbox import sandbox_spec_for
+from tasks.up_to_date import merge_default_branch
 from tasks.worktree import (
     base_commit,
     base_file,
@@ -79,7 +80,32 @@ def system_prompt_path(repo: str, work_item: str, role: str, base_sha: str | Non
     return path
 
 
-def render_task(stage_input: StageInput, spec: StageSpec, *, attempt: int) -> str:
+def _merge_section(update: UpToDate) -> list[str]:
+    """What the agent is told of the merge sdlc made before it runs: merged cleanly, or conflicts to resolve."""
+    target = (update.target or "")[:12]
+    if update.state == "merged":
+        return [
+            "## Brought up to date",
+            "",
+            f"sdlc merged `{update.default_branch}` ({target}, {update.commits} new commit(s)) into this branch "
+            "before this run: the code here is the merged code.",
+            "",
+        ]
+    return [
+        "## Merge in progress: resolve the conflicts first",
+        "",
+        f"sdlc is merging `{update.default_branch}` ({target}, {update.commits} new commit(s)) into this branch, "
+        "and git could not merge these files; they hold conflict markers (`<<<<<<<`, `=======`, `>>>>>>>`):",
+        "",
+        update.describe_conflicts(),
+        "",
+        "Edit each of them so that both changes work together and no marker is left, then do your task. "
+        "Do not commit, merge or abort the merge yourself: sdlc commits the merge with your resolution.",
+        "",
+    ]
+
+
+def render_task(stage_input: StageInput, spec: StageSpec, *, attempt: int, up_to_date: UpToDate | None = None) -> str:
     request = stage_input.request
     out_dir = artifacts_dir(request.work_item)
     lines = [
@@ -93,6 +119,10 @@ def render_task(stage_input: StageInput, spec: StageSpec, *, attempt: int) -> st
         f"- Artifacts directory: {out_dir}/",
         f"- You may change: {', '.join(spec.commit_paths)} (anything else is not committed)",
         "",
+    ]
+    if up_to_date is not None and (up_to_date.state == "merged" or up_to_date.left_for_agent):
+        lines += _merge_section(up_to_date)
+    lines += [
         "## Description",
         "",
         request.description.strip() or "(no description)",
@@ -123,11 +153,19 @@ def relocate_feedback(feedback: list[Feedback], moved: dict[str, str]) -> list[F
     ]
 
 
-def write_task(worktree: str, task_file: str, stage_input: StageInput, spec: StageSpec, moved: dict[str, str]) -> None:
+def write_task(
+    worktree: str,
+    task_file: str,
+    stage_input: StageInput,
+    spec: StageSpec,
+    moved: dict[str, str],
+    up_to_date: UpToDate | None = None,
+) -> None:
     """Write the task file (`.task-<role>.md`, relative to the worktree) for this attempt."""
     attempt = Ledger.from_settings().count_agent_runs(stage_input.request.work_item, spec.role) + 1
     stage_input = stage_input.model_copy(update={"feedback": relocate_feedback(stage_input.feedback, moved)})
-    (Path(worktree) / task_file).write_text(render_task(stage_input, spec, attempt=attempt), encoding="utf-8")
+    text = render_task(stage_input, spec, attempt=attempt, up_to_date=up_to_date)
+    (Path(worktree) / task_file).write_text(text, encoding="utf-8")
 
 
 def previous_session(work_item: str, role: str) -> str | None:
@@ -276,6 +314,11 @@ def prepare_agent_run(stage_input: StageInput, spec: StageSpec) -> AgentInvocati
     worktree = str(ensure_worktree(request.repo, request.feature_branch))
     task_file = task_file_name(spec.role)
     invocation = agent_invocation(worktree, stage_input, spec, task_file)
+    if spec.up_to_date:  # the agent judges, or writes, the code merged with the default branch (issue 16)
+        resolvable = spec.commit_paths if spec.resolves_conflicts else None
+        invocation.up_to_date = merge_default_branch(
+            request.repo, request.feature_branch, Path(worktree), resolvable=resolvable
+        )
     moved = archive_stale_artifacts_in(Path(worktree), request.work_item, spec)
-    write_task(worktree, task_file, stage_input, spec, moved)
+    write_task(worktree, task_file, stage_input, spec, moved, invocation.up_to_date)
     return invocation
