@@ -286,7 +286,12 @@ def _enter(
     gate_only = False
     if progress.judging_again:
         passed_over: list[str] = []
-        while spec.up_to_date and spec.when_main_moves == "skip" and spec.routes["pass"].to in _stage_names(graph):
+        while (
+            spec.up_to_date
+            and spec.when_main_moves == "skip"
+            and spec.routes["pass"].to in _stage_names(graph)
+            and stage not in passed_over  # pass routes that go round in a circle end where they began
+        ):
             passed_over.append(stage)
             stage = spec.routes["pass"].to
             spec = graph.stage(stage)

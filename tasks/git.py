@@ -368,7 +368,9 @@ def paths_outside(worktree: Path, allowed: list[str]) -> list[str]:
 
 # --- a merge of the default branch left for the agent to resolve (issue 16) ---------------------
 
-CONFLICT_MARKER = re.compile(r"(?m)^(<{7}|>{7})( |$)|^={7}$")
+# git's conflict markers: an opening and a closing line (a lone "=======" is a Markdown heading's underline).
+CONFLICT_OPENED = re.compile(r"(?m)^<{7}( |$)")
+CONFLICT_CLOSED = re.compile(r"(?m)^>{7}( |$)")
 
 
 def _merge_record_path(worktree: Path) -> Path:
@@ -411,8 +413,9 @@ def commit_merge_resolution(
 
     Built from git's own merge of the two commits (``git merge-tree``), not from the
     worktree's index or MERGE_HEAD, which the agent may have changed: the agent's files
-    are taken only under ``allowed`` (the conflicted files among them), everything else
-    as the merge made it. A conflicted file that still holds conflict markers means the
+    are taken only under ``allowed`` (the conflicted files among them) and only where the
+    agent changed them (a file left as the branch had it keeps main's change), everything
+    else as the merge made it. A conflicted file that still holds conflict markers means the
     agent did not resolve it: no merge is made, the worktree goes back to the branch's
     head, and ``unresolved`` names the files.
     """
@@ -425,11 +428,18 @@ def commit_merge_resolution(
         merged_tree = _merged_tree(repo, head, target)
         with tempfile.TemporaryDirectory(prefix="sdlc-merge-index-") as scratch:
             index_env = _temporary_index_env(Path(scratch) / "index")
+            head_env = _temporary_index_env(Path(scratch) / "head-index")
+            repo.git.read_tree(head, env=head_env)
+            edited_since_head = set(_paths_differing_from_index(repo, head_env))
             repo.git.read_tree(merged_tree, env=index_env)
             edited = _paths_differing_from_index(repo, index_env)
             changed = [p for p in edited if not is_task_file(p)]
-            to_stage = [p for p in changed if may_change(p, allowed)]
-            left_out = [p for p in changed if not may_change(p, allowed)]
+            # A file the agent left as the branch had it, where the merge brought main's change, is
+            # main's change undone (an aborted merge, a checkout), not an edit: the merge keeps main's.
+            conflicted = set(merging.conflicting_paths)
+            kept = [p for p in changed if p in conflicted or p in edited_since_head]
+            to_stage = [p for p in kept if may_change(p, allowed)]
+            left_out = [p for p in kept if not may_change(p, allowed)]
             for start in range(0, len(to_stage), ADD_BATCH):
                 repo.git.add("-A", "--", *to_stage[start : start + ADD_BATCH], env=index_env)
             unresolved = [p for p in merging.conflicting_paths if _still_conflicted(repo, p, index_env)]
@@ -470,4 +480,4 @@ def _still_conflicted(repo: git.Repo, path: str, index_env: dict[str, str]) -> b
         text = str(repo.git.show(f":{path}", env=index_env, strip_newline_in_stdout=False))
     except GitCommandError:
         return False  # resolved by deleting it
-    return bool(CONFLICT_MARKER.search(text))
+    return bool(CONFLICT_OPENED.search(text) and CONFLICT_CLOSED.search(text))
