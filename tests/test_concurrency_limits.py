@@ -99,7 +99,15 @@ def test_provider_and_repository_limits_hold_across_processes(
     env = {**cli_env, "SDLC_REPO_CONCURRENCY": "1", "SDLC_PROVIDER_CONCURRENCY": json.dumps({"custom": 2})}
     run_all(env, agent, [("REP-1", shared), ("REP-2", shared), ("REP-3", other)])
     intervals = [json.loads(line) for line in record.read_text().splitlines()]
-    assert len(intervals) == 18  # six roles for each of three work items
+    # Six roles for each of three work items; a work item on the shared repository whose branch was
+    # behind main when it came to merge (the other one merged first) ran testing and deploy again.
+    from tasks.ledger import Ledger
+
+    ledger = Ledger.from_settings()
+    judged_again = [
+        t for item in ("REP-1", "REP-2", "REP-3") for t in ledger.transitions(item) if "main moved" in t.reason
+    ]
+    assert len(intervals) == 18 + 2 * len(judged_again)
     on_shared = [i for i in intervals if i["item"] in ("REP-1", "REP-2")]
     assert overlaps(on_shared) == 0
     assert most_at_once(intervals) <= 2

@@ -20,7 +20,9 @@ Behaviour kept from real Gitea, because clients get it wrong:
 * merging answers 405 ``PR already merged`` for a merged PR, 405 ``Please try
   again later`` when the PR does not merge cleanly, 404 for a closed PR;
 * a commit without statuses has the combined state ``""`` and ``statuses: null``;
-  a single status carries its state in ``status``.
+  a single status carries its state in ``status``;
+* a PR's commits (``GET pulls/{index}/commits``) are those of head not in base,
+  newest first (``git log`` order); once merged, those it brought (from its merge base).
 
 Faults are injected per request with :meth:`GiteaTestServer.inject`.
 """
@@ -28,14 +30,13 @@ Faults are injected per request with :meth:`GiteaTestServer.inject`.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,12 @@ DEFAULT_TOKEN = "gitea-test-token"
 BOT_USER = "sdlc-bot"
 MAX_LIMIT = 50  # Gitea's default [api] MAX_RESPONSE_ITEMS
 STATUS_STATES = ("pending", "success", "error", "failure", "warning", "skipped")
-FAULT_MESSAGES = {429: "rate limit exceeded", 500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+FAULT_MESSAGES = {
+    429: "rate limit exceeded",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
 
 _contract_lock = threading.Lock()
 _contract: SwaggerContract | None = None
@@ -62,11 +68,55 @@ def shared_contract() -> SwaggerContract:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def git(cwd: Path, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return server_git(cwd, *args, identity=("Gitea", "gitea@example.test"), check=check, stdin=stdin)
+
+
+LOG_FORMAT = "%H%x00%P%x00%T%x00%an%x00%ae%x00%aI%x00%cn%x00%ce%x00%cI%x00%B%x1e"
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+ZERO_TIME = "0001-01-01T00:00:00Z"  # Go's zero time.Time: a parent's CommitMeta carries no date
+
+
+def _log(path: Path, revisions: str) -> list[dict[str, Any]]:
+    """The commits of ``git log <revisions>`` (newest first): sha, parents, tree, author, committer, message."""
+    out = git(path, "log", f"--format={LOG_FORMAT}", revisions, "--").stdout
+    commits = []
+    for entry in out.split("\x1e"):
+        entry = entry.lstrip("\n")
+        if not entry:
+            continue
+        sha, parents, tree, an, ae, ad, cn, ce, cd, message = entry.split("\x00", 9)
+        commits.append(
+            {
+                "sha": sha,
+                "parents": parents.split(),
+                "tree": tree,
+                "message": message,
+                "author": {"name": an, "email": ae, "date": ad},
+                "committer": {"name": cn, "email": ce, "date": cd},
+            }
+        )
+    return commits
+
+
+def _changes(path: Path, commit: dict[str, Any]) -> tuple[list[dict[str, str]], dict[str, int]]:
+    """The files a commit changed against its first parent, and its line counts (Gitea's ``files``, ``stats``)."""
+    parent = commit["parents"][0] if commit["parents"] else EMPTY_TREE
+    names = git(path, "diff", "--no-renames", "--name-status", parent, commit["sha"], "--").stdout
+    kinds = {"A": "added", "D": "deleted", "M": "modified"}
+    files = [
+        {"filename": name, "status": kinds.get(status[:1], "modified")}
+        for status, name in (line.split("\t", 1) for line in names.splitlines() if "\t" in line)
+    ]
+    added = deleted = 0
+    for line in git(path, "diff", "--no-renames", "--numstat", parent, commit["sha"], "--").stdout.splitlines():
+        plus, minus, *_ = line.split("\t")
+        added += int(plus) if plus.isdigit() else 0
+        deleted += int(minus) if minus.isdigit() else 0
+    return files, {"total": added + deleted, "additions": added, "deletions": deleted}
 
 
 @dataclass
@@ -125,7 +175,9 @@ class GiteaTestServer(ThreadedForgeServer):
             self.repos[(owner, name)] = Repo(owner, name, path, default_branch, self._next_id())
         return path
 
-    def add_status(self, owner: str, repo: str, sha: str, state: str, context: str = "ci", description: str = "") -> None:
+    def add_status(
+        self, owner: str, repo: str, sha: str, state: str, context: str = "ci", description: str = ""
+    ) -> None:
         """Record a commit status directly (tests may also POST .../statuses/{sha} through the API)."""
         record = self._repo(owner, repo)
         with self._lock:
@@ -168,23 +220,36 @@ class GiteaTestServer(ThreadedForgeServer):
         for candidate in (f"refs/heads/{ref}", f"refs/tags/{ref}", ref):
             if candidate.startswith("-"):
                 return None
-            done = git(record.path, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{candidate}^{{commit}}",
-                       check=False)
+            done = git(
+                record.path,
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                "--end-of-options",
+                f"{candidate}^{{commit}}",
+                check=False,
+            )
             if done.returncode == 0:
                 return done.stdout.strip()
         return None
 
     def _branch_sha(self, record: Repo, branch: str) -> str | None:
-        done = git(record.path, "rev-parse", "--verify", "--quiet", "--end-of-options",
-                   f"refs/heads/{branch}^{{commit}}", check=False)
+        done = git(
+            record.path,
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            "--end-of-options",
+            f"refs/heads/{branch}^{{commit}}",
+            check=False,
+        )
         return done.stdout.strip() if done.returncode == 0 else None
 
     def _branches(self, record: Repo) -> dict[str, str]:
         """Every branch of the bare repository and its commit, read with one git call."""
         listed = git(record.path, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/").stdout
         return {
-            ref[len("refs/heads/"):]: sha
-            for sha, ref in (line.split(" ", 1) for line in listed.splitlines() if line)
+            ref[len("refs/heads/") :]: sha for sha, ref in (line.split(" ", 1) for line in listed.splitlines() if line)
         }
 
     def _find_pull(self, record: Repo, number: int) -> dict[str, Any]:
@@ -194,18 +259,35 @@ class GiteaTestServer(ThreadedForgeServer):
         raise ApiError(404, "The target couldn't be found.")
 
     def _user(self) -> dict[str, Any]:
-        return {"id": 1, "login": BOT_USER, "username": BOT_USER, "full_name": "", "email": f"{BOT_USER}@example.test",
-                "avatar_url": "", "html_url": f"{self.web_url}/{BOT_USER}"}
+        return {
+            "id": 1,
+            "login": BOT_USER,
+            "username": BOT_USER,
+            "full_name": "",
+            "email": f"{BOT_USER}@example.test",
+            "avatar_url": "",
+            "html_url": f"{self.web_url}/{BOT_USER}",
+        }
 
     def _repo_json(self, record: Repo) -> dict[str, Any]:
         full = f"{record.owner}/{record.name}"
         return {
-            "id": record.id, "name": record.name, "full_name": full,
+            "id": record.id,
+            "name": record.name,
+            "full_name": full,
             "owner": {"id": 1, "login": record.owner, "username": record.owner},
-            "default_branch": record.default_branch, "private": False, "fork": False, "empty": False,
-            "archived": False, "html_url": f"{self.web_url}/{full}", "url": f"{self.api_url}/repos/{full}",
-            "clone_url": str(record.path), "ssh_url": "", "has_pull_requests": True,
-            "allow_merge_commits": True, "default_merge_style": "merge",
+            "default_branch": record.default_branch,
+            "private": False,
+            "fork": False,
+            "empty": False,
+            "archived": False,
+            "html_url": f"{self.web_url}/{full}",
+            "url": f"{self.api_url}/repos/{full}",
+            "clone_url": str(record.path),
+            "ssh_url": "",
+            "has_pull_requests": True,
+            "allow_merge_commits": True,
+            "default_merge_style": "merge",
         }
 
     def _mergeable(self, record: Repo, base_sha: str | None, head_sha: str | None) -> bool:
@@ -224,22 +306,46 @@ class GiteaTestServer(ThreadedForgeServer):
         open_ = pr["state"] == "open"
         full = f"{record.owner}/{record.name}"
         branch = lambda ref, sha: {  # noqa: E731 - tiny local shape
-            "label": ref, "ref": ref, "sha": sha or "", "repo_id": record.id, "repo": self._repo_json(record),
+            "label": ref,
+            "ref": ref,
+            "sha": sha or "",
+            "repo_id": record.id,
+            "repo": self._repo_json(record),
         }
         return {
-            "id": pr["id"], "number": pr["number"], "url": f"{self.web_url}/{full}/pulls/{pr['number']}",
+            "id": pr["id"],
+            "number": pr["number"],
+            "url": f"{self.web_url}/{full}/pulls/{pr['number']}",
             "html_url": f"{self.web_url}/{full}/pulls/{pr['number']}",
             "diff_url": f"{self.web_url}/{full}/pulls/{pr['number']}.diff",
             "patch_url": f"{self.web_url}/{full}/pulls/{pr['number']}.patch",
-            "title": pr["title"], "body": pr["body"], "state": pr["state"], "draft": False, "is_locked": False,
-            "user": self._user(), "labels": [], "milestone": None, "assignee": None, "assignees": None,
-            "requested_reviewers": None, "requested_reviewers_teams": None, "comments": 0, "review_comments": 0,
+            "title": pr["title"],
+            "body": pr["body"],
+            "state": pr["state"],
+            "draft": False,
+            "is_locked": False,
+            "user": self._user(),
+            "labels": [],
+            "milestone": None,
+            "assignee": None,
+            "assignees": None,
+            "requested_reviewers": None,
+            "requested_reviewers_teams": None,
+            "comments": 0,
+            "review_comments": 0,
             "mergeable": open_ and self._mergeable(record, base_sha, head_sha),
-            "merged": pr["merged"], "merged_at": pr["merged_at"], "merged_by": self._user() if pr["merged"] else None,
-            "merge_commit_sha": pr["merge_commit_sha"], "merge_base": pr["merge_base"],
-            "head": branch(pr["head"], head_sha), "base": branch(pr["base"], base_sha),
-            "created_at": pr["created_at"], "updated_at": pr["updated_at"], "closed_at": pr["closed_at"],
-            "due_date": None, "allow_maintainer_edit": False,
+            "merged": pr["merged"],
+            "merged_at": pr["merged_at"],
+            "merged_by": self._user() if pr["merged"] else None,
+            "merge_commit_sha": pr["merge_commit_sha"],
+            "merge_base": pr["merge_base"],
+            "head": branch(pr["head"], head_sha),
+            "base": branch(pr["base"], base_sha),
+            "created_at": pr["created_at"],
+            "updated_at": pr["updated_at"],
+            "closed_at": pr["closed_at"],
+            "due_date": None,
+            "allow_maintainer_edit": False,
         }
 
     # -- operations ------------------------------------------------------------------
@@ -262,12 +368,14 @@ class GiteaTestServer(ThreadedForgeServer):
             raise ApiError(422, "page and limit must be integers") from None
         limit = MAX_LIMIT if limit <= 0 else min(limit, MAX_LIMIT)
         start = (page - 1) * limit
-        return items[start:start + limit], {"X-Total-Count": str(len(items))}
+        return items[start : start + limit], {"X-Total-Count": str(len(items))}
 
     def _op_repoGet(self, record: Repo, params: dict[str, str], query: dict[str, str], body: dict[str, Any]) -> Answer:
         return 200, self._repo_json(record), {}
 
-    def _op_repoListPullRequests(self, record: Repo, params: dict[str, str], query: dict[str, str], body: dict[str, Any]) -> Answer:
+    def _op_repoListPullRequests(
+        self, record: Repo, params: dict[str, str], query: dict[str, str], body: dict[str, Any]
+    ) -> Answer:
         state = query.get("state") or "open"
         if state not in ("open", "closed", "all"):
             raise ApiError(422, f"invalid state {state!r}")
@@ -281,7 +389,9 @@ class GiteaTestServer(ThreadedForgeServer):
             branches = self._branches(record)
             return 200, [self._pull_json(record, pr, branches) for pr in page], headers
 
-    def _op_repoGetPullRequestByBaseHead(self, record: Repo, params: dict[str, str], query: dict[str, str], body: dict[str, Any]) -> Answer:
+    def _op_repoGetPullRequestByBaseHead(
+        self, record: Repo, params: dict[str, str], query: dict[str, str], body: dict[str, Any]
+    ) -> Answer:
         head = params["head"]
         if ":" in head:  # owner:branch or owner/repo:branch
             owner_part, head = head.split(":", 1)
@@ -294,11 +404,15 @@ class GiteaTestServer(ThreadedForgeServer):
                     return 200, self._pull_json(record, pr), {}
         raise ApiError(404, "The target couldn't be found.")
 
-    def _op_repoGetPullRequest(self, record: Repo, params: dict[str, str], query: dict[str, str], body: dict[str, Any]) -> Answer:
+    def _op_repoGetPullRequest(
+        self, record: Repo, params: dict[str, str], query: dict[str, str], body: dict[str, Any]
+    ) -> Answer:
         with self._lock:
             return 200, self._pull_json(record, self._find_pull(record, int(params["index"]))), {}
 
-    def _op_repoCreatePullRequest(self, record: Repo, params: dict[str, str], query: dict[str, str], body: dict[str, Any]) -> Answer:
+    def _op_repoCreatePullRequest(
+        self, record: Repo, params: dict[str, str], query: dict[str, str], body: dict[str, Any]
+    ) -> Answer:
         head, base = str(body.get("head") or ""), str(body.get("base") or "")
         title = str(body.get("title") or "")
         if ":" in head:
@@ -324,21 +438,110 @@ class GiteaTestServer(ThreadedForgeServer):
             merge_base = git(record.path, "merge-base", base_sha, head_sha, check=False).stdout.strip()
             now = _now()
             pr = {
-                "id": self._next_id(), "number": record.next_index, "title": title, "body": str(body.get("body") or ""),
-                "head": head, "base": base, "head_sha": head_sha, "merged_head_sha": None, "state": "open",
-                "merged": False, "merged_at": None, "merge_commit_sha": None, "merge_base": merge_base,
-                "created_at": now, "updated_at": now, "closed_at": None,
+                "id": self._next_id(),
+                "number": record.next_index,
+                "title": title,
+                "body": str(body.get("body") or ""),
+                "head": head,
+                "base": base,
+                "head_sha": head_sha,
+                "merged_head_sha": None,
+                "state": "open",
+                "merged": False,
+                "merged_at": None,
+                "merge_commit_sha": None,
+                "merge_base": merge_base,
+                "created_at": now,
+                "updated_at": now,
+                "closed_at": None,
             }
             record.next_index += 1
             record.pulls.append(pr)
             return 201, self._pull_json(record, pr, branches), {}
 
-    def _op_repoPullRequestIsMerged(self, record: Repo, params: dict[str, str], query: dict[str, str], body: dict[str, Any]) -> Answer:
+    def _op_repoPullRequestIsMerged(
+        self, record: Repo, params: dict[str, str], query: dict[str, str], body: dict[str, Any]
+    ) -> Answer:
         with self._lock:
             pr = self._find_pull(record, int(params["index"]))
         return (204, None, {}) if pr["merged"] else (404, None, {})
 
-    def _op_repoMergePullRequest(self, record: Repo, params: dict[str, str], query: dict[str, str], body: dict[str, Any]) -> Answer:
+    def _op_repoGetPullRequestCommits(
+        self, record: Repo, params: dict[str, str], query: dict[str, str], body: dict[str, Any]
+    ) -> Answer:
+        """The PR's commits as Gitea lists them: ``base..head`` while it is open (head's commits not in the
+        base branch), ``merge_base..head`` once merged (what it brought); newest first, as ``git log``."""
+        with self._lock:
+            pr = dict(self._find_pull(record, int(params["index"])))
+            branches = self._branches(record)
+        if pr["merged"]:
+            head_sha, base = pr["merged_head_sha"], pr["merge_base"]
+        else:
+            head_sha, base = branches.get(pr["head"]) or pr["head_sha"], branches.get(pr["base"]) or pr["merge_base"]
+        commits = _log(record.path, f"{base}..{head_sha}") if base and head_sha else []
+        page, headers = self._page(commits, query)  # checks page and limit
+        number, limit = max(1, int(query.get("page") or 1)), int(query.get("limit") or MAX_LIMIT)
+        limit = MAX_LIMIT if limit <= 0 else min(limit, MAX_LIMIT)
+        size = len(commits)
+        pages = -(-size // limit)
+        headers.update(
+            {
+                "X-Total": str(size),
+                "X-Page": str(number),
+                "X-PerPage": str(limit),
+                "X-PageCount": str(pages),
+                "X-HasMore": str(number < pages).lower(),
+            }
+        )
+        with_files = query.get("files", "true").lower() in ("true", "1", "t")
+        with_verification = query.get("verification", "true").lower() in ("true", "1", "t")
+        return 200, [self._commit_json(record, c, with_files, with_verification) for c in page], headers
+
+    def _commit_json(
+        self, record: Repo, commit: dict[str, Any], with_files: bool, with_verification: bool
+    ) -> dict[str, Any]:
+        """One ``Commit`` of the Swagger document (``author``/``committer`` are Gitea users: none here)."""
+        full = f"{record.owner}/{record.name}"
+        sha = commit["sha"]
+        api = f"{self.api_url}/repos/{full}/git/commits"
+        data: dict[str, Any] = {
+            "sha": sha,
+            "url": f"{api}/{sha}",
+            "html_url": f"{self.web_url}/{full}/commit/{sha}",
+            "created": commit["committer"]["date"],
+            "author": None,
+            "committer": None,
+            "commit": {
+                "url": f"{api}/{sha}",
+                "message": commit["message"],
+                "author": commit["author"],
+                "committer": commit["committer"],
+                "tree": {
+                    "sha": commit["tree"],
+                    "url": f"{self.api_url}/repos/{full}/git/trees/{commit['tree']}",
+                    "created": commit["committer"]["date"],
+                },
+                "verification": {
+                    "verified": False,
+                    "reason": "gpg.error.not_signed_commit",
+                    "signature": "",
+                    "signer": None,
+                    "payload": "",
+                }
+                if with_verification
+                else None,
+            },
+            "parents": [
+                {"sha": parent, "url": f"{api}/{parent}", "created": ZERO_TIME} for parent in commit["parents"]
+            ],
+        }
+        if with_files:
+            data["files"], data["stats"] = _changes(record.path, commit)
+        return data
+
+    def _op_repoMergePullRequest(
+        self, record: Repo, params: dict[str, str], query: dict[str, str], body: dict[str, Any]
+    ) -> Answer:
         style = body.get("Do")
         if style not in ("merge", "rebase", "rebase-merge", "squash", "fast-forward-only", "manually-merged"):
             raise ApiError(422, "[Do]: Required")
@@ -359,13 +562,25 @@ class GiteaTestServer(ThreadedForgeServer):
                 raise ApiError(405, "Please try again later")
             if body.get("head_commit_id") and body["head_commit_id"] != head_sha:
                 raise ApiError(409, "head out of date")
-            subject = str(body.get("MergeTitleField") or f"Merge pull request '{title}' (#{number}) from {head} into {base}")
+            subject = str(
+                body.get("MergeTitleField") or f"Merge pull request '{title}' (#{number}) from {head} into {base}"
+            )
             message = str(body.get("MergeMessageField") or "")
+            merge_base = git(record.path, "merge-base", base_sha or "", head_sha or "", check=False).stdout.strip()
             merge_sha = self._git_merge(record, base, head, subject + ("\n\n" + message if message else ""))
             with self._lock:
                 now = _now()
-                pr.update(state="closed", merged=True, merged_at=now, closed_at=now, updated_at=now,
-                          merge_commit_sha=merge_sha, merged_head_sha=head_sha)
+                # Gitea recomputes merge_base whenever head or base moves: the one of the merge is kept.
+                pr.update(
+                    state="closed",
+                    merged=True,
+                    merged_at=now,
+                    closed_at=now,
+                    updated_at=now,
+                    merge_commit_sha=merge_sha,
+                    merged_head_sha=head_sha,
+                    merge_base=merge_base or pr["merge_base"],
+                )
             if body.get("delete_branch_after_merge"):
                 git(record.path, "update-ref", "-d", f"refs/heads/{head}", head_sha or "", check=False)
         return 200, None, {}
@@ -392,7 +607,9 @@ class GiteaTestServer(ThreadedForgeServer):
             latest[status["context"]] = status  # later ones replace earlier ones of the same context
         return sorted(latest.values(), key=lambda s: s["id"])
 
-    def _op_repoGetCombinedStatusByRef(self, record: Repo, params: dict[str, str], query: dict[str, str], body: dict[str, Any]) -> Answer:
+    def _op_repoGetCombinedStatusByRef(
+        self, record: Repo, params: dict[str, str], query: dict[str, str], body: dict[str, Any]
+    ) -> Answer:
         sha = self._resolve(record, params["ref"])
         if sha is None:
             raise ApiError(404, f"ref {params['ref']!r} not found")
@@ -410,7 +627,10 @@ class GiteaTestServer(ThreadedForgeServer):
             else:
                 state = "pending"
         data = {
-            "state": state, "sha": sha, "total_count": len(statuses), "statuses": page or None,
+            "state": state,
+            "sha": sha,
+            "total_count": len(statuses),
+            "statuses": page or None,
             "repository": self._repo_json(record),
             "commit_url": f"{self.api_url}/repos/{full}/git/commits/{sha}",
             "url": f"{self.api_url}/repos/{full}/commits/{sha}/status",
@@ -426,19 +646,28 @@ class GiteaTestServer(ThreadedForgeServer):
             raise ApiError(404, f"commit {sha!r} not found")
         now = _now()
         status = {
-            "id": self._next_id(), "status": state, "context": str(body.get("context") or "default"),
-            "description": str(body.get("description") or ""), "target_url": str(body.get("target_url") or ""),
+            "id": self._next_id(),
+            "status": state,
+            "context": str(body.get("context") or "default"),
+            "description": str(body.get("description") or ""),
+            "target_url": str(body.get("target_url") or ""),
             "url": f"{self.api_url}/repos/{record.owner}/{record.name}/statuses/{full}",
-            "creator": self._user(), "created_at": now, "updated_at": now,
+            "creator": self._user(),
+            "created_at": now,
+            "updated_at": now,
         }
         record.statuses.setdefault(full, []).append(status)
         return status
 
-    def _op_repoCreateStatus(self, record: Repo, params: dict[str, str], query: dict[str, str], body: dict[str, Any]) -> Answer:
+    def _op_repoCreateStatus(
+        self, record: Repo, params: dict[str, str], query: dict[str, str], body: dict[str, Any]
+    ) -> Answer:
         with self._lock:
             return 201, self._create_status(record, params["sha"], body), {}
 
-    def _op_repoListStatuses(self, record: Repo, params: dict[str, str], query: dict[str, str], body: dict[str, Any]) -> Answer:
+    def _op_repoListStatuses(
+        self, record: Repo, params: dict[str, str], query: dict[str, str], body: dict[str, Any]
+    ) -> Answer:
         sha = self._resolve(record, params["sha"])
         if sha is None:
             raise ApiError(404, "commit not found")
@@ -467,14 +696,20 @@ class _Handler(ForgeRequestHandler):
 
         auth = headers.get("authorization", "")
         if auth not in (f"token {api.token}", f"Bearer {api.token}"):
-            return self._answer(record, 401, {"message": "token is required" if not auth else "user does not exist",
-                                              "url": f"{api.web_url}/api/swagger"})
+            return self._answer(
+                record,
+                401,
+                {
+                    "message": "token is required" if not auth else "user does not exist",
+                    "url": f"{api.web_url}/api/swagger",
+                },
+            )
         if match.operation is None:
             return self._answer(record, 404, {"message": "Not Found", "url": f"{api.web_url}/api/swagger"})
         if bad_json:
             return self._answer(record, 422, {"message": "invalid JSON body", "url": f"{api.web_url}/api/swagger"})
 
-        relative = raw_path[len("/api/v1"):]
+        relative = raw_path[len("/api/v1") :]
         fault = api._take_fault(method, relative)
         if fault is not None and not fault.after:
             if fault.timeout:
@@ -517,7 +752,6 @@ class _Handler(ForgeRequestHandler):
                 self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (an injected timeout)
             pass
-
 
 
 GiteaTestServer.handler_class = _Handler

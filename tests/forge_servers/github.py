@@ -4,7 +4,9 @@
 (routed and checked by :mod:`forge_servers.github_contract`) on 127.0.0.1. Each
 repository is a bare git repository on disk: its path is the clone URL the
 pipeline pushes to, pull requests see the branches pushed there, and a merge is a
-real ``git merge --no-ff`` pushed into the base branch.
+real ``git merge --no-ff`` pushed into the base branch. A PR's commits
+(``GET .../pulls/{n}/commits``) are those of its head not in its base, oldest first;
+once merged, those the merge brought (head's commits not in the merge's first parent).
 
 Faults are injected per request (:meth:`GitHubTestServer.inject`): a 5xx, a 429
 or a rate-limit 403 with any headers, a slow answer, or a *lost response*
@@ -20,13 +22,13 @@ import re
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from forge_servers.common import Fault, ForgeRequestHandler, RecordedRequest, ThreadedForgeServer, server_git
 from forge_servers.github_contract import API_VERSIONS, Checked, check_request
@@ -46,11 +48,42 @@ FAULT_MESSAGES = {
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _git(cwd: Path, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return server_git(cwd, *args, identity=("GitHub", "noreply@github.com"), check=check, stdin=stdin)
+
+
+LOG_FORMAT = "%H%x00%P%x00%T%x00%an%x00%ae%x00%aI%x00%cn%x00%ce%x00%cI%x00%B%x1e"
+MAX_PULL_COMMITS = 250  # "Lists a maximum of 250 commits for a pull request"
+
+
+def _utc(date: str) -> str:
+    """git's strict ISO 8601 date as GitHub writes it: UTC, ``Z``."""
+    return datetime.fromisoformat(date).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _log(path: Path, revisions: str) -> list[dict[str, Any]]:
+    """The commits of ``git log --reverse <revisions>`` (oldest first): sha, parents, tree, people, message."""
+    out = _git(path, "log", "--reverse", f"--format={LOG_FORMAT}", revisions, "--").stdout
+    commits = []
+    for entry in out.split("\x1e"):
+        entry = entry.lstrip("\n")
+        if not entry:
+            continue
+        sha, parents, tree, an, ae, ad, cn, ce, cd, message = entry.split("\x00", 9)
+        commits.append(
+            {
+                "sha": sha,
+                "parents": parents.split(),
+                "tree": tree,
+                "message": message.rstrip("\n"),
+                "author": {"name": an, "email": ae, "date": _utc(ad)},
+                "committer": {"name": cn, "email": ce, "date": _utc(cd)},
+            }
+        )
+    return commits
 
 
 @dataclass
@@ -366,6 +399,51 @@ class GitHubTestServer(ThreadedForgeServer):
         data = self._pull_json(record, pr)
         return 201, data, {"Location": data["url"]}
 
+    def _op_list_pull_commits(self, record: Repo, params: Params, query: Params, body: Body) -> Answer:
+        """``base..head`` while open; once merged, what the merge brought (``merge^1..head``); oldest first."""
+        pr = self._find_pull(record, params["pull_number"])
+        if pr["merged"]:
+            base, head = f"{pr['merge_commit_sha']}^1", pr["head_sha"]
+        else:
+            head = (self._branch_sha(record, pr["head"]) if pr["state"] == "open" else None) or pr["head_sha"]
+            base = self._branch_sha(record, pr["base"])
+        commits = _log(record.path, f"{base}..{head}")[:MAX_PULL_COMMITS] if base else []
+        return 200, [self._commit_json(record, commit) for commit in self._page(commits, query)], {}
+
+    def _commit_json(self, record: Repo, commit: dict[str, Any]) -> dict[str, Any]:
+        """One commit as GitHub lists it (``author``/``committer`` are GitHub users: none here)."""
+        api = f"{self.api_url}/repos/{record.owner}/{record.name}"
+        web = f"{self.web_url}/{record.owner}/{record.name}"
+        sha = commit["sha"]
+        return {
+            "url": f"{api}/commits/{sha}",
+            "sha": sha,
+            "node_id": f"C_{sha[:20]}",
+            "html_url": f"{web}/commit/{sha}",
+            "comments_url": f"{api}/commits/{sha}/comments",
+            "commit": {
+                "url": f"{api}/git/commits/{sha}",
+                "author": commit["author"],
+                "committer": commit["committer"],
+                "message": commit["message"],
+                "tree": {"url": f"{api}/git/trees/{commit['tree']}", "sha": commit["tree"]},
+                "comment_count": 0,
+                "verification": {
+                    "verified": False,
+                    "reason": "unsigned",
+                    "signature": None,
+                    "payload": None,
+                    "verified_at": None,
+                },
+            },
+            "author": None,
+            "committer": None,
+            "parents": [
+                {"url": f"{api}/commits/{parent}", "sha": parent, "html_url": f"{web}/commit/{parent}"}
+                for parent in commit["parents"]
+            ],
+        }
+
     def _op_merge_pull(self, record: Repo, params: Params, query: Params, body: Body) -> Answer:
         pr = self._find_pull(record, params["pull_number"])
         if pr["state"] != "open":
@@ -420,15 +498,19 @@ class GitHubTestServer(ThreadedForgeServer):
             state = "pending"  # GitHub: pending when there are no statuses at all
         else:
             state = "success"
-        return 200, {
-            "state": state,
-            "statuses": self._page(latest, query),
-            "sha": sha,
-            "total_count": len(latest),
-            "repository": self._repo_json(record),
-            "commit_url": f"{self.api_url}/repos/{record.owner}/{record.name}/commits/{sha}",
-            "url": f"{self.api_url}/repos/{record.owner}/{record.name}/commits/{sha}/status",
-        }, {}
+        return (
+            200,
+            {
+                "state": state,
+                "statuses": self._page(latest, query),
+                "sha": sha,
+                "total_count": len(latest),
+                "repository": self._repo_json(record),
+                "commit_url": f"{self.api_url}/repos/{record.owner}/{record.name}/commits/{sha}",
+                "url": f"{self.api_url}/repos/{record.owner}/{record.name}/commits/{sha}/status",
+            },
+            {},
+        )
 
     def _op_list_statuses(self, record: Repo, params: Params, query: Params, body: Body) -> Answer:
         sha = self._commit(record, params["ref"])

@@ -82,6 +82,12 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation("get_pull", "GET", "/repos/{owner}/{repo}/pulls/{pull_number}"),
     Operation(
+        "list_pull_commits", "GET", "/repos/{owner}/{repo}/pulls/{pull_number}/commits",
+        query={"per_page": PER_PAGE, "page": PAGE},
+        note="Not in the document's table: GitHub's 'List commits on a pull request' (REST pulls reference): "
+        "per_page (max 100) and page; at most 250 commits, oldest first. Used by tests to read a PR's history.",
+    ),
+    Operation(
         "create_pull", "POST", "/repos/{owner}/{repo}/pulls",
         body={
             "title": ANY, "head": ANY, "base": ANY, "body": ANY, "draft": ANY,
