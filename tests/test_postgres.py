@@ -204,6 +204,7 @@ def wait_for_runs(client: Any, runs: dict[str, str], ledger_url: str, workers: l
 
 
 @pytest.mark.timeout(RUNS_TIMEOUT_SECONDS + 180)
+@pytest.mark.xdist_group("twenty-work-items")  # one after another (Makefile)
 def test_twenty_work_items_on_two_workers_with_prefect_and_the_ledger_on_postgresql(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres_cluster: PostgresCluster  # noqa: F811
 ) -> None:

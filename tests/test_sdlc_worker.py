@@ -60,6 +60,7 @@ REPO_LIMIT = 3
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.xdist_group("twenty-work-items")  # one after another (Makefile)
 def test_twenty_work_items_at_once_on_one_sdlc_worker_stay_apart_and_within_the_limits(
     tmp_path: Path, cli_env: dict[str, str], data_dir: Path, prefect_server_log: Path
 ) -> None:

@@ -122,6 +122,7 @@ def ledger_rows(items: list[Item]) -> dict[str, tuple[Any, list[Any]]]:
     }
 
 
+@pytest.mark.xdist_group("twenty-work-items")  # one after another (Makefile)
 def test_twenty_work_items_over_two_repositories_end_done_or_blocked_by_budget_and_main_holds_the_done_ones(
     tmp_path: Path,
 ) -> None:
