@@ -176,7 +176,8 @@ def test_an_open_breaker_holds_another_process_until_the_cooldown(
 
     # This process sees three transient failures of the scripted provider in a row...
     scope = os.environ["SDLC_BREAKER_SCOPE"]
-    breaker = CircuitBreaker("scripted", scope=scope, threshold=3, cooldown_seconds=4)
+    # A cool-down long enough for `sdlc status` to start and answer on a loaded machine (4 s was not).
+    breaker = CircuitBreaker("scripted", scope=scope, threshold=3, cooldown_seconds=12)
     for _ in range(3):
         state = breaker.record_transient()
     assert state.open_until is not None
