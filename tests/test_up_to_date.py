@@ -140,7 +140,9 @@ def test_two_work_items_changing_one_file_both_end_done_with_the_second_develope
     assert tester.started_at > resolving.ended_at
 
 
-def test_two_work_items_changing_different_files_both_merge_without_an_agent_running_again(tmp_path: Path) -> None:
+def test_two_work_items_changing_different_files_both_merge_without_an_agent_running_again(
+    tmp_path: Path, data_dir: Path
+) -> None:
     origin = create_sample_repo(tmp_path / "repos")
     first_done = tmp_path / "first-done"
     first = request_for(origin, tmp_path, "UP-3", {})
@@ -162,6 +164,12 @@ def test_two_work_items_changing_different_files_both_merge_without_an_agent_run
     brought = [t for t in transitions if t.reason.startswith("brought up to date")]
     assert brought and brought[0].from_stage == brought[0].to_stage == "development"
     assert "Merge main (" in git(origin, "log", "--merges", "--format=%s", "main")
+    # People are told too: a stage_changed event for the merge (notifications.jsonl gets every event).
+    told = [json.loads(line) for line in (data_dir / "notifications.jsonl").read_text().splitlines()]
+    assert any(
+        event.get("event") == "stage_changed" and "UP-4 development: brought up to date" in event.get("message", "")
+        for event in told
+    ), told[-5:]
 
 
 def test_a_branch_behind_main_when_deploy_passes_is_tested_again_before_it_is_merged(tmp_path: Path) -> None:
