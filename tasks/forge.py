@@ -1,8 +1,9 @@
 """Pull requests (B42) behind a small forge interface (B43).
 
-The pipeline only needs two things from a forge: make sure one open PR exists
-for a branch, and merge it. :class:`Forge` says exactly that, so Gitea and
-GitHub (REST) can be added beside :class:`LocalForge` without touching flows.
+The pipeline needs few things from a forge: make sure one open PR exists for a
+branch, keep its body telling the story (issue 17: :mod:`sdlc.pr_body`, a person's
+notes below the marker kept), and merge it. :class:`Forge` says exactly that, so
+Gitea and GitHub (REST) sit beside :class:`LocalForge` without touching flows.
 
 :class:`LocalForge` is the embedded default for a bare-repository origin: PRs are
 ledger records, and a merge is a real ``git merge --no-ff`` pushed to origin,
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -22,11 +24,13 @@ from prefect import task
 from sqlalchemy.exc import IntegrityError
 
 from sdlc.models import ForgeSpec, MergeOutcome, PullRequestRef, validate_branch, validate_repo, validate_work_item_id
+from sdlc.pr_body import merge_body
 from sdlc.retry import HTTP_STEP_RETRY_DELAYS_SECONDS
 from tasks.ci_status import CiStatus
 from tasks.failures import GitOperationError, PermanentError, TransientError, retried_on_transient
+from tasks.forge_http import file_path_segments
 from tasks.git import bot_env, describe, git_env, has_ref, push_branch, remote_git, repo_at
-from tasks.ledger import Ledger, PullRequestRecord
+from tasks.ledger import Ledger, PullRequestRecord, UnknownPullRequest
 from tasks.limits import merge_slot
 from tasks.up_to_date import default_branch_moved
 from tasks.worktree import clone_lock, default_branch, ensure_main_clone, main_clone_path
@@ -55,6 +59,14 @@ class Forge(Protocol):
 
     def merge_pull_request(self, *, number: int) -> PullRequestRef:
         """Merge PR ``number``; a PR already merged is returned unchanged."""
+        ...
+
+    def update_pull_request_body(self, *, number: int, body_of: Callable[[str | None], str]) -> bool:
+        """Set PR ``number``'s body to ``body_of(its current body)``; nothing is written (False) when unchanged."""
+        ...
+
+    def file_url(self, *, branch: str, path: str) -> str | None:
+        """Where a person reads ``path`` on ``branch``: the forge's web view, or the path itself (local forge)."""
         ...
 
 
@@ -103,6 +115,18 @@ class LocalForge:
 
     def default_branch(self) -> str:
         return default_branch(self.clone)
+
+    def update_pull_request_body(self, *, number: int, body_of: Callable[[str | None], str]) -> bool:
+        try:
+            return self.ledger.update_pull_request_body(self.repo, int(number), body_of)
+        except UnknownPullRequest as exc:
+            raise PermanentError(f"pull request #{number} of {self.repo} does not exist") from exc
+
+    def file_url(self, *, branch: str, path: str) -> str | None:
+        """No web view: the path on the branch, as it reads in a clone."""
+        validate_branch(branch)
+        file_path_segments(path)  # checked as the REST forges check it
+        return path
 
     def ci_status(self, ref: str) -> CiStatus:
         return CiStatus(state="none", details=["the local forge runs no CI"])
@@ -210,6 +234,27 @@ def ensure_pull_request(
         target.close()
 
 
+@task(name="update-pull-request-story", **retried_on_transient(HTTP_STEP_RETRY_DELAYS_SECONDS))
+def update_pull_request_story(
+    repo: str, forge: ForgeSpec, number: int, story_text: str, old_body: str | None = None
+) -> bool:
+    """Put ``story_text`` (:func:`sdlc.pr_body.render_story`) above the marker of PR ``number``'s body,
+    keeping what a person wrote below it; nothing is written when the body would not change.
+
+    ``old_body`` is what sdlc-flows wrote when it opened the PR before bodies told the story (the
+    work item's description): a current body that is exactly that is replaced, not kept as notes.
+    True when the body was written.
+    """
+    target = forge_for(validate_repo(repo), forge)
+    sdlc_texts = (old_body,) if old_body else ()
+    try:
+        return target.update_pull_request_body(
+            number=number, body_of=lambda current: merge_body(current, story_text, sdlc_texts=sdlc_texts)
+        )
+    finally:
+        target.close()
+
+
 @task(name="merge-pull-request", **retried_on_transient(HTTP_STEP_RETRY_DELAYS_SECONDS))
 def merge_pull_request(repo: str, forge: ForgeSpec, number: int) -> PullRequestRef:
     """Merge the PR into its base (B42); merging a merged PR changes nothing."""
@@ -243,3 +288,18 @@ def ci_status_of(repo: str, forge: ForgeSpec, ref: str) -> CiStatus:
         return target.ci_status(ref)
     finally:
         target.close()
+
+
+def file_urls(repo: str, forge: ForgeSpec, branch: str, paths: Iterable[str]) -> dict[str, str | None]:
+    """Each path's web view on ``branch`` (Gitea ``<repo>/src/branch/…``, GitHub ``<repo>/blob/…``), or the
+    path itself on the local forge; one forge connection, and one API call, for all of them."""
+    target = forge_for(validate_repo(repo), forge)
+    try:
+        return {path: target.file_url(branch=branch, path=path) for path in paths}
+    finally:
+        target.close()
+
+
+def file_url(repo: str, forge: ForgeSpec, branch: str, path: str) -> str | None:
+    """The web view of one file on ``branch`` (see :func:`file_urls`); None when the forge names no web page."""
+    return file_urls(repo, forge, branch, [path])[path]

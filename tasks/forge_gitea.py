@@ -17,6 +17,8 @@ differs from GitHub, and what this module does about it (``gitea-endpoints.md``)
   ``MergeTitleField``, ``MergeMessageField``); a merged PR answers 405
   ``PR already merged``, so the PR is read first and re-read after a 405
   (a retried merge whose first answer was lost is merged already);
+* editing a PR (its body: the story, ``sdlc.pr_body``) is ``PATCH pulls/{index}``
+  (``repoEditPullRequest``), answered **201**, not 200 as on GitHub;
 * CI: Gitea Actions (and external CI) report as **commit statuses**; a commit
   without any has the combined state ``""`` and ``statuses: null`` (GitHub says
   ``pending``), and a single status carries its state in ``status``.
@@ -70,6 +72,7 @@ class GiteaForge(RestRepository):
     """Pull requests and CI results of one Gitea repository ``owner/repo``; close it (or use ``with``)."""
 
     forge_name = "Gitea"
+    file_view = "src/branch"  # Gitea's web view of a file on a branch: <html_url>/src/branch/<branch>/<path>
 
     # -- pull requests -----------------------------------------------------------
 

@@ -7,6 +7,8 @@ timeouts and GitHub's rate-limit 403s). The endpoints used are those of
 * a duplicate PR is a **422** "A pull request already exists", not a 409;
 * the PR list takes ``head=<owner>:<branch>`` and ``base``;
 * merging is a **PUT** (405 when not mergeable);
+* editing a PR (its body: the story, ``sdlc.pr_body``) is ``PATCH pulls/{n}``, answered 200
+  (Gitea answers 201);
 * GitHub Actions report as *check runs*, not commit statuses, and the combined
   status says ``pending`` when there are no statuses at all, so
   :meth:`GitHubForge.ci_status` reads both and counts with ``total_count``.
@@ -51,6 +53,7 @@ class GitHubForge(RestRepository):
     """Pull requests and CI results of one GitHub repository ``owner/repo``; close it (or use ``with``)."""
 
     forge_name = "GitHub"
+    file_view = "blob"  # GitHub's web view of a file on a branch: <html_url>/blob/<branch>/<path>
 
     # -- pull requests -----------------------------------------------------------
 

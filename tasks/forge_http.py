@@ -19,6 +19,7 @@ from urllib.parse import quote
 import httpx
 
 from sdlc.models import PullRequestRef, validate_branch, validate_work_item_id
+from sdlc.pr_body import same_body
 from sdlc.retry import HttpRetry as HttpRetry
 from sdlc.retry import backoff_seconds
 from tasks.failures import PermanentError, TransientError
@@ -146,6 +147,16 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 REF_PATTERN = re.compile(r"^[A-Za-z0-9._/-]{1,255}$")
 
 
+FILE_PATH_PATTERN = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,1023}$")
+
+
+def file_path_segments(path: str) -> str:
+    """A file's path in the repository (``docs/work-items/ET-7/02-brd.md``) as URL path segments."""
+    if not FILE_PATH_PATTERN.match(path) or ".." in path.split("/") or "//" in path:
+        raise ValueError(f"file path {path[:60]!r} is not allowed")
+    return quote(path, safe="/")
+
+
 def ref_segment(ref: str) -> str:
     """A SHA, branch or tag as one URL path segment (a branch's '/' is percent-encoded)."""
     if not REF_PATTERN.match(ref) or ".." in ref:
@@ -158,6 +169,8 @@ class RestRepository:
     and every request sent through :func:`call`. Gitea and GitHub add their own endpoints."""
 
     forge_name: ClassVar[str] = "forge"
+    # The web view of a file on a branch: <repository html_url>/<file_view>/<branch>/<path>.
+    file_view: ClassVar[str] = "blob"
 
     def __init__(
         self,
@@ -175,6 +188,7 @@ class RestRepository:
         self._sleep = sleep
         self._client = credentials.get_client(transport=transport)
         self._base = f"/repos/{self.owner}/{self.repo}"
+        self._web_url: str | None = None
 
     def _name(self, value: str, what: str) -> str:
         if not NAME_PATTERN.match(value) or value in (".", ".."):
@@ -305,3 +319,41 @@ class RestRepository:
         if not isinstance(branch, str) or not branch:
             raise PermanentError(f"{self.forge_name} did not name a default branch for {self.owner}/{self.repo}")
         return branch
+
+    def web_url(self) -> str | None:
+        """The repository's web page (its ``html_url``), read once per instance; None if the forge names none."""
+        if self._web_url is None:
+            data = self._call("GET", "").json()
+            url = data.get("html_url") if isinstance(data, dict) else None
+            if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+                return None
+            self._web_url = url.rstrip("/")
+        return self._web_url
+
+    def file_url(self, *, branch: str, path: str) -> str | None:
+        """The forge's web view of ``path`` on ``branch`` (Gitea ``src/branch``, GitHub ``blob``)."""
+        segments = file_path_segments(path)
+        branch_segments = quote(validate_branch(branch), safe="/")
+        web = self.web_url()
+        return f"{web}/{self.file_view}/{branch_segments}/{segments}" if web else None
+
+    def pull_request_body(self, *, number: int) -> str | None:
+        """The PR's current body (None when the forge holds none)."""
+        data = self._call("GET", f"/pulls/{int(number)}").json()
+        body = data.get("body") if isinstance(data, dict) else None
+        return body if isinstance(body, str) else None
+
+    def update_pull_request_body(self, *, number: int, body_of: Callable[[str | None], str]) -> bool:
+        """Set the PR's body to ``body_of(current body)``; no PATCH when it says the same. True when written.
+
+        The PATCH carries the whole body, so a retried one (its first answer lost) writes the
+        same text again. A person's edit landing between the read and the write is lost to it:
+        the forges offer no conditional update of a PR, and the window is one round trip.
+        """
+        number = int(number)
+        current = self.pull_request_body(number=number)
+        body = body_of(current)
+        if same_body(body, current):
+            return False
+        self._call("PATCH", f"/pulls/{number}", json={"body": body}, expected=(200, 201))
+        return True

@@ -18,7 +18,7 @@ from __future__ import annotations
 import fcntl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -668,6 +668,21 @@ class Ledger:
             session.add(record)
             session.commit()
             return record
+
+    def update_pull_request_body(self, repo: str, number: int, body_of: Callable[[str], str]) -> bool:
+        """Replace the PR's body with ``body_of(current body)`` in one transaction; False when unchanged."""
+        with self._session() as session:
+            query = select(PullRequestRecord).where(PullRequestRecord.repo == repo, PullRequestRecord.number == number)
+            record = session.exec(query.with_for_update()).first()
+            if record is None:
+                raise UnknownPullRequest(f"pull request #{number} of {repo} is not in the ledger")
+            body = body_of(record.body)
+            if body == record.body:
+                return False
+            record.body = body
+            session.add(record)
+            session.commit()
+            return True
 
     def pull_requests(self, work_item: str) -> list[PullRequestRecord]:
         return self._rows_of(PullRequestRecord, work_item)

@@ -21,6 +21,7 @@ Behaviour kept from real Gitea, because clients get it wrong:
   again later`` when the PR does not merge cleanly, 404 for a closed PR;
 * a commit without statuses has the combined state ``""`` and ``statuses: null``;
   a single status carries its state in ``status``;
+* editing a PR (``PATCH pulls/{index}``: title, body, state, base) answers **201**, not 200;
 * a PR's commits (``GET pulls/{index}/commits``) are those of head not in base,
   newest first (``git log`` order); once merged, those it brought (from its merge base).
 
@@ -457,6 +458,47 @@ class GiteaTestServer(ThreadedForgeServer):
             }
             record.next_index += 1
             record.pulls.append(pr)
+            return 201, self._pull_json(record, pr, branches), {}
+
+    def _op_repoEditPullRequest(
+        self, record: Repo, params: dict[str, str], query: dict[str, str], body: dict[str, Any]
+    ) -> Answer:
+        """Edit a PR as Gitea's ``EditPullRequest`` does: an empty title is ignored, a given ``body``
+        (even empty) replaces the text, ``state`` closes or reopens (412 once merged; 409 when reopening
+        meets another open PR of the same head and base), ``base`` must be an existing branch. The other
+        fields of ``EditPullRequestOption`` (assignees, labels, milestone, deadline) are accepted and ignored.
+        Answers **201** with the PR."""
+        with self._lock:
+            pr = self._find_pull(record, int(params["index"]))
+            branches = self._branches(record)
+            changes: dict[str, Any] = {}
+            if isinstance(body.get("title"), str) and body["title"].strip():
+                changes["title"] = body["title"]
+            if isinstance(body.get("body"), str):
+                changes["body"] = body["body"]
+            base = body.get("base")
+            if isinstance(base, str) and base and base != pr["base"]:
+                if pr["state"] != "open":
+                    raise ApiError(422, "cannot change the base of a closed pull request")
+                if base not in branches:
+                    raise ApiError(404, f"branch {base!r} does not exist")
+                changes["base"] = base
+            state = body.get("state")
+            if state is not None:
+                if state not in ("open", "closed"):
+                    raise ApiError(422, f"invalid state {state!r}")
+                if pr["merged"]:
+                    raise ApiError(412, "cannot change state of this pull request, it was already merged")
+                if state != pr["state"]:
+                    changes["state"] = state
+                    changes["closed_at"] = _now() if state == "closed" else None
+            if changes.get("state", pr["state"]) == "open":
+                head, new_base = pr["head"], changes.get("base", pr["base"])
+                for other in record.pulls:
+                    if other is not pr and other["state"] == "open" and (other["head"], other["base"]) == (head, new_base):
+                        raise ApiError(409, f"pull request already exists for these targets [id: {other['id']}]")
+            if changes:
+                pr.update(changes, updated_at=_now())
             return 201, self._pull_json(record, pr, branches), {}
 
     def _op_repoPullRequestIsMerged(

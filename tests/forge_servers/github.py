@@ -399,6 +399,44 @@ class GitHubTestServer(ThreadedForgeServer):
         data = self._pull_json(record, pr)
         return 201, data, {"Location": data["url"]}
 
+    def _op_update_pull(self, record: Repo, params: Params, query: Params, body: Body) -> Answer:
+        """``PATCH .../pulls/{n}``: title, body, state (open|closed), base; 200 with the PR. A merged PR's
+        state cannot change, and reopening meets the one-open-PR-per-head-and-base rule (422, as on create)."""
+        pr = self._find_pull(record, params["pull_number"])
+        changes: dict[str, Any] = {}
+        if "title" in body:
+            if not isinstance(body["title"], str) or not body["title"]:
+                raise _invalid("PullRequest", "title", "missing_field")
+            changes["title"] = body["title"]
+        if "body" in body:
+            if body["body"] is not None and not isinstance(body["body"], str):
+                raise _invalid("PullRequest", "body")
+            changes["body"] = body["body"]
+        if "base" in body:
+            if not isinstance(body["base"], str) or self._branch_sha(record, body["base"]) is None:
+                raise _invalid("PullRequest", "base")
+            if body["base"] != pr["base"]:
+                if pr["state"] != "open":
+                    raise _custom("Cannot change the base branch of a closed pull request.")
+                changes["base"] = body["base"]
+        if "state" in body:
+            if body["state"] not in ("open", "closed"):
+                raise _invalid("PullRequest", "state")
+            if body["state"] != pr["state"]:
+                if pr["merged"]:
+                    raise _custom("Cannot change the state of a merged pull request.")
+                changes["state"] = body["state"]
+                if body["state"] == "closed":
+                    changes["head_sha"] = self._branch_sha(record, pr["head"]) or pr["head_sha"]
+        if changes.get("state", pr["state"]) == "open":
+            head, base = pr["head"], changes.get("base", pr["base"])
+            for other in record.pulls:
+                if other is not pr and other["state"] == "open" and (other["head"], other["base"]) == (head, base):
+                    raise _custom(f"A pull request already exists for {record.owner}:{head}.")
+        if changes:
+            pr.update(changes, updated_at=_now())
+        return 200, self._pull_json(record, pr), {}
+
     def _op_list_pull_commits(self, record: Repo, params: Params, query: Params, body: Body) -> Answer:
         """``base..head`` while open; once merged, what the merge brought (``merge^1..head``); oldest first."""
         pr = self._find_pull(record, params["pull_number"])

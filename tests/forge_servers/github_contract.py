@@ -82,6 +82,13 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation("get_pull", "GET", "/repos/{owner}/{repo}/pulls/{pull_number}"),
     Operation(
+        "update_pull", "PATCH", "/repos/{owner}/{repo}/pulls/{pull_number}",
+        body={"title": ANY, "body": ANY, "state": "open|closed", "base": ANY, "maintainer_can_modify": ANY},
+        note="Not in the document's table: GitHub's 'Update a pull request' (REST pulls reference): "
+        "body {title, body, state: open|closed, base, maintainer_can_modify}, all optional; 200 with the PR; "
+        "403, 422. Used to keep the PR's body telling the story (issue 17).",
+    ),
+    Operation(
         "list_pull_commits", "GET", "/repos/{owner}/{repo}/pulls/{pull_number}/commits",
         query={"per_page": PER_PAGE, "page": PAGE},
         note="Not in the document's table: GitHub's 'List commits on a pull request' (REST pulls reference): "

@@ -1,0 +1,98 @@
+"""What people read in the Prefect UI before they decide (issue 17): a stage's documents as an artifact.
+
+The person approving the analysis reads it on the pipeline run's page, through the link in
+the Resume form, instead of finding the branch in git. Documents are read as the stage
+committed them (``git show HEAD:...`` in the branch's worktree), never as files an agent
+could still be changing, and kept whole up to a bound that no document reaches in practice.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from uuid import UUID
+
+from git.exc import GitCommandError
+from prefect import task
+from pydantic import BaseModel, Field
+
+from sdlc.graph import artifacts_dir
+from sdlc.models import WorkItemRequest, slugify
+from sdlc.retry import STEP_RETRY_DELAYS_SECONDS
+from tasks.failures import retried_on_transient
+from tasks.git import git_env, repo_at
+from tasks.worktree import worktree_path
+
+DOCUMENT_MAX_CHARS = 200_000
+QUOTE_MAX_CHARS = 3_000
+
+
+class PublishedDocuments(BaseModel):
+    """A stage's documents as published: the artifact's key, its page in the UI, and the texts."""
+
+    key: str
+    url: str | None = None
+    documents: dict[str, str | None] = Field(default_factory=dict, description="File name -> text (None: missing).")
+
+    def quote(self, name_part: str) -> str | None:
+        """The first document whose name contains ``name_part``, as a markdown quote (bounded)."""
+        for name, text in self.documents.items():
+            if name_part in name and text:
+                cut = text.strip()
+                if len(cut) > QUOTE_MAX_CHARS:
+                    cut = cut[:QUOTE_MAX_CHARS].rstrip() + "\n\n[... the rest is in the artifact]"
+                return "\n".join(f"> {line}" if line else ">" for line in cut.splitlines())
+        return None
+
+
+def artifact_key(kind: str, work_item: str) -> str:
+    """``<kind>-<work item>`` in the form Prefect accepts for a key (lower-case letters, digits, dashes)."""
+    return f"{slugify(kind, 30)}-{slugify(work_item, 60)}"
+
+
+def artifact_url(artifact_id: UUID | str) -> str | None:
+    """The Prefect UI page that shows an artifact's content (the key's page lists its versions)."""
+    from prefect.settings import PREFECT_UI_URL
+
+    base = PREFECT_UI_URL.value()
+    return f"{base.rstrip('/')}/artifacts/artifact/{artifact_id}" if base else None
+
+
+def committed_documents(request: WorkItemRequest, names: list[str]) -> dict[str, str | None]:
+    """The work item's documents as its branch's head holds them, in the order given."""
+    repo = repo_at(worktree_path(request.repo, request.feature_branch))
+    folder = artifacts_dir(request.work_item)
+    documents: dict[str, str | None] = {}
+    for name in names:
+        try:
+            text: str | None = repo.git.show(f"HEAD:{folder}/{name}", env=git_env(), strip_newline_in_stdout=False)
+        except GitCommandError:
+            text = None
+        documents[name] = text[:DOCUMENT_MAX_CHARS] if text is not None else None
+    return documents
+
+
+def render_documents(heading: str, documents: dict[str, str | None]) -> str:
+    """One markdown page: the heading, then each document under its name, whole."""
+    parts = [f"# {heading}"]
+    for name, text in documents.items():
+        body = text.strip() if text else "_(not written)_"
+        # A document's own headings go one level down, under its name.
+        body = re.sub(r"(?m)^(#{1,5}) ", r"#\1 ", body)
+        parts += [f"## {name}", body]
+    return "\n\n".join(parts) + "\n"
+
+
+@task(name="publish-documents", **retried_on_transient(STEP_RETRY_DELAYS_SECONDS))
+def publish_documents(request: WorkItemRequest, kind: str, heading: str, names: list[str]) -> PublishedDocuments:
+    """Publish the named documents of the work item as the markdown artifact ``<kind>-<id>``."""
+    from prefect.artifacts import create_markdown_artifact
+
+    documents = committed_documents(request, names)
+    key = artifact_key(kind, request.work_item)
+    artifact_id: Any = create_markdown_artifact(  # a UUID: called from a task, Prefect runs it synchronously
+        markdown=render_documents(heading, documents),
+        key=key,
+        description=f"{heading} ({', '.join(names)})",
+    )
+    return PublishedDocuments(key=key, url=artifact_url(artifact_id), documents=documents)
