@@ -43,12 +43,14 @@ from tasks import artifacts, forge, tracking
 from tasks.artifacts import PublishedDocuments
 from tasks.failures import SdlcError, UsageLimitWait
 from tasks.graph_check import require_valid_graph
+from tasks.notify import flow_run_url
 from tasks.taskfile import named_agent
 
 # A resumed run (after a pause, a crash or a retry) replays these instead of redoing them (B21).
 merge_pull_request = replayed(forge.merge_pull_request)
 merge_tested_pull_request = replayed(forge.merge_tested_pull_request)
 publish_documents = replayed(artifacts.publish_documents)
+tell_pull_request_story = replayed(artifacts.tell_pull_request_story)
 record_step = replayed(tracking.record_step)
 register_work_item = replayed(tracking.register_work_item)
 
@@ -380,6 +382,10 @@ def _follow_the_graph(request: WorkItemRequest, retry: Continuation | None) -> P
             event = _run_stage(request, graph, action, run_id, retries)
             if isinstance(event, router.StageFinished) and event.pull_request is not None:
                 carried = StepRecord(pull_request=event.pull_request)
+            if isinstance(event, router.StageFinished) and event.gate.passed:
+                pull_request = event.pull_request or progress.pull_request
+                if pull_request is not None:  # reviewers on the forge read the story so far in the PR
+                    tell_pull_request_story(request, pull_request, action.stage, flow_run_url(run_id))
         elif isinstance(action, router.AskForApproval):
             event, carried = _wait_for_approval(request, graph, action, run_id, record)
         elif isinstance(action, router.AskForAnswers):

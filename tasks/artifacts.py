@@ -8,6 +8,7 @@ could still be changing, and kept whole up to a bound that no document reaches i
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 from uuid import UUID
@@ -17,9 +18,10 @@ from prefect import task
 from pydantic import BaseModel, Field
 
 from sdlc.graph import artifacts_dir
-from sdlc.models import WorkItemRequest, slugify
+from sdlc.models import PullRequestRef, WorkItemRequest, slugify
+from sdlc.pr_body import DOCUMENTS, PullRequestStory, document_path, render_story
 from sdlc.retry import STEP_RETRY_DELAYS_SECONDS
-from tasks.failures import retried_on_transient
+from tasks.failures import SdlcError, retried_on_transient
 from tasks.git import git_env, repo_at
 from tasks.worktree import worktree_path
 
@@ -96,3 +98,54 @@ def publish_documents(request: WorkItemRequest, kind: str, heading: str, names: 
         description=f"{heading} ({', '.join(names)})",
     )
     return PublishedDocuments(key=key, url=artifact_url(artifact_id), documents=documents)
+
+
+VERDICT_LINE = re.compile(r"(?mi)^\W*(?:verdict|result)\W*:\W*(\w+)")
+
+
+def _verdict(text: str | None) -> str | None:
+    found = VERDICT_LINE.search(text or "")
+    return found.group(1).upper() if found else None
+
+
+@task(name="tell-pull-request-story")
+def tell_pull_request_story(
+    request: WorkItemRequest, pull_request: PullRequestRef, stage: str, run_url: str | None
+) -> bool:
+    """Write the work item's story so far into its PR's body, above the line a person writes below
+    (sdlc/pr_body.py): the documents committed on the branch, links to them on the forge, the review
+    verdict and test result once there, the spend and the run. True when the body changed.
+
+    A story that cannot be written is said in the run's log; it never stops the work item.
+    """
+    from tasks import forge
+    from tasks.git import run_logger
+    from tasks.ledger import Ledger
+
+    try:
+        documents = {name: text for name, text in committed_documents(request, list(DOCUMENTS)).items() if text}
+        paths = {name: document_path(request.work_item, name) for name in documents}
+        urls = forge.file_urls(request.repo, request.forge, request.feature_branch, paths.values())
+        ledger = Ledger.from_settings()
+        row = ledger.get_work_item(request.work_item)
+        story = PullRequestStory(
+            work_item=request.work_item,
+            title=request.title,
+            description=request.description,
+            documents=documents,
+            document_links={name: urls.get(path) or path for name, path in paths.items()},
+            review_verdict=_verdict(documents.get("12-review.md")),
+            test_result=_verdict(documents.get("13-test-report.md")),
+            spend_usd=sum(ledger.spend_by_stage(request.work_item).values()),
+            budget_usd=row.budget_usd if row is not None else request.budget_usd,
+            run_url=run_url,
+            stage=f"{stage} passed",
+        )
+        return forge.update_pull_request_story.fn(
+            request.repo, request.forge, pull_request.number, render_story(story), old_body=request.description
+        )
+    except (SdlcError, ValueError, GitCommandError) as exc:
+        run_logger(logging.getLogger("sdlc.artifacts")).warning(
+            "the story of PR #%s was not written: %s", pull_request.number, exc
+        )
+        return False

@@ -52,8 +52,12 @@ def start_worker(
     out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
     try:
         return subprocess.Popen(
-            command, env={"PREFECT_WORKER_QUERY_SECONDS": "1", **env},
-            cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            command,
+            env={"PREFECT_WORKER_QUERY_SECONDS": "1", **env},
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     finally:
         if log is not None:
@@ -101,9 +105,11 @@ def most_at_once(intervals: list[Interval]) -> int:
     return peak
 
 
-def check_done_apart(items: dict[str, Path], ledger: Any) -> tuple[list[Interval], dict[Path, list[Interval]]]:
+def check_done_apart(
+    items: dict[str, Path], ledger: Any, again: tuple[str, ...] = ("tester", "deployer")
+) -> tuple[list[Interval], dict[Path, list[Interval]]]:
     """Every work item done on its own branch and worktree, each role run once (testing and deploy again when
-    main moved before its merge), each PR merged once into its
+    main moved before its merge: the roles ``again`` names), each PR merged once into its
     repository (numbered 1..n there); returns the agents' intervals, all and per repository."""
     rows = {row.id: row for row in ledger.list_work_items() if row.id in items}
     assert sorted(rows) == sorted(items)
@@ -117,7 +123,7 @@ def check_done_apart(items: dict[str, Path], ledger: Any) -> tuple[list[Interval
         # Each role once; a work item whose branch was behind main when it came to merge (another one on its
         # repository merged first) had its merged code tested again: testing and deploy ran once more each time.
         judged_again = sum("main moved" in t.reason for t in ledger.transitions(work_item))
-        expected = Counter({role: 1 + (judged_again if role in ("tester", "deployer") else 0) for role in ROLES})
+        expected = Counter({role: 1 + (judged_again if role in again else 0) for role in ROLES})
         assert Counter(run.role for run in agent_runs) == expected, work_item
         assert all(run.exit_code == 0 and run.ended_at is not None for run in agent_runs), work_item
         paths = {WORKTREE.search(Path(run.log_path).read_text()).group(1) for run in agent_runs}  # type: ignore[union-attr]
@@ -134,7 +140,9 @@ def check_done_apart(items: dict[str, Path], ledger: Any) -> tuple[list[Interval
         assert sorted(rows[w].pr_number for w in mine) == list(range(1, len(mine) + 1)), origin
         merges = subprocess.run(
             ["git", "-C", str(origin), "log", "--merges", "--first-parent", "--format=%s", "main"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.splitlines()
         assert sorted(merges) == sorted(f"Merge pull request #{rows[w].pr_number} from {rows[w].branch}" for w in mine)
     return intervals, by_repo

@@ -113,10 +113,12 @@ def test_two_work_items_changing_one_file_both_end_done_with_the_second_develope
         origin, tmp_path, "UP-2", {"developer": {"shared_file": SHARED, "wait_for_file": str(first_done)}}
     )
     with pipeline_in_thread(second) as outcome:
-        wait_for_stage("UP-2", "development")
-        state = run_pipeline(first)
-        assert state.is_completed(), state.message
-        first_done.touch()
+        try:
+            wait_for_stage("UP-2", "development")
+            state = run_pipeline(first)
+            assert state.is_completed(), state.message
+        finally:
+            first_done.touch()  # never leave UP-2's developer waiting on a failed test
     assert_done(outcome, "UP-2")
 
     # main holds the second developer's resolution: both lines, no conflict marker.
@@ -148,9 +150,11 @@ def test_two_work_items_changing_different_files_both_merge_without_an_agent_run
     first = request_for(origin, tmp_path, "UP-3", {})
     second = request_for(origin, tmp_path, "UP-4", {"developer": {"wait_for_file": str(first_done)}})
     with pipeline_in_thread(second) as outcome:
-        wait_for_stage("UP-4", "development")
-        assert run_pipeline(first).is_completed()
-        first_done.touch()
+        try:
+            wait_for_stage("UP-4", "development")
+            assert run_pipeline(first).is_completed()
+        finally:
+            first_done.touch()
     assert_done(outcome, "UP-4")
 
     every_stage_once = ["analyst", "architect", "developer", "reviewer", "tester", "deployer"]
@@ -177,16 +181,27 @@ def test_a_branch_behind_main_when_deploy_passes_is_tested_again_before_it_is_me
     go = tmp_path / "deploy-go"
     request = request_for(origin, tmp_path, "UP-5", {"deployer": {"wait_for_file": str(go)}})
     with pipeline_in_thread(request) as outcome:
-        wait_for_stage("UP-5", "deploy")
-        # Someone else's change lands on main while the deployer runs: a file no one else touches.
-        clone = tmp_path / "someone"
-        subprocess.run(["git", "clone", "-q", str(origin), str(clone)], check=True)
-        (clone / "NOTICE.md").write_text("Someone else's change.\n")
-        git(clone, "add", "NOTICE.md")
-        git(clone, "-c", "user.name=Someone", "-c", "user.email=someone@example.com", "commit", "-qm", "Add a notice")
-        git(clone, "push", "-q", "origin", "HEAD:main")
-        pushed_at = time.time()
-        go.touch()
+        try:
+            wait_for_stage("UP-5", "deploy")
+            # Someone else's change lands on main while the deployer runs: a file no one else touches.
+            clone = tmp_path / "someone"
+            subprocess.run(["git", "clone", "-q", str(origin), str(clone)], check=True)
+            (clone / "NOTICE.md").write_text("Someone else's change.\n")
+            git(clone, "add", "NOTICE.md")
+            git(
+                clone,
+                "-c",
+                "user.name=Someone",
+                "-c",
+                "user.email=someone@example.com",
+                "commit",
+                "-qm",
+                "Add a notice",
+            )
+            git(clone, "push", "-q", "origin", "HEAD:main")
+            pushed_at = time.time()
+        finally:
+            go.touch()
     assert_done(outcome, "UP-5")
 
     _, runs, transitions = ledger_of("UP-5")

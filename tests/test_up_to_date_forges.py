@@ -191,14 +191,13 @@ def test_two_work_items_changing_one_file_on_a_forge_repository_both_merge_throu
         ),
         remote,
     )
-    try:
-        with pipeline_in_thread(second) as outcome:
+    with pipeline_in_thread(second) as outcome:
+        try:
             wait_for_stage("UF-2", "development")
             state = run_pipeline(first)
             assert state.is_completed(), state.message
-            first_done.touch()
-    finally:
-        first_done.touch()  # never leave UF-2's developer waiting on a failed test
+        finally:
+            first_done.touch()  # never leave UF-2's developer waiting on a failed test
     assert_done(outcome, "UF-2")
 
     first_pull, second_pull = remote.pull_of(first.feature_branch), remote.pull_of(second.feature_branch)
