@@ -1,4 +1,5 @@
-"""What people read in the Prefect UI before they decide (issue 17): a stage's documents as an artifact.
+"""What people read in the Prefect UI before they decide (issue 17): a stage's documents as an artifact,
+and the PR's story. Not called by the pipeline yet: its wiring is issue 17's next slice.
 
 The person approving the analysis reads it on the pipeline run's page, through the link in
 the Resume form, instead of finding the branch in git. Documents are read as the stage
@@ -19,7 +20,14 @@ from pydantic import BaseModel, Field
 
 from sdlc.graph import artifacts_dir
 from sdlc.models import PullRequestRef, WorkItemRequest, slugify
-from sdlc.pr_body import DOCUMENTS, PullRequestStory, document_path, render_story
+from sdlc.pr_body import (
+    DOCUMENTS,
+    REVIEW_DOCUMENT,
+    TEST_REPORT_DOCUMENT,
+    PullRequestStory,
+    document_path,
+    render_story,
+)
 from sdlc.retry import STEP_RETRY_DELAYS_SECONDS
 from tasks.failures import SdlcError, retried_on_transient
 from tasks.git import git_env, repo_at
@@ -134,8 +142,8 @@ def tell_pull_request_story(
             description=request.description,
             documents=documents,
             document_links={name: urls.get(path) or path for name, path in paths.items()},
-            review_verdict=_verdict(documents.get("12-review.md")),
-            test_result=_verdict(documents.get("13-test-report.md")),
+            review_verdict=_verdict(documents.get(REVIEW_DOCUMENT)),
+            test_result=_verdict(documents.get(TEST_REPORT_DOCUMENT)),
             spend_usd=sum(ledger.spend_by_stage(request.work_item).values()),
             budget_usd=row.budget_usd if row is not None else request.budget_usd,
             run_url=run_url,

@@ -34,7 +34,7 @@ ITEMS_PER_REPOSITORY = 5
 PROVIDER_LIMIT = 4
 REPO_LIMIT = 2
 WORKERS = ("sdlc-pg-a", "sdlc-pg-b")
-RUNS_TIMEOUT_SECONDS = 300
+RUNS_TIMEOUT_SECONDS = 480  # five per repository merging together: merged code is judged again (issue 16)
 SUBMITTED = re.compile(r"Worker '([^']+)' submitting flow run '([0-9a-f-]{36})'")
 ABORTED = re.compile(r"Aborted submission of flow run '([0-9a-f-]{36})'")
 
