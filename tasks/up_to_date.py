@@ -39,7 +39,7 @@ from tasks.git import (
     repo_at,
     run_logger,
 )
-from tasks.worktree import default_branch, ensure_main_clone, ensure_worktree, main_clone_path
+from tasks.worktree import default_branch, ensure_main_clone, ensure_worktree, is_ancestor, main_clone_path
 
 logger = logging.getLogger("sdlc.up_to_date")
 
@@ -51,14 +51,6 @@ def _sha(repo: git.Repo, ref: str) -> str | None:
         return str(repo.git.rev_parse("--verify", "--quiet", f"{ref}^{{commit}}", env=git_env())).strip()
     except GitCommandError:
         return None
-
-
-def _contains(repo: git.Repo, older: str, newer: str) -> bool:
-    try:
-        repo.git.merge_base("--is-ancestor", older, newer, env=git_env())
-        return True
-    except GitCommandError:
-        return False
 
 
 def abandon_merge_in_progress(worktree: Path) -> None:
@@ -89,7 +81,7 @@ def merge_default_branch(repo: str, branch: str, worktree: Path, *, resolvable: 
     git_repo = repo_at(worktree)
     target = _sha(git_repo, f"refs/remotes/origin/{default}")
     head = _sha(git_repo, "HEAD")
-    if target is None or head is None or _contains(git_repo, target, head):
+    if target is None or head is None or is_ancestor(git_repo, target, head):
         return UpToDate(state="current", branch=branch, default_branch=default, target=target)
     _discard_uncommitted(git_repo, worktree)
     count = int(str(git_repo.git.rev_list("--count", f"{head}..{target}", "--", env=git_env())).strip() or 0)
@@ -183,7 +175,7 @@ def default_branch_moved(repo: str, branch: str) -> str | None:
     if not has_ref(git_repo, f"refs/remotes/origin/{branch}"):
         raise PermanentError(f"branch {branch!r} is not on origin")
     tip = f"refs/remotes/origin/{branch}"
-    if _contains(git_repo, target, tip) or _contains(git_repo, tip, target):
+    if is_ancestor(git_repo, target, tip) or is_ancestor(git_repo, tip, target):
         return None  # up to date, or already merged (a replayed merge after a crash)
     count = str(
         git_repo.git.rev_list("--count", f"refs/remotes/origin/{branch}..{target}", "--", env=git_env())

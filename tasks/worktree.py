@@ -284,7 +284,8 @@ def _current_branch(worktree: Path) -> str | None:
         return None
 
 
-def _is_ancestor(repo: git.Repo, older: str, newer: str) -> bool:
+def is_ancestor(repo: git.Repo, older: str, newer: str) -> bool:
+    """Whether ``newer`` contains ``older`` (``git merge-base --is-ancestor``)."""
     try:
         repo.git.merge_base("--is-ancestor", "--", older, newer, env=git_env())
         return True
@@ -300,7 +301,7 @@ def _fast_forward(worktree: Path, branch: str) -> None:
         return
     local_sha = repo.git.rev_parse("HEAD", env=git_env()).strip()
     remote_sha = repo.git.rev_parse(remote, env=git_env()).strip()
-    if local_sha == remote_sha or not _is_ancestor(repo, local_sha, remote_sha):
+    if local_sha == remote_sha or not is_ancestor(repo, local_sha, remote_sha):
         return
     if repo.git.status("--porcelain", "--untracked-files=no", env=git_env()).strip():
         logger.warning("worktree %s has local changes; not fast-forwarding to origin/%s", worktree, branch)
@@ -317,7 +318,7 @@ def _add_worktree(clone_repo: git.Repo, path: Path, branch: str, base: str) -> N
     has_local = has_ref(clone_repo, local)
     has_remote = has_ref(clone_repo, remote)
     env = git_env()
-    if has_local and (not has_remote or _is_ancestor(clone_repo, remote, local)):
+    if has_local and (not has_remote or is_ancestor(clone_repo, remote, local)):
         # Keep local commits the remote does not have yet (an earlier push failed).
         clone_repo.git.worktree("add", "--", str(path), branch, env=env)
     elif has_remote:
