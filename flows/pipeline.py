@@ -39,14 +39,18 @@ from sdlc.models import (
     pipeline_parameters,
 )
 from sdlc.settings import get_settings, settings_in_force
-from tasks import forge, tracking
+from tasks import artifacts, forge, tracking
+from tasks.artifacts import PublishedDocuments
 from tasks.failures import SdlcError, UsageLimitWait
 from tasks.graph_check import require_valid_graph
+from tasks.notify import flow_run_url
 from tasks.taskfile import named_agent
 
 # A resumed run (after a pause, a crash or a retry) replays these instead of redoing them (B21).
 merge_pull_request = replayed(forge.merge_pull_request)
 merge_tested_pull_request = replayed(forge.merge_tested_pull_request)
+publish_documents = replayed(artifacts.publish_documents)
+tell_pull_request_story = replayed(artifacts.tell_pull_request_story)
 record_step = replayed(tracking.record_step)
 register_work_item = replayed(tracking.register_work_item)
 
@@ -166,21 +170,44 @@ def _with_state(
 _RUNNING_AGAIN = StepRecord(state=WorkItemState.running)
 
 
+def _approval_form_text(request: WorkItemRequest, stage: str, published: PublishedDocuments) -> str:
+    """The Resume form's description: what is approved, where to read it, the acceptance criteria quoted."""
+    lines = [f"Approve the {stage} of {request.work_item}: {request.title}"]
+    if published.url:
+        names = ", ".join(name for name, text in published.documents.items() if text is not None)
+        lines += ["", f"**Read the {stage}:** [{published.key}]({published.url}) ({names})"]
+    criteria = published.quote("acceptance")
+    if criteria:
+        lines += ["", "**Acceptance criteria:**", "", criteria]
+    return "\n".join(lines)
+
+
 def _wait_for_approval(
-    request: WorkItemRequest, action: router.AskForApproval, run_id: str | None, record: StepRecord
+    request: WorkItemRequest,
+    graph: StageGraph,
+    action: router.AskForApproval,
+    run_id: str | None,
+    record: StepRecord,
 ) -> tuple[router.Event, StepRecord]:
     """The approval event, and what the next step records; ``record`` is written before the wait."""
     work_item = request.work_item
     if request.auto_approve:
         _record(request, run_id, record)
         return router.ApprovalGiven(approve=True, approver="auto-approve", comment=""), StepRecord()
+    stage = action.stage
+    # What is approved, on the run's page: the person reads it there, through the form's link.
+    published = publish_documents(
+        request, stage, f"The {stage} of {work_item}: {request.title}", graph.stage(stage).artifacts
+    )
+    read_it = f"; read it: {published.url}" if published.url else ""
     asked = _said(
         "approval_requested",
-        f"{work_item} analysis is ready: approve in the UI or run `sdlc approve {work_item}`; "
+        f"{work_item} {stage} is ready{read_it}; approve in the UI or run `sdlc approve {work_item}`; "
         f"in chat: /approve {work_item} [comment], /reject {work_item} what to change",
         tracker_state="in_review",
-        comment=f"The analysis of {work_item} is ready for approval. "
-        "Reply /approve to go on, or /reject with what to change.",
+        comment=f"The {stage} of {work_item} is ready for approval"
+        + (f": {published.url}" if published.url else ".")
+        + "\n\nReply /approve to go on, or /reject with what to change.",
     )
     _record(
         request,
@@ -191,7 +218,7 @@ def _wait_for_approval(
     )
     decided: ApprovalDecision = _wait_for_input(
         ApprovalDecision.with_initial_data(
-            description=f"Approve the analysis of {work_item}: {request.title}", approver="", comment=""
+            description=_approval_form_text(request, stage, published), approver="", comment=""
         ),
         # Resume relies on this key: the resumed run finds the person's decision under it (B21).
         key=f"approval-{action.stage}-{action.visit}",
@@ -206,9 +233,12 @@ def _wait_for_answers(
 ) -> tuple[router.Event, StepRecord]:
     """The analyst's answers as an event, and what the next step records; ``record`` is written before the wait."""
     gate, work_item = action.gate, request.work_item
+    questions = [gate.artifact.rsplit("/", 1)[-1]] if gate.artifact else []
+    published = publish_documents(request, "questions", f"Questions about {work_item}: {request.title}", questions)
+    read_it = f" ({published.url})" if published.url and questions else ""
     asked = _said(
         "input_requested",
-        f"{work_item} needs input: the analyst asked questions ({gate.artifact}); "
+        f"{work_item} needs input: the analyst asked questions ({gate.artifact}){read_it}; "
         f"answer in the UI or run `sdlc answer {work_item} --file ANSWERS.md`; in chat: /answer {work_item} your answers",
         tracker_state="needs_input",
         comment=f"The analyst of {work_item} has questions:\n\n{gate.details}\n\n"
@@ -216,7 +246,9 @@ def _wait_for_answers(
     )
     _record(request, run_id, _with_state(record, WorkItemState.needs_input, action.stage, gate.reason, asked))
     answers: AnalystAnswers = _wait_for_input(
-        AnalystAnswers.with_initial_data(description=f"Questions from the analyst of {work_item}:\n\n{gate.details}"),
+        AnalystAnswers.with_initial_data(
+            description=f"Questions from the analyst of {work_item}{read_it}:\n\n{gate.details}"
+        ),
         # Resume relies on this key: the resumed run finds the person's input under it (B21).
         key=f"answers-{action.stage}-{action.visit}",
         timeout=request.approval_timeout_seconds,
@@ -350,8 +382,12 @@ def _follow_the_graph(request: WorkItemRequest, retry: Continuation | None) -> P
             event = _run_stage(request, graph, action, run_id, retries)
             if isinstance(event, router.StageFinished) and event.pull_request is not None:
                 carried = StepRecord(pull_request=event.pull_request)
+            if isinstance(event, router.StageFinished) and event.gate.passed:
+                pull_request = event.pull_request or progress.pull_request
+                if pull_request is not None:  # reviewers on the forge read the story so far in the PR
+                    tell_pull_request_story(request, pull_request, action.stage, flow_run_url(run_id))
         elif isinstance(action, router.AskForApproval):
-            event, carried = _wait_for_approval(request, action, run_id, record)
+            event, carried = _wait_for_approval(request, graph, action, run_id, record)
         elif isinstance(action, router.AskForAnswers):
             event, carried = _wait_for_answers(request, action, run_id, record)
         elif isinstance(action, router.MergePullRequest):

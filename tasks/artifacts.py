@@ -1,5 +1,5 @@
 """What people read in the Prefect UI before they decide (issue 17): a stage's documents as an artifact,
-and the PR's story. Not called by the pipeline yet: its wiring is issue 17's next slice.
+and the PR's story.
 
 The person approving the analysis reads it on the pipeline run's page, through the link in
 the Resume form, instead of finding the branch in git. Documents are read as the stage

@@ -205,6 +205,24 @@ def _approve_in_browser(
                 expect(dialog, "the form does not show the input's description").to_contain_text(
                     f"Approve the analysis of {variant.work_item}: {TITLE}"
                 )
+                # What is approved is one link away: the analysis, published as the run's artifact (issue 17).
+                expect(dialog, "the form does not quote the acceptance criteria").to_contain_text("Acceptance criteria")
+                link = re.search(r"https?://[^\s)\]]+/artifacts/artifact/[0-9a-f-]{36}", dialog.inner_text())
+                if link is None:  # rendered markdown: the address is the link's href
+                    link = re.search(
+                        r"https?://[^\s\"]+/artifacts/artifact/[0-9a-f-]{36}", dialog.inner_html()
+                    )
+                assert link is not None, f"no link to the analysis in the form: {dialog.inner_text()}"
+                reading = context.new_page()
+                reading.goto(link.group(0))
+                expect(
+                    reading.get_by_text("The new behaviour is available from the code under").first,
+                    "the analysis artifact does not show the requirements",
+                ).to_be_visible()
+                reading.screenshot(path=shots["analysis"], full_page=True)
+                print(f"the analysis being approved: {shots['analysis']}")
+                reading.close()
+                lap("analysis read")
                 approve = _field(dialog, "Approve", "switch")
                 expect(approve, "approve should be on by default (ApprovalDecision.approve=True)").to_be_checked()
                 approver = _field(dialog, "Approver", "textbox")
@@ -279,7 +297,7 @@ def test_approve_in_the_prefect_ui_resumes_and_finishes_the_pipeline(
         lap("suspended")
 
         network = NetworkLog(allowed_origin=origin)
-        shots = {name: tmp_path / f"browser-approval-{ui}-{name}.png" for name in ("filled", "submitted", "failure")}
+        shots = {name: tmp_path / f"browser-approval-{ui}-{name}.png" for name in ("analysis", "filled", "submitted", "failure")}
         url = origin + variant.path.format(id=flow_run_id)
         _approve_in_browser(variant, url, flow_run_id, network, shots, lap)
 

@@ -37,6 +37,7 @@ import pytest
 
 from entrypoints.cli import main
 from sdlc.models import default_branch_name, validate_branch
+from sdlc.pr_body import CUT_NOTE, MARKER, neutralise
 from demo.sample import create_sample_repo
 from test_cli import SDLC, wait_for_runs, wait_for_state
 from test_webhooks import events_for
@@ -350,7 +351,13 @@ def test_hostile_text_in_a_whole_pipeline_is_plain_data(
     assert (row.title, row.description, row.repo) == (title, description, str(origin))
     assert row.branch == default_branch_name(work_item, title) == validate_branch(row.branch)  # a slug, nothing of the payloads
     (pr,) = ledger.pull_requests(work_item)
-    assert (pr.title, pr.body, pr.state) == (f"{work_item}: {title}", description, "merged")
+    assert (pr.title, pr.state) == (f"{work_item}: {title}", "merged")
+    # The body tells the story (issue 17): the description under "Work item" as plain data that opens no
+    # comment hiding the rest (its 60 000 z's cut to fit GitHub's limit), sdlc's marker once, at its end.
+    shown = neutralise(description).strip("\n").split("z" * 100)[0]
+    assert f"### Work item\n\n{shown}" in pr.body and CUT_NOTE in pr.body, pr.body
+    assert len(pr.body) < 65_536
+    assert pr.body.count(MARKER) == 1 and "<!--" not in pr.body.replace(MARKER, ""), pr.body
 
     runs = seen(record)
     assert [r["role"] for r in runs] == ["analyst", "architect", "developer", "reviewer", "tester", "deployer"]

@@ -223,7 +223,11 @@ def test_a_block_with_its_own_events_gets_only_those_and_notify_events_chooses_t
 
     routed = [event_of(m) for m in telegram.delivered if m.chat_id == OPS]
     assert sorted(routed) == ["approval_requested", "done"]
-    asked = one(received(telegram, "approval_requested"), "ET-7 analysis is ready: approve in the UI or run")
+    asked = one(
+        received(telegram, "approval_requested"),
+        "ET-7 analysis is ready; read it: http",
+        "/artifacts/artifact/", "; approve in the UI or run",
+    )
     assert asked.startswith("⚠️ sdlc-flows: approval_requested ET-7\n")
     others = {event_of(m) for m in telegram.delivered if m.chat_id == TEAM}
     assert others == {"stage_changed", "done"}
