@@ -512,62 +512,16 @@ def _ledger_exists(settings: SdlcSettings) -> bool:
 
 
 def status_report(work_item: str | None) -> list[dict[str, Any]]:
+    from sdlc.work_item_page import work_item_report
     from tasks.ledger import Ledger
 
     if not _ledger_exists(get_settings()):
         return []
     ledger = Ledger.from_settings()
     rows = [ledger.get_work_item(work_item)] if work_item else ledger.list_work_items()
-    report = []
-    for row in rows:
-        if row is None:
-            continue
-        runs = ledger.agent_runs(row.id)
-        report.append(
-            {
-                "work_item": row.id,
-                "title": row.title,
-                "repo": row.repo,
-                "branch": row.branch,
-                "stage": row.stage,
-                "state": row.state,
-                "reason": row.reason,
-                "flow_run_id": row.flow_run_id,
-                "pull_request": {"number": row.pr_number, "url": row.pr_url} if row.pr_number else None,
-                "transitions": [
-                    {"from": t.from_stage, "to": t.to_stage, "reason": t.reason, "at": t.at.isoformat()}
-                    for t in ledger.transitions(row.id)
-                ],
-                "agent_runs": [
-                    {
-                        "stage": r.stage,
-                        "role": r.role,
-                        "attempt": r.attempt,
-                        "exit_code": r.exit_code,
-                        "duration_seconds": r.duration_seconds,
-                        "timed_out": r.timed_out,
-                        "error": r.error,
-                        "failure_kind": r.failure_kind,
-                        "failure_reason": r.failure_reason,
-                        "cost_usd": r.cost_usd,
-                        "input_tokens": r.input_tokens,
-                        "output_tokens": r.output_tokens,
-                        "num_turns": r.num_turns,
-                        "session_id": r.session_id,
-                        "sandbox": r.sandbox,
-                        "log_path": r.log_path,
-                    }
-                    for r in runs
-                ],
-                "usage": {
-                    "budget_usd": row.budget_usd,
-                    "cost_usd": round(sum(r.cost_usd or 0 for r in runs), 6),
-                    "input_tokens": sum(r.input_tokens or 0 for r in runs),
-                    "output_tokens": sum(r.output_tokens or 0 for r in runs),
-                },
-            }
-        )
-    return report
+    return [
+        work_item_report(row, ledger.transitions(row.id), ledger.agent_runs(row.id)) for row in rows if row is not None
+    ]
 
 
 def breaker_lines() -> list[str]:

@@ -17,11 +17,11 @@ silently running again. Records live in the flow's result storage, next to the
 results, so they are wherever results are (``$PREFECT_HOME/storage`` or a shared
 storage block), whichever database the Prefect server uses:
 
-``replay-v4-<flow run>-<task name>-<n>-<digest>``
+``replay-v5-<flow run>-<task name>-<n>-<digest>``
     the n-th call's result, written by Prefect when the task completes. The task
     *name* (``run-agent``), not Prefect's task key, names the task: an edit to a
     task's body does not change which recorded call it is.
-``replay-v4-<flow run>-<task name>-<n>.call``
+``replay-v5-<flow run>-<task name>-<n>.call``
     the slot's call: its digest and one digest per parameter, written just before
     the task body runs (so it can say which parameters changed).
 
@@ -69,12 +69,14 @@ from pydantic import BaseModel, SecretBytes, SecretStr
 
 T = TypeVar("T", bound=Task[Any, Any])
 
-VERSION = "v4"
+VERSION = "v5"
 """The layout of the pipeline's replayed calls. Bump it when the tasks a pipeline calls, or
 their order, change: a run recorded by another layout is told to start again (v3: a step's
 ledger, tracker and notifier writes are one ``record-step`` task; the worktree is prepared
 in ``prepare-agent-run``; v4: ``bring-up-to-date`` before a code gate and
-``merge-tested-pull-request`` at the end)."""
+``merge-tested-pull-request`` at the end; v5: ``publish-documents`` before an approval or
+answers, ``tell-pull-request-story`` after a passing stage, ``publish-gate-report`` after a
+failing gate, and the gate report's link in the next agent's invocation)."""
 REFUSED = "Replay refused:"
 _SLOT = "sdlc-replay"
 _DIGEST_CHARS = 16
@@ -152,7 +154,7 @@ def replayed(task: T, *, ignore: Collection[str] = ()) -> T:
 def replay_key(
     context: TaskRunContext, parameters: dict[str, Any], *, ignore: frozenset[str] = frozenset()
 ) -> str | None:
-    """The result key of this call: ``replay-v4-<flow run>-<task>-<n>-<digest of its parameters>``."""
+    """The result key of this call: ``replay-v5-<flow run>-<task>-<n>-<digest of its parameters>``."""
     flow_context = FlowRunContext.get()
     run = context.task_run
     if flow_context is None or flow_context.flow_run is None or run.flow_run_id is None:

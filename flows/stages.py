@@ -1,4 +1,5 @@
-"""One stage of the pipeline as a Prefect flow: worktree, task file, agent, commit, PR, gate.
+"""One stage of the pipeline as a Prefect flow: worktree, task file, agent, commit, PR, gate,
+and the report of a gate that sent the work back.
 
 The body holds task calls and decisions only; the graph says what the stage's
 role, gate, commit paths and PR duty are.
@@ -15,7 +16,7 @@ from sdlc.config import current_graph
 from sdlc.graph import CODE_GATES, StageSpec
 from sdlc.models import AgentResult, GateResult, PullRequestRef, StageInput, StageResult, UpToDate
 from sdlc.settings import settings_in_force
-from tasks import agent, forge, gates, git, taskfile, up_to_date
+from tasks import agent, artifacts, forge, gates, git, taskfile, up_to_date
 from tasks.agent import AgentRunFailed
 from tasks.failures import UsageLimitWait
 from tasks.worktree import branch_lock, worktree_path
@@ -30,6 +31,7 @@ commit_and_push = replayed(git.commit_and_push)
 ensure_pull_request = replayed(forge.ensure_pull_request)
 run_gate = replayed(gates.run_gate)
 bring_up_to_date = replayed(up_to_date.bring_up_to_date)
+publish_gate_report = replayed(artifacts.publish_gate_report)
 
 
 def _stage_run_name() -> str:
@@ -62,6 +64,18 @@ def _result(
     )
 
 
+def _reported(stage_input: StageInput, spec: StageSpec, gate: GateResult) -> GateResult:
+    """A failed gate that sends the work on says why in the UI (issue 17): what it read (the review, the
+    test report, the end of the tests' log) becomes an artifact of this stage's run, named on the result
+    so the next agent's task file and run name it. Questions have their own page (the pipeline's)."""
+    if gate.passed or gate.artifact is None:
+        return gate
+    if current_graph().route(spec.name, gate.outcome).wait_for == "answers":
+        return gate
+    report = publish_gate_report(stage_input.request, spec.name, stage_input.visit, gate)
+    return gate.model_copy(update={"report": report}) if report is not None else gate
+
+
 def _judge_again(stage_input: StageInput, spec: StageSpec) -> StageResult:
     """The default branch moved after the gates passed: its gate judges the merged code, no agent runs."""
     request = stage_input.request
@@ -70,7 +84,7 @@ def _judge_again(stage_input: StageInput, spec: StageSpec) -> StageResult:
         return _result(stage_input, spec, gates.conflict_result(update), [update])
     worktree = str(worktree_path(request.repo, request.feature_branch))
     gate = run_gate(worktree, request.work_item, stage_input.visit, spec, None, request.repo, request.forge)
-    return _result(stage_input, spec, gate, [update])
+    return _result(stage_input, spec, _reported(stage_input, spec, gate), [update])
 
 
 def _run_stage(stage_input: StageInput) -> StageResult:
@@ -131,4 +145,5 @@ def _run_stage(stage_input: StageInput) -> StageResult:
                 return _result(stage_input, spec, conflict, merges, **done)
 
     gate = run_gate(worktree, request.work_item, stage_input.visit, spec, agent, request.repo, request.forge)
+    gate = _reported(stage_input, spec, gate)
     return _result(stage_input, spec, gate, merges, agent=agent, commit=commit, pull_request=pull_request)

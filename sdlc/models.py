@@ -289,12 +289,24 @@ class WorkItemState(str, Enum):
     failed = "failed"
 
 
+class ReportLink(BaseModel):
+    """A failed gate's report as published in the Prefect UI (issue 17): the artifact's key and its page."""
+
+    key: str
+    url: str | None = Field(default=None, description="The artifact's page; none without a UI URL.")
+
+    def describe(self) -> str:
+        """``review-report-et-7 http://.../artifacts/artifact/<id>``: the key, and the link when there is one."""
+        return f"{self.key} {self.url}" if self.url else self.key
+
+
 class Feedback(BaseModel):
     """What the previous gate or person said, carried into the next agent's task file."""
 
     source: str = Field(description="answers, conflict, review, test_report, rejection, deploy, tests, agent")
     summary: str = ""
     file: str | None = Field(default=None, description="Path relative to the worktree.")
+    report: ReportLink | None = Field(default=None, description="The gate's report as published in the Prefect UI.")
 
 
 class StageInput(BaseModel):
@@ -381,6 +393,9 @@ class GateResult(BaseModel):
     artifact: str | None = Field(default=None, description="Artifact the gate read, relative to the worktree.")
     warning: str | None = Field(
         default=None, description="What people must know about a gate that passed, e.g. that it checked nothing."
+    )
+    report: ReportLink | None = Field(
+        default=None, description="What the gate read, published as its stage run's artifact (a failed gate)."
     )
 
 

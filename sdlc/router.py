@@ -324,6 +324,8 @@ def _gate_notice(graph: StageGraph, progress: Progress, gate: GateResult) -> Gat
     stage = progress.stage
     if not gate.passed:
         message = f"{stage} gate: {gate.reason}"
+        if gate.report is not None and gate.report.url:
+            message += f" (report: {gate.report.url})"
         return GateNotice(
             event="gate_failed", message=message, comment=message + (f"\n\n{gate.details}" if gate.details else "")
         )
@@ -335,7 +337,7 @@ def _gate_notice(graph: StageGraph, progress: Progress, gate: GateResult) -> Gat
 
 def _feedback_from(stage: str, gate: GateResult) -> Feedback:
     summary = f"{gate.reason}\n\n{gate.details}" if gate.details else gate.reason
-    return Feedback(source=stage, summary=summary, file=gate.artifact)
+    return Feedback(source=stage, summary=summary, file=gate.artifact, report=gate.report)
 
 
 def _pending_gate(progress: Progress) -> GateResult:

@@ -28,7 +28,7 @@ from prefect.artifacts import create_table_artifact
 from prefect_shell import ShellOperation
 from pydantic import BaseModel, Field
 
-from sdlc.models import AgentResult, NotifyDetails, NotifyEvent, UpToDate, WorkItemState
+from sdlc.models import AgentResult, NotifyDetails, NotifyEvent, ReportLink, UpToDate, WorkItemState
 from sdlc.retry import Classification, FailureKind, RetryDecision, RetryPolicy, decide_retry
 from sdlc.settings import get_settings, process_environment
 from tasks.breaker import CircuitBreaker
@@ -77,6 +77,9 @@ class AgentInvocation(BaseModel):
     allowed_paths: list[str] = Field(default_factory=lambda: ["."], description="What the role may change.")
     up_to_date: UpToDate | None = Field(
         default=None, description="The merge of the default branch made before the agent runs (up_to_date stages)."
+    )
+    sent_back_by: list[ReportLink] = Field(
+        default_factory=list, description="The reports of the gates that sent the work here (issue 17)."
     )
 
 
@@ -761,6 +764,7 @@ def _publish_run_artifact(invocation: AgentInvocation, result: AgentResult) -> N
                 "sandbox": result.sandbox,
                 "own commits folded": result.folded_commits,
                 "left out (not committed)": ", ".join(result.left_out[:50]) or "-",
+                "sent back by": ", ".join(report.describe() for report in invocation.sent_back_by) or "-",
                 "log": result.log_path,
             }
         ],

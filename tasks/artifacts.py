@@ -10,7 +10,10 @@ could still be changing, and kept whole up to a bound that no document reaches i
 from __future__ import annotations
 
 import logging
+import os
 import re
+import unicodedata
+from pathlib import Path, PurePosixPath
 from typing import Any
 from uuid import UUID
 
@@ -19,7 +22,7 @@ from prefect import task
 from pydantic import BaseModel, Field
 
 from sdlc.graph import artifacts_dir
-from sdlc.models import PullRequestRef, WorkItemRequest, slugify
+from sdlc.models import GateResult, PullRequestRef, ReportLink, WorkItemRequest, slugify
 from sdlc.pr_body import (
     DOCUMENTS,
     REVIEW_DOCUMENT,
@@ -29,12 +32,15 @@ from sdlc.pr_body import (
     render_story,
 )
 from sdlc.retry import STEP_RETRY_DELAYS_SECONDS
+from tasks.classify import read_tail
 from tasks.failures import SdlcError, retried_on_transient
-from tasks.git import git_env, repo_at
+from tasks.git import git_env, repo_at, run_logger
 from tasks.worktree import worktree_path
 
 DOCUMENT_MAX_CHARS = 200_000
 QUOTE_MAX_CHARS = 3_000
+REPORT_LOG_LINES = 200
+REPORT_LOG_CHARS = 20_000
 
 
 class PublishedDocuments(BaseModel):
@@ -106,6 +112,121 @@ def publish_documents(request: WorkItemRequest, kind: str, heading: str, names: 
         description=f"{heading} ({', '.join(names)})",
     )
     return PublishedDocuments(key=key, url=artifact_url(artifact_id), documents=documents)
+
+
+# --- why a gate sent the work back (issue 17) -------------------------------------------------------
+
+_TERMINAL_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?")
+
+
+def printable(text: str) -> str:
+    """``text`` without terminal escapes and control characters (a log's colours, a NUL no database keeps);
+    line and tab breaks stay, a carriage return breaks the line, anything else shows as U+FFFD."""
+    text = _TERMINAL_ESCAPES.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
+    return "".join(ch if ch in "\n\t" or unicodedata.category(ch) != "Cc" else "\ufffd" for ch in text)
+
+
+def fenced(text: str, info: str = "text") -> str:
+    """``text`` as a markdown code block that nothing in it can close or leave: its fence is
+    longer than the longest run of backticks in the text (CommonMark closes a fence only with
+    one at least as long)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{info}\n{text.rstrip(chr(10))}\n{fence}"
+
+
+def code_span(text: str) -> str:
+    """``text`` as inline code on one line, whatever backticks it holds."""
+    text = " ".join(printable(text).split())
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    ticks = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
+
+
+def render_log_tail(path: str | Path, max_lines: int = REPORT_LOG_LINES, max_chars: int = REPORT_LOG_CHARS) -> str:
+    """The end of a log as markdown: at most ``max_lines`` lines and ``max_chars`` characters of it,
+    read with one seek from the end however large the log is, in a code block it cannot break out of."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return f"_(the log {code_span(str(path))} is not there)_"
+    read = 2 * max_chars  # bytes: enough for max_chars characters of text that is mostly ASCII
+    every = printable(read_tail(path, read)).splitlines()
+    lines: list[str] = []
+    used = 0
+    for line in reversed(every[-max_lines:]):
+        used += len(line) + 1
+        if used > max_chars + 1:
+            break
+        lines.insert(0, line)
+    if not lines and every:  # a last line longer than the bound: its end
+        lines = [every[-1][-max_chars:]]
+    whole = size <= read and lines == every
+    what = f"The whole log {code_span(str(path))} ({size} bytes)"
+    if not whole:
+        what = f"The end of the log {code_span(str(path))} ({size} bytes; its last {len(lines)} line(s) here)"
+    return f"{what}:\n\n{fenced(chr(10).join(lines))}"
+
+
+def _shifted(markdown: str) -> str:
+    """A document's own headings one level down, under the report's."""
+    return re.sub(r"(?m)^(#{1,5}) ", r"#\1 ", markdown)
+
+
+def _report_body(request: WorkItemRequest, gate: GateResult) -> str:
+    """What the gate read: a document as the branch's head holds it, or the end of a log."""
+    assert gate.artifact is not None
+    name = PurePosixPath(gate.artifact).name
+    if Path(gate.artifact).is_absolute():
+        return f"## Log: {name}\n\n{render_log_tail(gate.artifact)}"
+    repo = repo_at(worktree_path(request.repo, request.feature_branch))
+    try:
+        text: str | None = repo.git.show(f"HEAD:{gate.artifact}", env=git_env(), strip_newline_in_stdout=False)
+    except GitCommandError:
+        text = None
+    if text is not None:
+        return f"## {name}\n\n{_shifted(printable(text[:DOCUMENT_MAX_CHARS]).strip()) or '_(empty)_'}"
+    what = f"_(not committed on {code_span(request.feature_branch)}; what the gate read of it:)_"
+    return f"## {name}\n\n{what}\n\n{fenced(printable(gate.details) or '(nothing)')}"
+
+
+def render_gate_report(work_item: str, stage: str, visit: int, gate: GateResult, body: str) -> str:
+    """The page of a failed gate: which gate, its outcome and why, then what it read."""
+    facts = [
+        f"- **Outcome:** {code_span(gate.outcome)}",
+        f"- **Why:** {code_span(gate.reason)}",
+        f"- **Stage run:** {code_span(stage)}, visit {visit}",
+    ]
+    if gate.artifact:
+        facts.append(f"- **The gate read:** {code_span(gate.artifact)}")
+    return "\n\n".join([f"# The {stage} gate of {work_item}: {gate.outcome}", "\n".join(facts), body]) + "\n"
+
+
+@task(name="publish-gate-report")
+def publish_gate_report(request: WorkItemRequest, stage: str, visit: int, gate: GateResult) -> ReportLink | None:
+    """Publish what a failed gate read (the review, the test report, the end of the tests' log) as the
+    markdown artifact ``<stage>-report-<id>`` of the stage's run, so the run that sent the work back
+    says why in the UI, and the next agent's run can name it. None when the gate read nothing.
+
+    A report that cannot be published is a warning in the run's log; it never fails the stage.
+    """
+    if gate.artifact is None:
+        return None
+    from prefect.artifacts import create_markdown_artifact
+
+    key = artifact_key(f"{stage}-report", request.work_item)
+    try:
+        markdown = render_gate_report(request.work_item, stage, visit, gate, _report_body(request, gate))
+        artifact_id: Any = create_markdown_artifact(  # a UUID: called from a task, Prefect runs it synchronously
+            markdown=markdown, key=key, description=f"Why the {stage} gate of {request.work_item} said {gate.outcome}"
+        )
+    except Exception as exc:  # noqa: BLE001 - the work goes on without its report, and the log says so
+        run_logger(logging.getLogger("sdlc.artifacts")).warning(
+            "the %s gate's report of %s was not published: %s", stage, request.work_item, exc
+        )
+        return None
+    return ReportLink(key=key, url=artifact_url(artifact_id))
 
 
 VERDICT_LINE = re.compile(r"(?mi)^\W*(?:verdict|result)\W*:\W*(\w+)")

@@ -142,6 +142,8 @@ def render_task(stage_input: StageInput, spec: StageSpec, *, attempt: int, up_to
         lines += ["", "## What the previous step said", ""]
         for item in stage_input.feedback:
             where = f" (see `{item.file}`)" if item.file else ""
+            if item.report is not None:
+                where += f" (report: {item.report.url or item.report.key})"
             lines += [f"### From {item.source}{where}", "", item.summary.strip() or "(no text)", ""]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -286,6 +288,7 @@ def agent_invocation(worktree: str, stage_input: StageInput, spec: StageSpec, ta
         ),
         branch=request.feature_branch,
         allowed_paths=spec.commit_paths,
+        sent_back_by=[item.report for item in stage_input.feedback if item.report is not None],
     )
 
 

@@ -26,13 +26,37 @@ from sdlc.models import (
 from tasks.git import run_logger
 from tasks.ledger import Ledger
 from tasks.notify import announce, flow_run_url
+from tasks.work_item_page import publish_work_item_page
+from tasks.worktree import repo_slug
 
 logger = logging.getLogger("sdlc.tracking")
 
 
 @task(name="register-work-item")
 def register_work_item(request: WorkItemRequest, flow_run_id: str | None) -> None:
+    """The work item's ledger row, as this run starts it; the run's tags name the work item and its repository."""
     Ledger.from_settings().upsert_work_item(request, flow_run_id=flow_run_id)
+    if flow_run_id is not None:
+        tag_pipeline_run(flow_run_id, pipeline_tags(request))
+
+
+def pipeline_tags(request: WorkItemRequest) -> list[str]:
+    """``work-item:<ID>`` and ``repo:<name>``: the Prefect UI's Runs page filters a work item's runs by them."""
+    return [f"work-item:{request.work_item}", f"repo:{repo_slug(request.repo)}"]
+
+
+def tag_pipeline_run(flow_run_id: str, tags: list[str]) -> None:
+    """Add ``tags`` to the flow run's own; one that cannot be tagged is a warning, never a failure."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(uuid.UUID(flow_run_id))
+            missing = [tag for tag in tags if tag not in run.tags]
+            if missing:
+                client.update_flow_run(uuid.UUID(flow_run_id), tags=[*run.tags, *missing])
+    except Exception as exc:  # noqa: BLE001 - tags help people find runs; the run goes on without them
+        _run_logger().warning("flow run %s not tagged %s: %s", flow_run_id, ", ".join(tags), exc)
 
 
 @task(name="record-step")
@@ -43,7 +67,8 @@ def record_step(request: WorkItemRequest, flow_run_id: str | None, step: StepRec
     One task run rather than one per write: each task run costs the Prefect server
     about 30 ms of CPU for its events and the flow's process about 15 ms for its
     engine, and a step's writes read as one thing in the UI. Notifiers and the
-    tracker never fail the step; the ledger does (the pipeline cannot go on without it).
+    tracker never fail the step; the ledger does (the pipeline cannot go on without it). The work
+    item's page (the artifact ``work-item-<id>``) is published again after the ledger's writes.
     """
     ledger = Ledger.from_settings()
     work_item = request.work_item
@@ -54,6 +79,7 @@ def record_step(request: WorkItemRequest, flow_run_id: str | None, step: StepRec
         ledger.set_state(work_item, step.state, stage=step.stage, reason=step.reason)
     if step.pull_request is not None:
         ledger.set_pull_request(work_item, step.pull_request.number, step.pull_request.url)
+    publish_work_item_page(request, flow_run_id, ledger=ledger)  # the work item's page, as of this step
     link, log = flow_run_url(flow_run_id), _run_logger()
     for said in step.announcements:
         tell(request, said, link=link, log=log)
@@ -81,6 +107,8 @@ def record_failure(work_item: str, request: WorkItemRequest | None, flow_run_id:
         return  # decided, and said, by the pipeline itself
     if row is not None:
         ledger.set_state(work_item, WorkItemState.failed, reason=reason)
+        if request is not None:
+            publish_work_item_page(request, flow_run_id, ledger=ledger)
     message = f"{work_item} failed: {reason}"
     link, log = flow_run_url(flow_run_id), _run_logger()
     if request is None:

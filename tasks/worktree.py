@@ -72,7 +72,8 @@ def _inside(path: Path, root: Path) -> Path:
     return resolved
 
 
-def _repo_slug(repo: str) -> str:
+def repo_slug(repo: str) -> str:
+    """A repository's short name: its URL's or path's last part without ``.git``, as a slug (``shop``)."""
     last = re.split(r"[/:\\]", repo.rstrip("/"))[-1]
     last = last.removesuffix(".git") or "repo"
     return slugify(last, max_length=40)
@@ -83,7 +84,7 @@ def main_clone_path(repo: str) -> Path:
     repo = validate_repo(repo)
     digest = hashlib.sha1(repo.encode("utf-8")).hexdigest()[:8]
     root = get_settings().repos_dir
-    return _inside(root / f"{_repo_slug(repo)}-{digest}", root)
+    return _inside(root / f"{repo_slug(repo)}-{digest}", root)
 
 
 def _remote_failure(what: str, exc: GitCommandError) -> Exception:

@@ -93,6 +93,36 @@ def stage_run_logs(pipeline_run_id: Any) -> dict[str, list[Any]]:
         }
 
 
+def stage_runs(pipeline_run_id: Any) -> dict[str, Any]:
+    """The stage flow runs of a pipeline run, by run name (``ET-7-review-1``)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[pipeline_run_id]))
+        )
+    return {run.name: run for run in runs}
+
+
+def artifacts_of(flow_run: Any, key: str) -> list[Any]:
+    """The artifacts under ``key`` that a flow run (its tasks included) created."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]), key=ArtifactFilterKey(any_=[key])
+            )
+        )
+
+
+def table_row(artifact: Any) -> dict[str, Any]:
+    (row,) = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    return dict(row)
+
+
 def test_happy_path_ends_with_the_pr_merged(tmp_path: Path, data_dir: Path) -> None:
     state, origin = run_pipeline(tmp_path, {"developer": {"sleep_seconds": 1}})
     assert state.is_completed(), state.message
@@ -138,6 +168,23 @@ def test_review_request_changes_returns_to_development_with_the_findings(tmp_pat
     assert "12-review.md" in developer_task and "REQUEST_CHANGES" in developer_task
     # The first verdict is kept as history; the fresh one decided.
     assert origin_has(origin, "main", "docs/work-items/ET-7/history/12-review.1.md")
+    # Issue 17: the review that sent the work back is an artifact of its stage's run ...
+    from sdlc.models import ReportLink
+    from tasks.artifacts import artifact_url
+
+    stages = stage_runs(state.state_details.flow_run_id)
+    (report,) = artifacts_of(stages["ET-7-review-1"], "review-report-et-7")
+    assert report.type == "markdown"
+    assert "# The review gate of ET-7: request_changes" in report.data
+    assert "Verdict: REQUEST_CHANGES" in report.data and "the newest function has no input validation" in report.data
+    assert not artifacts_of(stages["ET-7-review-2"], "review-report-et-7")  # an approval publishes no report
+    # ... and the next developer's run names it: in its table in the UI and in its task file.
+    link = ReportLink(key="review-report-et-7", url=artifact_url(report.id))
+    (first,) = artifacts_of(stages["ET-7-development-1"], "agent-et-7-developer")
+    (second,) = artifacts_of(stages["ET-7-development-2"], "agent-et-7-developer")
+    assert table_row(first)["sent back by"] == "-"
+    assert link.url and table_row(second)["sent back by"] == link.describe()
+    assert f"(report: {link.url or link.key})" in developer_task
 
 
 def test_developer_budget_blocks_with_manual_intervention(tmp_path: Path, data_dir: Path) -> None:
@@ -157,7 +204,11 @@ def test_tester_fail_returns_to_development_with_the_report(tmp_path: Path, data
     assert state.is_completed(), state.message
     _, runs, _ = ledger_view()
     assert roles(runs).count("developer") == 2 and roles(runs).count("tester") == 2
-    assert "13-test-report.md" in task_file(data_dir, "developer")
+    developer_task = task_file(data_dir, "developer")
+    assert "13-test-report.md" in developer_task
+    # Issue 17: the failed test report is the testing run's artifact, and the developer's task links it.
+    (report,) = artifacts_of(stage_runs(state.state_details.flow_run_id)["ET-7-testing-1"], "testing-report-et-7")
+    assert "Result: FAIL" in report.data and "(report: " in developer_task
 
 
 def test_deploy_failure_blocks_at_development_and_alerts(
@@ -218,6 +269,14 @@ def test_failing_tests_keep_the_work_in_development(tmp_path: Path, data_dir: Pa
     assert roles(runs).count("developer") == 2
     assert ("development", "development") in [(t.from_stage, t.to_stage) for t in transitions]
     assert "tests failed" in task_file(data_dir, "developer")
+    # Issue 17: the end of the failing tests' log is the development run's artifact, named by the next run.
+    stages = stage_runs(state.state_details.flow_run_id)
+    (report,) = artifacts_of(stages["ET-7-development-1"], "development-report-et-7")
+    assert "# The development gate of ET-7: fail" in report.data and "## Log: tests-development-1.log" in report.data
+    assert "\n```text\n" in report.data and "FAILED (failures=1)" in report.data
+    (second,) = artifacts_of(stages["ET-7-development-2"], "agent-et-7-developer")
+    assert table_row(second)["sent back by"].startswith("development-report-et-7 http")
+    assert not artifacts_of(stages["ET-7-development-2"], "development-report-et-7")
 
 
 def test_a_failed_agent_is_retried_within_its_budget(tmp_path: Path, data_dir: Path) -> None:

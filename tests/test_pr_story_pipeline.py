@@ -4,11 +4,13 @@ The PR's body is read back through the forge's own API while the work item waits
 (the tester holds until the test says go): it already holds the analysis, the architecture and
 the review's verdict, not yet a test result. A person then adds notes below the marked line
 through the API, as they would in the web editor; after the merge the body holds the test
-result too, and the person's notes word for word.
+result too, and the person's notes word for word. The work item's page in the Prefect UI
+(issue 17, item 2) links the same documents to their web view on the forge.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,16 @@ def test_the_pr_body_tells_the_story_as_stages_pass_and_keeps_what_a_person_wrot
     assert "**Result:** PASS" in story and "**Verdict:** APPROVE" in story
     assert notes.endswith(NOTES) and NOTES in notes
     assert remote.pull_of(request.feature_branch)["merged"]
+    # The work item's page in the Prefect UI links the documents to their web view on the forge (issue 17).
+    from test_work_item_page import html_of
+    from test_work_item_page_pipeline import latest_page
+
+    page = latest_page(str(outcome["state"].state_details.flow_run_id), "work-item-st-1")
+    assert page is not None and "**State:** done" in page.data
+    links = dict(re.findall(r'<a href="([^"]+)">([^<]+)</a>', html_of(page.data)))
+    web = {label: url for url, label in links.items()}
+    assert web["Business requirements"].startswith("http") and web["Business requirements"].endswith(
+        f"/{request.feature_branch}/docs/work-items/ST-1/02-brd.md"
+    )
+    assert web["Test report"].endswith("/docs/work-items/ST-1/13-test-report.md")
+    assert web[f"#{number}"].startswith("http")

@@ -11,7 +11,7 @@ import pytest
 
 from sdlc import router
 from sdlc.graph import DEFAULT_GRAPH, StageGraph
-from sdlc.models import GateResult, PullRequestRef
+from sdlc.models import GateResult, PullRequestRef, ReportLink
 
 PR = PullRequestRef(number=7, url="local://pulls/7", branch="feature/X-1", base="main", title="X-1", state="open")
 MERGED = PR.model_copy(update={"state": "merged", "merge_commit": "abc123"})
@@ -193,6 +193,10 @@ def test_a_stage_that_failed_to_run_blocks_where_it_was() -> None:
     ("gate_result", "notice"),
     [
         (gate("fail", details="2 tests failed"), ("gate_failed", "development gate: gate said fail", "development gate: gate said fail\n\n2 tests failed")),
+        (
+            gate("fail", report=ReportLink(key="development-report-et-7", url="http://ui/artifacts/artifact/1")),
+            ("gate_failed", "development gate: gate said fail (report: http://ui/artifacts/artifact/1)", None),
+        ),
         (gate("pass", warning="no test command: checked nothing"), ("gate_warning", "development gate passed: no test command: checked nothing", None)),
         (gate("pass"), None),
     ],
