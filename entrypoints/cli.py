@@ -524,18 +524,53 @@ def status_report(work_item: str | None) -> list[dict[str, Any]]:
     ]
 
 
-def breaker_lines() -> list[str]:
-    """One line per provider breaker, when a Prefect server answers (B32)."""
-    from datetime import datetime
-
+def _prefect_api_answers(settings: SdlcSettings) -> bool:
+    """Whether this installation's Prefect server is up (status never starts one)."""
     from entrypoints.server import ServerError, ensure_prefect_api
 
-    settings = get_settings()
     try:
         ensure_prefect_api(settings, start=False)
     except ServerOfAnotherInstallation:
-        raise  # said, not hidden: status would show another installation's breakers
+        raise  # said, not hidden: status would show another installation's runs and breakers
     except ServerError:
+        return False
+    return True
+
+
+def with_links(report: list[dict[str, Any]], api_answers: bool) -> list[dict[str, Any]]:
+    """Each work item with where to watch it: its pipeline run, its PR, and its pages in the Prefect UI
+    (``work-item-<id>``, the documents published for approval, the gates' reports; issue 17)."""
+    import httpx
+
+    from sdlc.config import current_graph
+    from tasks.artifacts import page_kinds, published_pages
+    from tasks.notify import flow_run_url
+
+    pages: dict[str, dict[str, str | None]] | None = None
+    if api_answers:
+        kinds = page_kinds(stage.name for stage in current_graph().stages)
+        try:
+            pages = published_pages([item["work_item"] for item in report], kinds)
+        except httpx.HTTPError:  # PREFECT_API_URL names a server that does not answer
+            pages = None
+    return [
+        {
+            **item,
+            "links": {
+                "run": flow_run_url(item["flow_run_id"]),
+                "pull_request": item["pull_request"]["url"] if item["pull_request"] else None,
+                "pages": None if pages is None else pages.get(item["work_item"], {}),
+            },
+        }
+        for item in report
+    ]
+
+
+def breaker_lines(settings: SdlcSettings, api_answers: bool) -> list[str]:
+    """One line per provider breaker, when a Prefect server answers (B32)."""
+    from datetime import datetime
+
+    if not api_answers:
         return []
     import httpx
 
@@ -549,10 +584,24 @@ def breaker_lines() -> list[str]:
     return [f"breaker {name}: {state.describe(now)}" for name, state in sorted(states.items())]
 
 
+def _print_links(links: dict[str, Any]) -> None:
+    """Where to watch one work item: its run, its PR, each of its pages (or why they are unknown)."""
+    print(f"    run: {links['run'] or 'no link (no Prefect UI address known)'}")
+    if links["pull_request"]:
+        print(f"    PR: {links['pull_request']}")
+    if links["pages"] is None:
+        print("    pages unknown: the Prefect API does not answer")
+        return
+    for key, url in links["pages"].items():
+        print(f"    page {key}: {url or 'no link (no Prefect UI address known)'}")
+
+
 def command_status(args: argparse.Namespace) -> int:
     if args.work_item:
         _known_work_item(args.work_item)
-    report = status_report(args.work_item)
+    settings = get_settings()
+    api_answers = _prefect_api_answers(settings)
+    report = with_links(status_report(args.work_item), api_answers)
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
@@ -581,7 +630,9 @@ def command_status(args: argparse.Namespace) -> int:
         )
         for why in unconfined:
             print(f"    warning: agents ran {why}")
-    for line in breaker_lines():
+        if args.work_item:
+            _print_links(item["links"])
+    for line in breaker_lines(settings, api_answers):
         print(line)
     return EXIT_OK
 

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import unicodedata
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 from uuid import UUID
@@ -72,6 +73,43 @@ def artifact_url(artifact_id: UUID | str) -> str | None:
 
     base = PREFECT_UI_URL.value()
     return f"{base.rstrip('/')}/artifacts/artifact/{artifact_id}" if base else None
+
+
+PAGE = 200
+
+
+def page_kinds(stages: Iterable[str]) -> list[str]:
+    """The pages a work item may have, in the order people read them: its own page, each stage's
+    documents as published for a person's decision, the analyst's questions, each gate's report."""
+    stages = list(stages)
+    return ["work-item", *stages, "questions", *(f"{stage}-report" for stage in stages)]
+
+
+def published_pages(work_items: Iterable[str], kinds: Iterable[str]) -> dict[str, dict[str, str | None]]:
+    """Per work item, its pages published so far: key -> the latest version's UI page (None without a UI URL).
+
+    One query for all of them, through the Prefect API (raises httpx errors when it does not answer).
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+
+    kinds = list(kinds)
+    wanted = {artifact_key(kind, item): item for item in work_items for kind in kinds}
+    if not wanted:
+        return {}
+    only_these = ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=list(wanted)))
+    latest: dict[str, UUID] = {}
+    with get_client(sync_client=True) as client:
+        while True:  # in pages: the server answers at most PREFECT_API_DEFAULT_LIMIT (200) at a time
+            found = client.read_latest_artifacts(artifact_filter=only_these, limit=PAGE, offset=len(latest))
+            latest.update((collection.key, collection.latest_id) for collection in found)
+            if len(found) < PAGE:
+                break
+    pages: dict[str, dict[str, str | None]] = {item: {} for item in wanted.values()}
+    for key, item in wanted.items():  # in the kinds' order
+        if key in latest:
+            pages[item][key] = artifact_url(latest[key])
+    return pages
 
 
 def committed_documents(request: WorkItemRequest, names: list[str]) -> dict[str, str | None]:

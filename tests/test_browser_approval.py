@@ -171,6 +171,44 @@ def _running(run: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
             run.communicate()
 
 
+def _watched_browser(playwright: Any, profile: Path, network: NetworkLog) -> Any:
+    """Chromium with a new, empty profile, whose every request passes ``network``'s routes."""
+    context = playwright.chromium.launch_persistent_context(
+        str(profile),
+        executable_path=str(CHROMIUM),
+        headless=True,
+        args=CHROMIUM_ARGS,
+        service_workers="block",  # so that every request passes the routes below
+        viewport={"width": 1400, "height": 1000},
+    )
+    context.set_default_timeout(STEP_TIMEOUT_MS)
+    context.on("request", lambda request: network.seen.append(request.url))
+    context.route("**/*", network.route)
+    context.route_web_socket(re.compile(".*"), network.route_socket)
+    return context
+
+
+def _read_work_item_page(url: str, network: NetworkLog, shot: Path, work_item: str) -> None:
+    """The work item's page as a person opens it from `sdlc status`: its history rendered as tables."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        context = _watched_browser(playwright, shot.parent / "chromium-profile-page", network)
+        try:
+            page = context.new_page()
+            page.goto(url)
+            expect(page.get_by_text(f"{work_item}: {TITLE}").first, "the page has no title").to_be_visible()
+            for heading in ("Timeline", "Agent runs", "Documents"):
+                expect(page.get_by_role("heading", name=heading), f"the page has no {heading}").to_be_visible()
+            # Markdown tables, rendered: the deployer's run is a row of cells.
+            expect(page.get_by_role("cell", name="deployer").first, "the agent runs are not a table").to_be_visible()
+            expect(page.get_by_role("cell", name=f"approved by {APPROVER}"), "the timeline lacks the approval").to_be_visible()
+            page.screenshot(path=shot, full_page=True)
+            print(f"the work item's page: {shot}")
+        finally:
+            context.close()
+
+
 def _approve_in_browser(
     variant: UiVariant, url: str, flow_run_id: str, network: NetworkLog, shots: dict[str, Path], lap: Callable[[str], None]
 ) -> None:
@@ -180,19 +218,8 @@ def _approve_in_browser(
     expect.set_options(timeout=STEP_TIMEOUT_MS)
     console_errors: list[str] = []
     with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(shots["filled"].parent / "chromium-profile"),  # a new, empty profile
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            service_workers="block",  # so that every request passes the routes below
-            viewport={"width": 1400, "height": 1000},
-        )
+        context = _watched_browser(playwright, shots["filled"].parent / "chromium-profile", network)
         try:
-            context.set_default_timeout(STEP_TIMEOUT_MS)
-            context.on("request", lambda request: network.seen.append(request.url))
-            context.route("**/*", network.route)
-            context.route_web_socket(re.compile(".*"), network.route_socket)
             page = context.pages[0] if context.pages else context.new_page()
             page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
             try:
@@ -312,5 +339,9 @@ def test_approve_in_the_prefect_ui_resumes_and_finishes_the_pipeline(
     assert any(u.startswith(f"{origin}/api/flow_runs/{flow_run_id}") for u in network.seen), (
         "the browser never asked the server for the run"
     )
+    # Its page, from the link `sdlc status` gives (issue 17): the whole story, once done.
+    page_url = item["links"]["pages"][f"work-item-{variant.work_item.lower()}"]
+    _read_work_item_page(page_url, network, tmp_path / f"browser-work-item-page-{ui}.png", variant.work_item)
+    lap("page read")
     print(f"{ui}: {len(network.seen)} requests, {len(network.blocked)} blocked; {', '.join(timings)}")
     network.check()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -132,6 +133,24 @@ def test_questions_answers_and_approval_from_other_processes(tmp_path: Path, cli
         ["git", "-C", str(origin), "show", "main:docs/work-items/ET-21/02-brd.md"], capture_output=True, text=True
     ).stdout
     assert "Use semicolons as separators." in brd
+
+    # Where to watch it (issue 17): the run, the PR and each page the work item has in the Prefect UI.
+    links = item["links"]
+    assert links["run"] == f"{ui_url(cli_env)}/runs/flow-run/{item['flow_run_id']}"
+    assert links["pull_request"] == item["pull_request"]["url"]
+    assert list(links["pages"]) == ["work-item-et-21", "analysis-et-21", "questions-et-21"]
+    assert all(re.fullmatch(rf"{ui_url(cli_env)}/artifacts/artifact/[0-9a-f-]{{36}}", url) for url in links["pages"].values())
+    shown = sdlc(cli_env, "status", "ET-21")
+    assert shown.returncode == 0, shown.stderr
+    assert f"    run: {links['run']}\n    PR: {links['pull_request']}\n" in shown.stdout
+    for key, url in links["pages"].items():
+        assert f"    page {key}: {url}\n" in shown.stdout
+    assert "page " not in sdlc(cli_env, "status").stdout  # the list stays one line and its history per item
+
+
+def ui_url(env: dict[str, str]) -> str:
+    """The Prefect UI's address: the API's, without /api."""
+    return env["PREFECT_API_URL"].removesuffix("/").removesuffix("/api")
 
 
 def test_reject_sends_the_comment_back_to_the_analyst(tmp_path: Path, cli_env: dict[str, str], data_dir: Path) -> None:
