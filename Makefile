@@ -3,9 +3,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-# The pinned Claude Code CLI the tests run for real (tools/package-lock.json).
+# The pinned agent CLIs the tests run for real: Claude Code, Codex, Gemini CLI and OpenCode from npm
+# (tools/package-lock.json), Aider from PyPI in a virtual environment of its own (tools/aider).
 TOOLS_STAMP := tools/node_modules/.installed-stamp
 CLAUDE_BIN  := tools/node_modules/.bin/claude
+AIDER_VENV  := tools/aider
+AIDER_STAMP := $(AIDER_VENV)/.installed-stamp
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # Playwright drives Debian's Chromium; it never downloads a browser of its own.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
@@ -31,6 +34,18 @@ $(STAMP): requirements.lock pyproject.toml
 $(TOOLS_STAMP): tools/package-lock.json tools/package.json $(if $(wildcard $(CLAUDE_BIN)),,tools-missing)
 	npm ci --prefix tools --no-audit --no-fund
 	$(CLAUDE_BIN) --version
+	tools/node_modules/.bin/codex --version
+	tools/node_modules/.bin/gemini --version
+	tools/node_modules/opencode-linux-x64/bin/opencode --version
+	touch $@
+
+# Aider's dependencies never touch sdlc's: its own venv, every package pinned.
+$(AIDER_STAMP): tools/aider-requirements.lock
+	rm -rf $(AIDER_VENV)
+	$(PYTHON) -m venv $(AIDER_VENV)
+	$(AIDER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(AIDER_VENV)/bin/python -m pip install --quiet --no-deps -r tools/aider-requirements.lock
+	$(AIDER_VENV)/bin/aider --version
 	touch $@
 
 tools-missing:
@@ -50,7 +65,7 @@ ifneq ($(SANDBOX_MISSING),)
 	$(APT_GET) install -y -q $(SANDBOX_MISSING)
 endif
 
-install: system-packages $(STAMP) $(TOOLS_STAMP)
+install: system-packages $(STAMP) $(TOOLS_STAMP) $(AIDER_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/sdlc demo

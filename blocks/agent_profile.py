@@ -24,6 +24,7 @@ DEFAULT_MODELS: dict[str, tuple[str, str]] = {
     "codex": ("gpt-5-codex", "gpt-5-codex"),
     "gemini": ("gemini-2.5-pro", "gemini-2.5-flash"),
     "aider": ("sonnet", "sonnet"),
+    "opencode": ("anthropic/claude-sonnet-4-5", "anthropic/claude-sonnet-4-5"),
 }
 
 DEFAULT_TOOLS: dict[str, list[str]] = {
@@ -61,7 +62,7 @@ profile = AgentProfile.load("BLOCK_NAME")
 ```
 """
 
-    kind: AgentKind = Field(default="scripted", description="scripted, claude, codex, gemini, aider or custom.")
+    kind: AgentKind = Field(default="scripted", description="scripted, claude, codex, gemini, aider, opencode or custom.")
     binary: str | None = Field(default=None, description="Executable; defaults to the kind's own name on PATH.")
     command: list[str] | None = Field(default=None, description="Full argument list of a custom agent.")
     models: dict[str, str] = Field(
@@ -183,6 +184,8 @@ profile = AgentProfile.load("BLOCK_NAME")
                 "--analytics-disable",
                 "--no-pretty",
             ]
+        elif kind == "opencode":
+            argv = [self.binary or "opencode", "run", "--model", model, prompt]
         else:  # pragma: no cover - guarded by the Literal type
             raise ValueError(f"unknown agent kind {kind!r}")
         return [*argv, *self.extra_args]

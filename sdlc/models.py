@@ -26,8 +26,8 @@ URL_PATTERN = re.compile(r"^(https?|ssh|git|file)://[^\s]+$")
 SCP_PATTERN = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._/~-]+$")
 BlockName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[a-z0-9][a-z0-9-]*$")]
 """The name of a saved Prefect block (lower case, digits and dashes, as Prefect allows)."""
-AGENT_KINDS = ("scripted", "claude", "codex", "gemini", "aider", "custom")
-AgentKind = Literal["scripted", "claude", "codex", "gemini", "aider", "custom"]
+AGENT_KINDS = ("scripted", "claude", "codex", "gemini", "aider", "opencode", "custom")
+AgentKind = Literal["scripted", "claude", "codex", "gemini", "aider", "opencode", "custom"]
 TrackerState = Literal["in_progress", "in_review", "needs_input", "blocked", "done"]
 """The states sdlc moves a tracker's work item through; the tracker block maps them to its own (B50)."""
 NotifyEvent = Literal[
@@ -136,7 +136,7 @@ class AgentSpec(RetryKnobs):
 
     kind: AgentKind | None = Field(
         default=None,
-        description="scripted, claude, codex, gemini, aider or custom; unset: the profile block, else"
+        description="scripted, claude, codex, gemini, aider, opencode or custom; unset: the profile block, else"
         " SDLC_AGENT_PROFILE, else agent_profile in the repository's .sdlc/config.yaml (never a default agent).",
     )
     command: list[str] | None = Field(default=None, description="Argument list of a custom agent (kind=custom).")

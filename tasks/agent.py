@@ -32,7 +32,7 @@ from sdlc.models import AgentResult, NotifyDetails, NotifyEvent, ReportLink, UpT
 from sdlc.retry import Classification, FailureKind, RetryDecision, RetryPolicy, decide_retry
 from sdlc.settings import get_settings, process_environment
 from tasks.breaker import CircuitBreaker
-from tasks.classify import classify_output, parse_result_json, read_tail
+from tasks.classify import classify_output, read_tail, run_usage
 from tasks.failures import PermanentError, SdlcError, TransientError
 from tasks.git import fold_agent_commits, head_commit, paths_outside, run_logger
 from tasks.ledger import Ledger
@@ -447,9 +447,12 @@ def assess_run(
 ) -> tuple[AgentResult, RetryDecision | None]:
     """Classify the run from its log tail (B30) and decide on a retry (B31); None means success."""
     tail = read_tail(result.log_path)
-    usage = parse_result_json(tail)
+    cli = invocation.provider  # the profile's kind: its CLI's own output reader
+    usage = run_usage(tail, cli)
     updates: dict[str, Any] = usage.model_dump(exclude={"is_error", "api_error_status"}) if usage else {}
-    failure = classify_output(tail, exit_code=result.exit_code, timed_out=result.timed_out, now=result.ended_at)
+    failure = classify_output(
+        tail, exit_code=result.exit_code, timed_out=result.timed_out, now=result.ended_at, kind=cli
+    )
     if failure is None and result.error is None:
         return result.model_copy(update=updates), None
     kind = failure.kind if failure else FailureKind.permanent

@@ -363,9 +363,15 @@ def _from_result(result: dict[str, Any], usage: RunUsage, text: str, now: dateti
 
 
 def classify_output(
-    text: str, *, exit_code: int | None, timed_out: bool = False, now: datetime | None = None
+    text: str,
+    *,
+    exit_code: int | None,
+    timed_out: bool = False,
+    now: datetime | None = None,
+    kind: str | None = None,
 ) -> Failure | None:
-    """None when the run succeeded, else why it failed (see the module docstring)."""
+    """None when the run succeeded, else why it failed (see the module docstring). ``kind`` (the
+    agent profile's) first lets that CLI's own reader (``tasks/agent_outputs/``) recognise its wording."""
     now = now or datetime.now(UTC)
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
@@ -373,6 +379,11 @@ def classify_output(
         return Failure(
             kind=FailureKind.permanent, reason="agent_timeout", message="the agent ran past its timeout and was stopped"
         )
+    from tasks.agent_outputs import failure_of
+
+    own = failure_of(kind, text, exit_code, now)
+    if own is not None:
+        return own
     result = _find_result(text)
     usage = _usage_from(result) if result is not None else None
     if result is not None and usage is not None and usage.is_error:
@@ -390,7 +401,20 @@ def classify_output(
 
 
 def classify_log_tail(
-    path: str | Path, *, exit_code: int | None, timed_out: bool = False, now: datetime | None = None
+    path: str | Path,
+    *,
+    exit_code: int | None,
+    timed_out: bool = False,
+    now: datetime | None = None,
+    kind: str | None = None,
 ) -> Failure | None:
     """:func:`classify_output` on the last :data:`LOG_TAIL_BYTES` of a log file."""
-    return classify_output(read_tail(path), exit_code=exit_code, timed_out=timed_out, now=now)
+    return classify_output(read_tail(path), exit_code=exit_code, timed_out=timed_out, now=now, kind=kind)
+
+
+def run_usage(text: str, kind: str | None = None) -> RunUsage | None:
+    """Cost, tokens, turns and session as the CLI of ``kind`` reported them: its own reader's
+    (``tasks/agent_outputs/``), else Claude Code's JSON result (:func:`parse_result_json`)."""
+    from tasks.agent_outputs import usage_of
+
+    return usage_of(kind, text) or parse_result_json(text)
