@@ -62,7 +62,9 @@ profile = AgentProfile.load("BLOCK_NAME")
 ```
 """
 
-    kind: AgentKind = Field(default="scripted", description="scripted, claude, codex, gemini, aider, opencode or custom.")
+    kind: AgentKind = Field(
+        default="scripted", description="scripted, claude, codex, gemini, aider, opencode or custom."
+    )
     binary: str | None = Field(default=None, description="Executable; defaults to the kind's own name on PATH.")
     command: list[str] | None = Field(default=None, description="Full argument list of a custom agent.")
     models: dict[str, str] = Field(
