@@ -7,7 +7,9 @@ work item by reading the task file, whose *name* is all the command line carries
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from prefect.blocks.core import Block
@@ -35,6 +37,23 @@ DEFAULT_TOOLS: dict[str, list[str]] = {
     "tester": ["Read", "Write", "Edit", "Glob", "Grep", "Bash"],
     "deployer": ["Read", "Write", "Glob", "Grep", "Bash"],
 }
+
+
+# Where `make install` puts each CLI (tools/package-lock.json; Aider's own venv), relative to the checkout.
+TOOLS_DIR = Path(__file__).resolve().parents[1] / "tools"
+INSTALLED_CLIS: dict[str, str] = {
+    "claude": "node_modules/.bin/claude",
+    "codex": "node_modules/.bin/codex",
+    "gemini": "node_modules/.bin/gemini",
+    "opencode": "node_modules/opencode-linux-x64/bin/opencode",
+    "aider": "aider/bin/aider",
+}
+
+
+def installed_cli(kind: str) -> str:
+    """The kind's CLI as `make install` pinned it under tools/, else its name (found on PATH)."""
+    pinned = TOOLS_DIR / INSTALLED_CLIS.get(kind, kind)
+    return str(pinned) if kind in INSTALLED_CLIS and os.access(pinned, os.X_OK) else kind
 
 
 def agent_prompt(role: str, task_file: str) -> str:
@@ -65,7 +84,10 @@ profile = AgentProfile.load("BLOCK_NAME")
     kind: AgentKind = Field(
         default="scripted", description="scripted, claude, codex, gemini, aider, opencode or custom."
     )
-    binary: str | None = Field(default=None, description="Executable; defaults to the kind's own name on PATH.")
+    binary: str | None = Field(
+        default=None,
+        description="Executable; defaults to the pinned CLI under tools/ (make install), else the kind's name on PATH.",
+    )
     command: list[str] | None = Field(default=None, description="Full argument list of a custom agent.")
     models: dict[str, str] = Field(
         default_factory=dict, description="Model per role; unset roles use the kind's default."
@@ -129,7 +151,7 @@ profile = AgentProfile.load("BLOCK_NAME")
         elif kind == "claude":
             tools = self.allowed_tools.get(role, DEFAULT_TOOLS.get(role, ["Read", "Write", "Edit"]))
             argv = [
-                self.binary or "claude",
+                self.binary or installed_cli("claude"),
                 "-p",
                 prompt,
                 "--output-format",
@@ -149,7 +171,7 @@ profile = AgentProfile.load("BLOCK_NAME")
                 argv += ["--resume", resume_session]
         elif kind == "codex":
             argv = [
-                self.binary or "codex",
+                self.binary or installed_cli("codex"),
                 "exec",
                 "--model",
                 model,
@@ -161,7 +183,7 @@ profile = AgentProfile.load("BLOCK_NAME")
             ]
         elif kind == "gemini":
             argv = [
-                self.binary or "gemini",
+                self.binary or installed_cli("gemini"),
                 "--model",
                 model,
                 "--yolo",
@@ -173,7 +195,7 @@ profile = AgentProfile.load("BLOCK_NAME")
             ]
         elif kind == "aider":
             argv = [
-                self.binary or "aider",
+                self.binary or installed_cli("aider"),
                 "--model",
                 model,
                 "--message-file",
@@ -187,7 +209,7 @@ profile = AgentProfile.load("BLOCK_NAME")
                 "--no-pretty",
             ]
         elif kind == "opencode":
-            argv = [self.binary or "opencode", "run", "--model", model, prompt]
+            argv = [self.binary or installed_cli("opencode"), "run", "--model", model, prompt]
         else:  # pragma: no cover - guarded by the Literal type
             raise ValueError(f"unknown agent kind {kind!r}")
         return [*argv, *self.extra_args]

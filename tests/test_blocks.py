@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from prefect.blocks.core import Block
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
-from blocks.agent_profile import AgentProfile
+from blocks.agent_profile import TOOLS_DIR, AgentProfile, installed_cli
 from blocks.forge import GiteaCredentials, GitHubCredentials
 from blocks.notifications import AppriseURLNotification, TelegramNotification
 from blocks.plane import PlaneCredentials
@@ -36,7 +37,9 @@ def test_claude_profile_builds_an_unattended_command_line() -> None:
     argv = AgentProfile(kind="claude").build_command(
         role="reviewer", task_file=".task-reviewer.md", system_prompt_file="/p/reviewer.md"
     )
-    assert argv[:2] == ["claude", "-p"] and ".task-reviewer.md" in argv[2]
+    # The CLI make install pinned under tools/ (found on PATH when it is not there).
+    assert argv[0] == str(TOOLS_DIR / "node_modules" / ".bin" / "claude"), argv[0]
+    assert argv[1] == "-p" and ".task-reviewer.md" in argv[2]
     assert argv[argv.index("--output-format") + 1] == "json"
     assert argv[argv.index("--model") + 1] == "opus"  # stronger model for the reviewer
     assert argv[argv.index("--permission-mode") + 1] == "acceptEdits"  # works as root, unlike bypassPermissions
@@ -72,3 +75,12 @@ def test_profile_flags_exist_in_the_real_cli(kind: str, help_file: str) -> None:
     assert used and not unknown, f"{kind} profile uses flags its CLI does not document: {sorted(unknown)}"
     if kind == "codex":
         assert argv[1] == "exec"  # the non-interactive subcommand
+
+
+@pytest.mark.parametrize("kind", ["claude", "codex", "gemini", "opencode", "aider"])
+def test_each_kind_runs_the_cli_make_install_pinned(kind: str) -> None:
+    """`make install` puts every agent CLI under tools/; a profile that names no binary runs that one."""
+    pinned = Path(installed_cli(kind))
+    assert pinned.is_relative_to(TOOLS_DIR) and os.access(pinned, os.X_OK), f"{kind}: {pinned} (run make install)"
+    assert AgentProfile(kind=kind).build_command(role="developer", task_file="t", system_prompt_file="p")[0] == str(pinned)
+    assert AgentProfile(kind=kind, binary="/opt/x").build_command(role="developer", task_file="t", system_prompt_file="p")[0] == "/opt/x"
