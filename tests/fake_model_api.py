@@ -237,3 +237,15 @@ def wait_for_reply(reply: Reply) -> None:
     """Hold the answer as long as the reply says (a hang)."""
     if reply.delay_seconds:
         time.sleep(reply.delay_seconds)
+
+
+# -- requests meant for other hosts (appended for issue 18's Codex tests) -----------------
+# With HTTP(S)_PROXY pointing at a fake (and NO_PROXY naming 127.0.0.1), a CLI that tries to reach
+# anything but its model API asks the fake instead: a CONNECT or an absolute URL, recorded, then refused.
+_Handler.do_CONNECT = _Handler._handle  # type: ignore[attr-defined]
+
+
+def foreign_requests(api: FakeModelAPI) -> list[dict[str, Any]]:
+    """The recorded requests a CLI sent through the fake as its proxy: meant for another host."""
+    with api._lock:
+        return [r for r in api.requests if r["method"] == "CONNECT" or "://" in r["path"]]
