@@ -23,7 +23,7 @@ STRONG_ROLES = ("architect", "reviewer")
 DEFAULT_MODELS: dict[str, tuple[str, str]] = {
     # kind: (strong model for architect and reviewer, model for the other roles)
     "claude": ("opus", "sonnet"),
-    "codex": ("gpt-5-codex", "gpt-5-codex"),
+    "codex": ("gpt-6-astra", "gpt-6.1-sol"),  # in Codex 0.169's model catalog (`codex debug models`)
     "gemini": ("gemini-2.5-pro", "gemini-2.5-flash"),
     "aider": ("sonnet", "sonnet"),
     "opencode": ("anthropic/claude-sonnet-4-5", "anthropic/claude-sonnet-4-5"),
@@ -54,6 +54,27 @@ def installed_cli(kind: str) -> str:
     """The kind's CLI as `make install` pinned it under tools/, else its name (found on PATH)."""
     pinned = TOOLS_DIR / INSTALLED_CLIS.get(kind, kind)
     return str(pinned) if kind in INSTALLED_CLIS and os.access(pinned, os.X_OK) else kind
+
+
+def gemini_permissions(tools: list[str]) -> list[str]:
+    """Gemini CLI flags granting a role's tools (Claude Code's names) and no more, unattended.
+
+    Headless, the CLI leaves out every tool its approval mode would ask about: ``auto_edit``
+    runs its edit tools (``write_file``, ``replace``) and no shell, ``default`` only reads,
+    ``yolo`` runs everything (``run_shell_command`` included). ``Bash(git diff:*)`` becomes
+    ``--allowed-tools run_shell_command(git diff)``: that command prefix runs, every other
+    shell command is refused.
+    """
+    if "Bash" in tools:
+        return ["--approval-mode", "yolo"]
+    edits = any(tool in ("Write", "Edit", "MultiEdit") for tool in tools)
+    flags = ["--approval-mode", "auto_edit" if edits else "default"]
+    for tool in tools:
+        if tool.startswith("Bash(") and tool.endswith(")"):
+            prefix = tool[len("Bash(") : -1].removesuffix(":*").removesuffix("*").strip()
+            if prefix:
+                flags += ["--allowed-tools", f"run_shell_command({prefix})"]
+    return flags
 
 
 def agent_prompt(role: str, task_file: str) -> str:
@@ -173,27 +194,44 @@ profile = AgentProfile.load("BLOCK_NAME")
             argv = [
                 self.binary or installed_cli("codex"),
                 "exec",
+                "--json",
                 "--model",
                 model,
+                # Codex's own sandbox is bubblewrap too and cannot start inside sdlc's (no uid map in a
+                # nested user namespace): every command and file write of the agent would fail. sdlc's
+                # sandbox confines it; only a profile that turns sdlc's off gets Codex's own.
                 "--sandbox",
-                "workspace-write",
+                "workspace-write" if self.sandbox == "none" else "danger-full-access",
+                "--config",
+                'approval_policy="never"',
+                # Unreachable API: fail (transient, sdlc's backoff) rather than wait for the network forever.
+                "--disable",
+                "unbounded_connection_retries",
                 "--skip-git-repo-check",
-                "--json",
                 prompt,
             ]
         elif kind == "gemini":
+            tools = self.allowed_tools.get(role, DEFAULT_TOOLS.get(role, ["Read", "Write", "Edit"]))
             argv = [
                 self.binary or installed_cli("gemini"),
                 "--model",
                 model,
-                "--yolo",
                 "--skip-trust",
+                *gemini_permissions(tools),
                 "--output-format",
                 "json",
                 "--prompt",
                 prompt,
             ]
         elif kind == "aider":
+            # The task file's text is the one message; Aider edits in its model's edit format (no
+            # tools), creates and edits files unattended (--yes-always; it never runs a shell
+            # command it suggests: those need an explicit yes) and commits nothing, not even a
+            # dirty file before editing it. Nothing but the model API: no update or release-notes
+            # check, analytics, URL scraping, browser (BROWSER=true: it offers the URLs of error
+            # messages), or litellm price list from GitHub (its own copy; Aider's own copy, fetched
+            # when ~/.aider/caches has none younger than a day, see the README). Its history files
+            # stay out of the worktree; --no-stream: the tokens and cost are the API's, not guesses.
             argv = [
                 self.binary or installed_cli("aider"),
                 "--model",
@@ -204,8 +242,35 @@ profile = AgentProfile.load("BLOCK_NAME")
                 system_prompt_file,
                 "--yes-always",
                 "--no-auto-commits",
+                "--no-dirty-commits",
+                "--no-gitignore",
+                "--no-suggest-shell-commands",
+                "--no-detect-urls",
                 "--no-check-update",
+                "--no-show-release-notes",
+                "--no-show-model-warnings",
                 "--analytics-disable",
+                "--set-env",
+                "LITELLM_LOCAL_MODEL_COST_MAP=True",
+                "--set-env",
+                "BROWSER=true",
+                # Without a git identity Aider writes "Your Name" into the repository's config.
+                "--set-env",
+                "GIT_CONFIG_COUNT=2",
+                "--set-env",
+                "GIT_CONFIG_KEY_0=user.name",
+                "--set-env",
+                "GIT_CONFIG_VALUE_0=aider (sdlc agent)",
+                "--set-env",
+                "GIT_CONFIG_KEY_1=user.email",
+                "--set-env",
+                "GIT_CONFIG_VALUE_1=aider@sdlc.invalid",
+                "--chat-history-file",
+                "/dev/null",
+                "--input-history-file",
+                "/dev/null",
+                "--no-fancy-input",
+                "--no-stream",
                 "--no-pretty",
             ]
         elif kind == "opencode":
