@@ -186,15 +186,22 @@ def describe_failure(result: AgentResult) -> str:
     return f"{result.role} attempt {result.attempt} failed: {what} (log: {result.log_path})"
 
 
+# Variables a CLI would otherwise take from files in the repository it works on (Gemini CLI loads the
+# worktree's .env and .gemini/.env for every variable not set): set, even empty (the CLI's default), they
+# cannot be redirected there, e.g. the model API's base URL to a host that collects the operator's key.
+PINNED_ENV: dict[str, str] = {"GOOGLE_GEMINI_BASE_URL": ""}
+
+
 def agent_environment(
     worker_env: Mapping[str, str], protocol_env: Mapping[str, str], profile_env: Mapping[str, str]
 ) -> dict[str, str]:
-    """The agent's whole environment: an allowlist of the worker's, then B5, then the profile."""
-    env = {
-        name: value
+    """The agent's whole environment: :data:`PINNED_ENV`, an allowlist of the worker's, then B5, then the profile."""
+    env = dict(PINNED_ENV)
+    env.update(
+        (name, value)
         for name, value in worker_env.items()
         if name in PASSTHROUGH_NAMES or name.startswith(PASSTHROUGH_PREFIXES)
-    }
+    )
     env.update(profile_env)
     env.update(protocol_env)
     bad = [name for name in env if not ENV_NAME.match(name)]

@@ -106,7 +106,12 @@ def test_environment_allowlist() -> None:
         {"SDLC_ROLE": "tester"},
         {"EXTRA": "1"},
     )
-    assert env == {"PATH": "/bin", "HOME": "/root", "ANTHROPIC_BASE_URL": "http://127.0.0.1:1", "SDLC_ROLE": "tester", "EXTRA": "1"}
+    assert env == {
+        "PATH": "/bin", "HOME": "/root", "ANTHROPIC_BASE_URL": "http://127.0.0.1:1", "SDLC_ROLE": "tester", "EXTRA": "1",
+        "GOOGLE_GEMINI_BASE_URL": "",  # set, so a repository's .gemini/.env cannot send the key elsewhere
+    }
+    worker = {"GOOGLE_GEMINI_BASE_URL": "http://127.0.0.1:2"}
+    assert agent_environment(worker, {}, {})["GOOGLE_GEMINI_BASE_URL"] == "http://127.0.0.1:2"
 
 
 def test_a_json_result_with_is_error_fails_the_run_even_with_exit_0(tmp_path: Path) -> None:
