@@ -609,14 +609,18 @@ def command_status(args: argparse.Namespace) -> int:
         print("no work items yet")
     for item in report:
         pr = f"PR #{item['pull_request']['number']}" if item["pull_request"] else "no PR"
-        print(f"{item['work_item']}  {item['state']:<16} stage {item['stage']:<13} {pr}  {item['title']}")
+        # A work item registered but not yet at a stage (its run stopped before the first step) has none.
+        print(f"{item['work_item']}  {item['state'] or '-':<16} stage {item['stage'] or '-':<13} {pr}  {item['title']}")
         if item["reason"]:
             print(f"    {item['reason']}")
         usage = item["usage"]
-        if usage["cost_usd"] or usage["input_tokens"] or usage["budget_usd"]:
+        if usage["cost_usd"] or usage["input_tokens"] or usage["budget_usd"] or usage["runs_without_cost"]:
             budget = f" of ${usage['budget_usd']:.4f}" if usage["budget_usd"] else ""
+            unreported, runs = usage["runs_without_cost"], len(item["agent_runs"])
+            incomplete = f" (incomplete: {unreported} of {runs} agent runs reported no cost)" if unreported else ""
             print(
-                f"    spent ${usage['cost_usd']:.4f}{budget}, {usage['input_tokens']} input / {usage['output_tokens']} output tokens"
+                f"    spent ${usage['cost_usd']:.4f}{budget}{incomplete}, "
+                f"{usage['input_tokens']} input / {usage['output_tokens']} output tokens"
             )
         for move in item["transitions"]:
             arrow = f"{move['from']} -> {move['to']}" if move["from"] else f"starts at {move['to']}"

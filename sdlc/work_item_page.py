@@ -75,6 +75,9 @@ def work_item_report(row: Any, transitions: Iterable[Any], runs: Iterable[Any]) 
             "cost_usd": round(sum(r.cost_usd or 0 for r in runs), 6),
             "input_tokens": sum(r.input_tokens or 0 for r in runs),
             "output_tokens": sum(r.output_tokens or 0 for r in runs),
+            # Runs whose CLI reported no cost (Codex, Gemini CLI, a custom command): the spend above is then
+            # a lower bound, and the budget counts only what was reported.
+            "runs_without_cost": sum(1 for r in runs if r.cost_usd is None),
         },
     }
 

@@ -328,3 +328,30 @@ def test_resume_refuses_a_work_item_without_an_unfinished_run(tmp_path: Path, cl
     again = sdlc(cli_env, "resume", "ET-32")
     assert again.returncode == 2
     assert again.stderr.strip() == "sdlc: error: ET-32 has no unfinished run to resume"
+
+
+def test_status_says_when_a_work_item_s_spend_is_incomplete(tmp_path: Path, cli_env: dict[str, str], data_dir: Path) -> None:
+    """Issue 18: a CLI that reports no cost (Codex, Gemini CLI) makes the spend a lower bound, and status says so."""
+    from datetime import UTC, datetime
+
+    from sdlc.models import AgentResult, WorkItemRequest
+    from tasks.ledger import Ledger
+
+    ledger = Ledger.from_settings()
+    ledger.upsert_work_item(
+        WorkItemRequest(
+            work_item="SP-1", title="Mixed agents", repo=str(create_sample_repo(tmp_path / "repos")), budget_usd=2.0
+        ),
+        flow_run_id=None,
+    )
+    now = datetime.now(UTC)
+    for role, cost, tokens in (("architect", 0.25, 1000), ("developer", None, 3000)):
+        run_id, attempt = ledger.start_agent_run("SP-1", stage=role, role=role, log_path="l", flow_run_id=None)
+        ledger.finish_agent_run(run_id, AgentResult(
+            role=role, attempt=attempt, exit_code=0, duration_seconds=1.0, log_path="l", started_at=now, ended_at=now,
+            cost_usd=cost, input_tokens=tokens, output_tokens=10,
+        ))
+    shown = sdlc(cli_env, "status", "SP-1")
+    assert shown.returncode == 0, shown.stderr
+    assert "    spent $0.2500 of $2.0000 (incomplete: 1 of 2 agent runs reported no cost), 4000 input / 20 output tokens\n" in shown.stdout
+    assert status(cli_env, "SP-1")["usage"]["runs_without_cost"] == 1
