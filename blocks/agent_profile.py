@@ -7,10 +7,11 @@ work item by reading the task file, whose *name* is all the command line carries
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from prefect.blocks.core import Block
 from pydantic import Field, HttpUrl, model_validator
@@ -26,7 +27,8 @@ DEFAULT_MODELS: dict[str, tuple[str, str]] = {
     "codex": ("gpt-6-astra", "gpt-6.1-sol"),  # in Codex 0.169's model catalog (`codex debug models`)
     "gemini": ("gemini-2.5-pro", "gemini-2.5-flash"),
     "aider": ("sonnet", "sonnet"),
-    "opencode": ("anthropic/claude-sonnet-4-5", "anthropic/claude-sonnet-4-5"),
+    # in OpenCode 1.18.33's own price list (`opencode models anthropic`; OPENCODE_DISABLE_MODELS_FETCH=1)
+    "opencode": ("anthropic/claude-opus-5-5", "anthropic/claude-sonnet-5"),
 }
 
 DEFAULT_TOOLS: dict[str, list[str]] = {
@@ -75,6 +77,73 @@ def gemini_permissions(tools: list[str]) -> list[str]:
             if prefix:
                 flags += ["--allowed-tools", f"run_shell_command({prefix})"]
     return flags
+
+
+# What no role of an opencode profile may do unattended: the web (the model API is all it needs),
+# subagents (their cost is not in the run's output), files outside the worktree, a repeated call.
+OPENCODE_PERMISSION: dict[str, Any] = {
+    "webfetch": "deny",
+    "websearch": "deny",
+    "task": "deny",
+    "doom_loop": "deny",
+    "external_directory": "deny",
+}
+
+
+def opencode_permission(tools: list[str]) -> dict[str, Any]:
+    """OpenCode permission rules granting a role's tools (Claude Code's names) and no more.
+
+    Reading and searching stay allowed; ``Write``/``Edit`` allow every file edit, ``Bash`` every
+    command, ``Bash(git diff:*)`` only commands starting ``git diff`` (each command of a pipeline
+    or list is checked on its own). A denied tool is not even offered to the model.
+    """
+    prefixes = [
+        tool[len("Bash(") : -1].removesuffix(":*").removesuffix("*").strip()
+        for tool in tools
+        if tool.startswith("Bash(") and tool.endswith(")")
+    ]
+    bash: str | dict[str, str] = "deny"
+    if "Bash" in tools or "" in prefixes:
+        bash = "allow"
+    elif prefixes:
+        bash = {"*": "deny", **{f"{prefix} *": "allow" for prefix in prefixes}}
+    edits = any(tool in ("Write", "Edit", "MultiEdit") for tool in tools)
+    return {"edit": "allow" if edits else "deny", "bash": bash}
+
+
+def opencode_env(allowed_tools: dict[str, list[str]] | None = None) -> dict[str, str]:
+    """The environment an opencode profile wants (its ``env``): quiet, offline but for the model API,
+    and one agent per role, ``sdlc-<role>``, with that role's tools (``DEFAULT_TOOLS``, then
+    ``allowed_tools``), which the command line names (``--agent``).
+
+    Nothing but the model API is contacted: no model list (the one OpenCode ships is used), update
+    check, share, LSP download, snapshots (a git copy of the worktree per step) or npm install (of
+    ``@opencode-ai/plugin`` into its config folders: ``npm_config_offline``). The Anthropic base URL
+    is taken from ``ANTHROPIC_BASE_URL`` (with ``/v1``, unlike Claude Code's) in the config itself,
+    so a repository's own ``opencode.json`` cannot send the requests and the key elsewhere.
+    """
+    tools = {**DEFAULT_TOOLS, **(allowed_tools or {})}
+    config = {
+        "autoupdate": False,
+        "share": "disabled",
+        "snapshot": False,
+        "lsp": False,
+        "formatter": False,
+        "permission": OPENCODE_PERMISSION,
+        "agent": {
+            f"sdlc-{role}": {"mode": "primary", "permission": opencode_permission(role_tools)}
+            for role, role_tools in tools.items()
+        },
+        "provider": {"anthropic": {"options": {"baseURL": "{env:ANTHROPIC_BASE_URL}"}}},
+    }
+    return {
+        "OPENCODE_CONFIG_CONTENT": json.dumps(config),
+        "OPENCODE_DISABLE_MODELS_FETCH": "1",
+        "OPENCODE_DISABLE_AUTOUPDATE": "1",
+        "OPENCODE_DISABLE_SHARE": "1",
+        "OPENCODE_DISABLE_LSP_DOWNLOAD": "1",
+        "npm_config_offline": "true",
+    }
 
 
 def agent_prompt(role: str, task_file: str) -> str:
@@ -274,7 +343,28 @@ profile = AgentProfile.load("BLOCK_NAME")
                 "--no-pretty",
             ]
         elif kind == "opencode":
-            argv = [self.binary or installed_cli("opencode"), "run", "--model", model, prompt]
+            # One JSON event per line (the tokens and cost of each model request, the error), a fixed
+            # title (else a second model call names the session), the role's prompt file attached to
+            # the message (OpenCode has no system-prompt flag). The prompt comes first: --file takes
+            # every word after it. No --auto: `run` rejects whatever its permissions would ask about
+            # (files outside the worktree among them). The role's agent, sdlc-<role>, and its tools
+            # are in the config opencode_env() puts in the profile's env; without it OpenCode says
+            # the agent is not found and runs its default one.
+            argv = [
+                self.binary or installed_cli("opencode"),
+                "run",
+                prompt,
+                "--format",
+                "json",
+                "--model",
+                model,
+                "--agent",
+                f"sdlc-{role}",
+                "--title",
+                f"sdlc {role}",
+                "--file",
+                system_prompt_file,
+            ]
         else:  # pragma: no cover - guarded by the Literal type
             raise ValueError(f"unknown agent kind {kind!r}")
         return [*argv, *self.extra_args]
@@ -284,7 +374,8 @@ def profile_for(
     kind: AgentKind, command: list[str] | None = None, timeout_seconds: float | None = None
 ) -> AgentProfile:
     """A profile with the kind's defaults, for runs that name no saved block."""
-    profile = AgentProfile(kind=kind, command=command)
+    # OpenCode's defaults would ask nothing of its permissions and reach other hosts: its profile's env says otherwise.
+    profile = AgentProfile(kind=kind, command=command, env=opencode_env() if kind == "opencode" else {})
     if timeout_seconds is not None:
         profile.default_timeout_seconds = timeout_seconds
     return profile

@@ -365,7 +365,7 @@ def _follow_the_graph(request: WorkItemRequest, retry: Continuation | None) -> P
     if retry is None and (handed_on := _retried_from_the_ui(request, run_id)) is not None:
         return handed_on
     register_work_item(request, run_id)
-    require_valid_graph(graph, request.repo)  # every problem named before any agent runs
+    require_valid_graph(graph, request.repo, request.agent)  # every problem named before any agent runs
     # No default agent: a run that names none takes SDLC_AGENT_PROFILE or the repository's, or stops here.
     request = request.model_copy(update={"agent": named_agent(request)})
 

@@ -26,6 +26,8 @@ URL_PATTERN = re.compile(r"^(https?|ssh|git|file)://[^\s]+$")
 SCP_PATTERN = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._/~-]+$")
 BlockName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[a-z0-9][a-z0-9-]*$")]
 """The name of a saved Prefect block (lower case, digits and dashes, as Prefect allows)."""
+RoleName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,39}$")]
+"""A stage graph's role (as sdlc.graph.ROLE_PATTERN): it names the role's prompt and task files."""
 AGENT_KINDS = ("scripted", "claude", "codex", "gemini", "aider", "opencode", "custom")
 AgentKind = Literal["scripted", "claude", "codex", "gemini", "aider", "opencode", "custom"]
 TrackerState = Literal["in_progress", "in_review", "needs_input", "blocked", "done"]
@@ -152,6 +154,11 @@ class AgentSpec(RetryKnobs):
     sandbox: Literal["auto", "bwrap", "none"] | None = Field(
         default=None,
         description="Confine the agents: auto, bwrap or none (unset: the profile's, else SDLC_AGENT_SANDBOX).",
+    )
+    role_profiles: dict[RoleName, BlockName] = Field(
+        default_factory=dict,
+        description="AgentProfile block per role (e.g. developer: codex-team); a role not named here runs the"
+        " agent as named above. Every role must be one of the stage graph's.",
     )
 
     @model_validator(mode="after")

@@ -455,7 +455,7 @@ def assess_run(
     """Classify the run from its log tail (B30) and decide on a retry (B31); None means success."""
     tail = read_tail(result.log_path)
     cli = invocation.provider  # the profile's kind: its CLI's own output reader
-    usage = run_usage(tail, cli)
+    usage = run_usage(tail, cli, result.log_path)
     updates: dict[str, Any] = usage.model_dump(exclude={"is_error", "api_error_status"}) if usage else {}
     failure = classify_output(
         tail, exit_code=result.exit_code, timed_out=result.timed_out, now=result.ended_at, kind=cli

@@ -412,9 +412,10 @@ def classify_log_tail(
     return classify_output(read_tail(path), exit_code=exit_code, timed_out=timed_out, now=now, kind=kind)
 
 
-def run_usage(text: str, kind: str | None = None) -> RunUsage | None:
+def run_usage(text: str, kind: str | None = None, log_path: str | Path | None = None) -> RunUsage | None:
     """Cost, tokens, turns and session as the CLI of ``kind`` reported them: its own reader's
-    (``tasks/agent_outputs/``), else Claude Code's JSON result (:func:`parse_result_json`)."""
+    (``tasks/agent_outputs/``; from the whole log at ``log_path`` where it needs it), else Claude
+    Code's JSON result in ``text`` (:func:`parse_result_json`)."""
     from tasks.agent_outputs import usage_of
 
-    return usage_of(kind, text) or parse_result_json(text)
+    return usage_of(kind, text, log_path) or parse_result_json(text)

@@ -8,6 +8,7 @@ the pipeline's start add it here: a role without one fails before any agent runs
 from __future__ import annotations
 
 from sdlc.graph import StageGraph, builtin_prompt, prompt_problems
+from sdlc.models import AgentSpec
 from tasks.failures import PermanentError
 from tasks.worktree import default_branch_has
 
@@ -33,8 +34,19 @@ def check_stage_graph(graph: StageGraph, repo: str | None = None) -> list[str]:
     return prompt_problems(graph, has_prompt)
 
 
-def require_valid_graph(graph: StageGraph, repo: str | None = None) -> None:
-    """Raise :class:`InvalidStageGraph` naming every problem, if there are any."""
-    problems = check_stage_graph(graph, repo)
+def role_profile_problems(agent: AgentSpec, graph: StageGraph) -> list[str]:
+    """The roles ``agent.role_profiles`` names that no stage of ``graph`` has."""
+    roles = sorted(set(graph.roles))
+    return [
+        f"an agent profile ({block}) is named for role {role!r}, which no stage has (roles: {', '.join(roles)})"
+        for role, block in sorted(agent.role_profiles.items())
+        if role not in roles
+    ]
+
+
+def require_valid_graph(graph: StageGraph, repo: str | None = None, agent: AgentSpec | None = None) -> None:
+    """Raise :class:`InvalidStageGraph` naming every problem, if there are any (with ``agent``: its
+    profiles per role too)."""
+    problems = check_stage_graph(graph, repo) + (role_profile_problems(agent, graph) if agent else [])
     if problems:
         raise InvalidStageGraph("the stage graph cannot run: " + "; ".join(problems))

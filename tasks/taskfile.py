@@ -14,6 +14,7 @@ from prefect import task
 
 from blocks import load_block
 from blocks.agent_profile import AgentProfile, profile_for
+from sdlc.config import current_graph
 from sdlc.graph import StageSpec, artifacts_dir, builtin_prompt, missing_prompt
 from sdlc.models import AgentSpec, Feedback, StageInput, UpToDate, WorkItemRequest, validate_work_item_id
 from sdlc.retry import STEP_RETRY_DELAYS_SECONDS, RetryPolicy
@@ -21,7 +22,7 @@ from sdlc.settings import get_settings
 from tasks.agent import AgentInvocation, check_budget
 from tasks.failures import PermanentError, retried_on_transient
 from tasks.gates import archive_stale_artifacts_in
-from tasks.graph_check import InvalidStageGraph
+from tasks.graph_check import InvalidStageGraph, role_profile_problems
 from tasks.ledger import Ledger
 from tasks.sandbox import sandbox_spec_for
 from tasks.up_to_date import merge_default_branch
@@ -201,7 +202,11 @@ def named_agent(request: WorkItemRequest) -> AgentSpec:
     return agent.model_copy(update={"profile_block": name})
 
 
-def load_profile(stage_input: StageInput) -> AgentProfile:
+def load_profile(stage_input: StageInput, role: str | None = None) -> AgentProfile:
+    """The role's own profile block (``role_profiles``), else the run's agent as named."""
+    block = stage_input.request.agent.role_profiles.get(role) if role is not None else None
+    if block is not None:
+        return load_block(AgentProfile, block)
     agent = named_agent(stage_input.request)
     if agent.profile_block:
         return load_block(AgentProfile, agent.profile_block)
@@ -234,7 +239,10 @@ def retry_policy(agent: AgentSpec, profile: AgentProfile, *, retry_agent: bool) 
 def agent_invocation(worktree: str, stage_input: StageInput, spec: StageSpec, task_file: str) -> AgentInvocation:
     """The command line and the B5 environment for this stage's agent."""
     request = stage_input.request
-    profile = load_profile(stage_input)
+    problems = role_profile_problems(request.agent, current_graph())
+    if problems:  # the pipeline's start names these already; a stage started on its own stops here
+        raise InvalidStageGraph("the stage graph cannot run: " + "; ".join(problems))
+    profile = load_profile(stage_input, spec.role)
     base_sha = work_item_base(request.repo, request.work_item)
     prompt_file = str(system_prompt_path(request.repo, request.work_item, spec.role, base_sha))
     model = profile.model_for(spec.role)

@@ -84,3 +84,12 @@ def test_each_kind_runs_the_cli_make_install_pinned(kind: str) -> None:
     assert pinned.is_relative_to(TOOLS_DIR) and os.access(pinned, os.X_OK), f"{kind}: {pinned} (run make install)"
     assert AgentProfile(kind=kind).build_command(role="developer", task_file="t", system_prompt_file="p")[0] == str(pinned)
     assert AgentProfile(kind=kind, binary="/opt/x").build_command(role="developer", task_file="t", system_prompt_file="p")[0] == "/opt/x"
+
+
+def test_an_opencode_run_that_names_no_profile_gets_the_settings_that_keep_it_offline_and_narrow() -> None:
+    from blocks.agent_profile import profile_for
+
+    env = profile_for("opencode").env
+    assert env["OPENCODE_DISABLE_MODELS_FETCH"] == "1" and env["npm_config_offline"] == "true", env
+    assert "sdlc-developer" in env["OPENCODE_CONFIG_CONTENT"]  # one agent per role, with its tools
+    assert profile_for("claude").env == {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 from datetime import datetime
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -30,10 +31,20 @@ def _reader(kind: str | None) -> ModuleType | None:
     return importlib.import_module(f"{__name__}.{name}") if name else None
 
 
-def usage_of(kind: str | None, text: str) -> RunUsage | None:
-    """The CLI's own report of cost and tokens, or None when the kind has no reader or it reported none."""
+def usage_of(kind: str | None, text: str, log_path: str | Path | None = None) -> RunUsage | None:
+    """The CLI's own report of cost and tokens, or None when the kind has no reader or it reported none.
+
+    A reader with ``usage_of_log(path)`` reads the whole log (OpenCode prints each request's figures,
+    never a total, so a long run's first ones lie before the tail); the others read ``text``, the tail.
+    """
     reader = _reader(kind)
-    return reader.usage(text) if reader is not None else None
+    if reader is None:
+        return None
+    if log_path is not None and hasattr(reader, "usage_of_log"):
+        whole: RunUsage | None = reader.usage_of_log(log_path)
+        return whole
+    figures: RunUsage | None = reader.usage(text)
+    return figures
 
 
 def failure_of(kind: str | None, text: str, exit_code: int | None, now: datetime) -> Failure | None:
