@@ -197,13 +197,28 @@ def check_call(call: Call, store: ResultStore) -> None:
     )
 
 
-def check_flow_run(flow_run_id: UUID | str, store: ResultStore | None = None) -> None:
+def check_flow_run(
+    flow_run_id: UUID | str, store: ResultStore | None = None, *, wait_for_records_seconds: float = 0.0
+) -> None:
     """Raise :class:`ReplayOutdated` when the flow run holds results under unversioned replay keys,
     and :class:`ResultsOutOfReach` when ``store`` (this process's) does not hold its recorded results.
 
     The replayed tasks call this themselves, once per rerun of a flow run, before the
-    first of them runs; it may also be called at the start of a flow.
+    first of them runs; it may also be called at the start of a flow. The server learns of
+    finished task runs through events, some time after they finished: a run known to have
+    recorded results (it suspended, so tasks ran before its pause) waits up to
+    ``wait_for_records_seconds`` for them to show, instead of taking "none yet" for "none".
     """
+    import time as clock
+
+    deadline = clock.monotonic() + wait_for_records_seconds
+    while not _checked_records(flow_run_id, store) and clock.monotonic() < deadline:
+        clock.sleep(0.5)
+
+
+def _checked_records(flow_run_id: UUID | str, store: ResultStore | None) -> bool:
+    """:func:`check_flow_run`'s look at the finished task runs: True once a replayed one was found (and
+    was fine), False when the server shows none yet."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         TaskRunFilter,
@@ -232,7 +247,7 @@ def check_flow_run(flow_run_id: UUID | str, store: ResultStore | None = None) ->
                 if key.startswith(f"replay-{VERSION}-"):
                     if store is not None and not store.exists(key):
                         raise _out_of_reach(client, run_id, task_run.name, task_run.state, store)
-                    return  # recorded by this version, where this process reads: later records are too
+                    return True  # recorded by this version, where this process reads: later records are too
                 layout = key.split("-")[1] if re.match(r"replay-v\d+-", key) else "unversioned, without parameters"
                 raise ReplayOutdated(
                     f"{REFUSED} flow run {run_id} was recorded by an older sdlc-flows: its finished tasks "
@@ -240,7 +255,7 @@ def check_flow_run(flow_run_id: UUID | str, store: ResultStore | None = None) ->
                     f"so this version cannot tell whether they are the calls it would replay. {_TO_GO_ON}"
                 )
             if len(runs) < page:
-                return
+                return False
             offset += page
 
 
@@ -263,7 +278,13 @@ def _refusing_changed_calls(fn: Callable[..., Any]) -> Callable[..., Any]:
             if isinstance(recorded, str):
                 call = Call(**json.loads(recorded))
                 if _is_rerun(flow_context.flow_run) and f"{_SLOT}:checked" not in counters:
-                    check_flow_run(call.flow_run_id, context.result_store)
+                    # A suspended run recorded results before its pause: wait for the server to show them.
+                    suspended = _suspended_before(flow_context.flow_run)
+                    check_flow_run(
+                        call.flow_run_id,
+                        context.result_store,
+                        wait_for_records_seconds=RECORDS_WAIT if suspended else 0,
+                    )
                     counters[f"{_SLOT}:checked"] = 1
                 check_call(call, context.result_store)
                 context.result_store.write(
@@ -273,6 +294,16 @@ def _refusing_changed_calls(fn: Callable[..., Any]) -> Callable[..., Any]:
         return fn(*args, **kwargs)
 
     return checked
+
+
+RECORDS_WAIT = 30.0
+"""How long a resumed suspended run waits for the server to show its finished task runs (events lag)."""
+
+
+def _suspended_before(flow_run: Any) -> bool:
+    """Whether the flow run paused (suspended) in an earlier execution: it ran tasks before that."""
+    policy = getattr(flow_run, "empirical_policy", None)
+    return bool(getattr(policy, "pause_keys", None))
 
 
 def _is_rerun(flow_run: Any) -> bool:

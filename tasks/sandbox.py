@@ -114,6 +114,10 @@ class SandboxSpec(BaseModel):
         default_factory=list,
         description="Folders under HOME kept in `state_dir` (a CLI's sessions), the rest of HOME is discarded.",
     )
+    masked_files: list[str] = Field(
+        default_factory=list,
+        description="Files of the worktree the CLI would load as its own settings: shown empty to it.",
+    )
 
 
 def split_paths(value: str | None) -> list[str]:
@@ -508,6 +512,17 @@ def bwrap_arguments(
             kept.mkdir(parents=True, exist_ok=True)
             args += ["--bind", str(kept), str(home / relative)]
     args += _bind_args("--bind", [worktree])
+    # A repository's copy of the CLI's own settings (Aider's .env, which overrides the environment) is
+    # data the agent may have written: the CLI finds it empty, so it cannot redirect the model API or its key.
+    # (An empty regular file, not /dev/null: a device node bound in the sandbox cannot be opened, nodev;
+    # YAML and JSON settings get an empty mapping, which their readers take for "nothing set".)
+    for relative in spec.masked_files:
+        masked = worktree / relative
+        if masked.is_file() and not masked.is_symlink() and _is_under(masked, worktree):
+            mapping = masked.suffix in (".yml", ".yaml", ".json")
+            empty = scratch / ("empty-mapping" if mapping else "empty")
+            empty.write_text("{}\n" if mapping else "", encoding="utf-8")
+            args += ["--ro-bind", str(empty), str(masked)]
     git = private_git_dir(worktree, scratch)
     if (worktree / ".git").is_dir():
         args += ["--ro-bind", str(worktree / ".git"), str(worktree / ".git")]  # a plain checkout: no hooks or config
@@ -552,6 +567,11 @@ def confinement(
 
 # What a CLI keeps under HOME that a later run of the same work item needs (claude --resume's sessions).
 HOME_STATE: dict[str, list[str]] = {"claude": [".claude/projects"]}
+# Files in the repository a CLI loads as its own settings, with no flag to stop it (Aider 0.86.2 loads
+# .env from the git root and the working directory, overriding the environment, and its YAML settings).
+REPOSITORY_SETTINGS: dict[str, list[str]] = {
+    "aider": [".env", ".aider.conf.yml", ".aider.model.settings.yml", ".aider.model.metadata.json"],
+}
 
 
 def scripted_agent_paths() -> list[str]:
@@ -591,6 +611,7 @@ def sandbox_spec_for(
         network=network,
         state_dir=str(settings.root / "agent-state" / work_item),
         home_state=HOME_STATE.get(kind, []),
+        masked_files=REPOSITORY_SETTINGS.get(kind, []),
     )
 
 

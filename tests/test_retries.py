@@ -109,8 +109,23 @@ def test_a_usage_limit_without_a_deployment_is_a_task_retry_scheduled_for_the_re
     assert (first.failure_kind, second.failure_kind, second.exit_code) == ("usage_limit", None, 0)
     reset_at = datetime.fromtimestamp(reset, timezone.utc)
     assert first.retry_not_before == reset_at and second.started_at >= reset_at
-    (awaiting,) = [s for s in run_agent_states(first.flow_run_id) if s.name == "AwaitingRetry"]
+    # The server records task run states from events, a moment after they happen: wait for it.
+    awaiting_states = wait_for(
+        lambda: [s for s in run_agent_states(first.flow_run_id) if s.name == "AwaitingRetry"], "an AwaitingRetry state"
+    )
+    (awaiting,) = awaiting_states
     assert awaiting.state_details.scheduled_time >= reset_at
+
+
+def wait_for(found: Any, what: str, timeout: float = 30) -> Any:
+    """``found()`` once it is truthy; fails after ``timeout`` seconds naming ``what``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (value := found()):
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.5)
+    return value
 
 
 def run_agent_states(flow_run_id: str | None) -> list[Any]:
