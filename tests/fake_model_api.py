@@ -1,18 +1,19 @@
 """The shared part of the fake model APIs that real agent CLIs talk to in the tests (issue 18).
 
-Each protocol (``fake_openai.py``: the OpenAI Responses and Chat Completions APIs;
-``fake_gemini.py``: the Gemini API) subclasses :class:`FakeModelAPI` and renders a
+Each protocol (``fake_openai_responses.py``: OpenAI's Responses API, for Codex;
+``fake_openai_chat.py``: its Chat Completions API, for Aider; ``fake_gemini.py``: the
+Gemini API) subclasses :class:`FakeModelAPI` and renders a
 protocol-neutral :class:`Reply` in its own wire format; this module holds what they
 share: a stdlib HTTP server on 127.0.0.1 in a thread, the queue of scripted replies
 (a ``default`` reply, or a ``responder`` that picks one from the request, when the queue
 is empty), the record of every request, and the JSON and server-sent-event answers::
 
-    with FakeOpenAI() as api:
+    with FakeOpenAIResponses() as api:
         api.script(Reply.error(429, "rate_limit_exceeded", "slow down", headers={"retry-after": "7"}))
         ...                                        # run the CLI with its base URL at api.url
         assert api.model_requests()[0]["body"]["model"] == "gpt-5-codex"
 
-``fake_anthropic.py`` (the Claude Code tests) predates this module and keeps its own server.
+``fake_anthropic.py`` (Claude Code and OpenCode) predates this module and keeps its own server.
 """
 
 from __future__ import annotations
