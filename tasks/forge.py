@@ -28,7 +28,7 @@ from sdlc.pr_body import merge_body
 from sdlc.retry import HTTP_STEP_RETRY_DELAYS_SECONDS
 from tasks.ci_status import CiStatus
 from tasks.failures import GitOperationError, PermanentError, TransientError, retried_on_transient
-from tasks.forge_http import file_path_segments
+from tasks.forge_http import HttpRetry, file_path_segments
 from tasks.git import bot_env, describe, git_env, has_ref, push_branch, remote_git, repo_at
 from tasks.ledger import Ledger, PullRequestRecord, UnknownPullRequest
 from tasks.limits import merge_slot
@@ -195,8 +195,9 @@ class LocalForge:
                 pass
 
 
-def forge_for(repo: str, spec: ForgeSpec) -> Forge:
-    """The forge of a work item (B43): the local forge by default, else Gitea or GitHub over REST."""
+def forge_for(repo: str, spec: ForgeSpec, retry: HttpRetry | None = None) -> Forge:
+    """The forge of a work item (B43): the local forge by default, else Gitea or GitHub over REST
+    (``retry``: its HTTP retries, the client's default when None)."""
     if spec.kind == "gitea":
         from blocks import load_block
         from blocks.forge import GiteaCredentials
@@ -204,7 +205,10 @@ def forge_for(repo: str, spec: ForgeSpec) -> Forge:
 
         assert spec.credentials_block and spec.owner and spec.name
         return GiteaForge(
-            credentials=load_block(GiteaCredentials, spec.credentials_block), owner=spec.owner, repo=spec.name
+            credentials=load_block(GiteaCredentials, spec.credentials_block),
+            owner=spec.owner,
+            repo=spec.name,
+            retry=retry,
         )
     if spec.kind == "github":
         from blocks import load_block
@@ -213,7 +217,10 @@ def forge_for(repo: str, spec: ForgeSpec) -> Forge:
 
         assert spec.credentials_block and spec.owner and spec.name
         return GitHubForge(
-            credentials=load_block(GitHubCredentials, spec.credentials_block), owner=spec.owner, repo=spec.name
+            credentials=load_block(GitHubCredentials, spec.credentials_block),
+            owner=spec.owner,
+            repo=spec.name,
+            retry=retry,
         )
     return LocalForge(repo=repo, clone=ensure_main_clone(repo), ledger=Ledger.from_settings())
 
@@ -290,10 +297,12 @@ def ci_status_of(repo: str, forge: ForgeSpec, ref: str) -> CiStatus:
         target.close()
 
 
-def file_urls(repo: str, forge: ForgeSpec, branch: str, paths: Iterable[str]) -> dict[str, str | None]:
+def file_urls(
+    repo: str, forge: ForgeSpec, branch: str, paths: Iterable[str], retry: HttpRetry | None = None
+) -> dict[str, str | None]:
     """Each path's web view on ``branch`` (Gitea ``<repo>/src/branch/…``, GitHub ``<repo>/blob/…``), or the
     path itself on the local forge; one forge connection, and one API call, for all of them."""
-    target = forge_for(validate_repo(repo), forge)
+    target = forge_for(validate_repo(repo), forge, retry)
     try:
         return {path: target.file_url(branch=branch, path=path) for path in paths}
     finally:

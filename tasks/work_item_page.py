@@ -25,6 +25,7 @@ from typing import Any
 from sdlc.graph import artifacts_dir
 from sdlc.models import WorkItemRequest
 from sdlc.pr_body import DOCUMENTS, document_path
+from sdlc.retry import HttpRetry
 from sdlc.work_item_page import page_description, render_work_item_page, work_item_report
 from tasks.git import git_env, repo_at, run_logger
 from tasks.ledger import Ledger
@@ -37,6 +38,9 @@ _WEB_VIEWS_LIMIT = 2_000
 # A forge that failed is not asked again for a while: each step would otherwise wait for its retries.
 _FORGE_FAILED_AT: dict[tuple[str, str], float] = {}
 FORGE_QUIET_SECONDS = 300.0
+# One try per lookup: a page is republished at every step, so a link missing once is filled in later,
+# and a step must not wait out HTTP backoff for it (a forge in an outage would cost ~7.5 s a step).
+PAGE_LOOKUP_RETRY = HttpRetry(max_attempts=1)
 
 logger = logging.getLogger("sdlc.work_item_page")
 
@@ -80,7 +84,9 @@ def document_links(request: WorkItemRequest, names: list[str]) -> dict[str, str 
         from tasks import forge
 
         try:
-            found = forge.file_urls(request.repo, request.forge, request.feature_branch, missing)
+            found = forge.file_urls(
+                request.repo, request.forge, request.feature_branch, missing, retry=PAGE_LOOKUP_RETRY
+            )
         except Exception as exc:  # noqa: BLE001 - the page shows the paths instead
             _FORGE_FAILED_AT[(request.repo, forge_key)] = time.monotonic()
             run_logger(logger).warning("the documents of %s are not linked on the forge: %s", request.work_item, exc)

@@ -194,3 +194,51 @@ def test_a_run_that_fails_unexpectedly_leaves_the_page_saying_failed(tmp_path: P
     page = page_saying(str(state.state_details.flow_run_id), "**State:** failed · **Stage:** development")
     assert ".sdlc/config.yaml is not valid YAML" in page.data
     assert page.description.endswith("— failed at development")
+
+
+@pytest.mark.parametrize("forge", ["gitea", "github"])
+def test_a_forge_in_an_outage_costs_the_page_one_request_and_no_wait(tmp_path: Path, forge: str) -> None:
+    """The page links documents to the forge's web view; while the forge fails it lists their paths,
+    asking once (not through the client's backoff: a step in an outage would wait ~7.5 s for a link)
+    and then not again for a while."""
+    from blocks.forge import GiteaCredentials, GitHubCredentials
+    from forge_servers.gitea import DEFAULT_TOKEN as GITEA_TOKEN
+    from forge_servers.gitea import GiteaTestServer
+    from forge_servers.github import DEFAULT_TOKEN as GITHUB_TOKEN
+    from forge_servers.github import GitHubTestServer
+    from sdlc.models import ForgeSpec
+    from tasks.work_item_page import document_links
+
+    server_class, credentials, token = {
+        "gitea": (GiteaTestServer, GiteaCredentials, GITEA_TOKEN),
+        "github": (GitHubTestServer, GitHubCredentials, GITHUB_TOKEN),
+    }[forge]
+    server = server_class(tmp_path / "forge").start()
+    try:
+        origin = server.create_repo("team", "app")
+        block = f"{forge}-page-outage"
+        credentials(api_url=server.api_url, token=token).save(block, overwrite=True)
+        request = WorkItemRequest(
+            work_item="OUT-1", title="t", repo=str(origin),
+            forge=ForgeSpec(kind=forge, credentials_block=block, owner="team", name="app"),
+        )
+        server.chaos(1.0, kinds=(500,))
+        links = document_links(request, ["analysis.md", "architecture.md"])
+        again = document_links(request, ["analysis.md"])
+
+        assert links == {name: f"docs/work-items/OUT-1/{name}" for name in ("analysis.md", "architecture.md")}
+        assert again == {"analysis.md": "docs/work-items/OUT-1/analysis.md"}
+        # One request in all: no retries with backoff, and none while the forge is left quiet.
+        assert len(server.requests) == 1, [(r.method, r.path) for r in server.requests]
+
+        server.chaos_off()  # the forge is back: the next page asks again once the quiet time is over
+        from tasks import work_item_page
+
+        work_item_page._FORGE_FAILED_AT.clear()
+        links = document_links(request, ["analysis.md"])
+        view = {"gitea": "src/branch", "github": "blob"}[forge]
+        assert links["analysis.md"] == (
+            f"{server.web_url}/team/app/{view}/{request.feature_branch}/docs/work-items/OUT-1/analysis.md"
+        )
+    finally:
+        server.close()
