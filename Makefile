@@ -82,8 +82,9 @@ lint: $(STAMP)
 # Two test processes, each with its own Prefect server: much of a test's time is spent waiting (for a
 # flow run to end, a poll, a subprocess), which the other process fills. The heaviest tests share one
 # xdist group, so they run one after another instead of starving each other of the two cores.
+# build/test-times.xml keeps every test's duration (where the suite's time goes).
 test: install lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=20
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=20 --junitxml=build/test-times.xml
 
 clean:
 	-$(BIN)/sdlc server stop

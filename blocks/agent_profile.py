@@ -146,6 +146,27 @@ def opencode_env(allowed_tools: dict[str, list[str]] | None = None) -> dict[str,
     }
 
 
+# Linux refuses a single argument over 128 KiB (MAX_ARG_STRLEN); a role prompt is a few KiB.
+MAX_ROLE_PROMPT_BYTES = 100_000
+
+
+def role_instructions(system_prompt_file: str) -> str:
+    """The role's prompt as text, for the CLIs that take it on the command line (Codex, Gemini CLI)."""
+    try:
+        text = Path(system_prompt_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"the role prompt {system_prompt_file} cannot be read: {exc}") from exc
+    if len(text.encode()) > MAX_ROLE_PROMPT_BYTES:
+        raise ValueError(f"the role prompt {system_prompt_file} is over {MAX_ROLE_PROMPT_BYTES} bytes")
+    return text
+
+
+def toml_string(text: str) -> str:
+    """``text`` as a TOML basic string, for a ``--config key=value`` of Codex (JSON's escapes are TOML's,
+    but for DEL, which TOML wants escaped)."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
 def agent_prompt(role: str, task_file: str) -> str:
     """The one-line instruction on the command line; everything else is in the task file."""
     return (
@@ -276,6 +297,9 @@ profile = AgentProfile.load("BLOCK_NAME")
                 # Unreachable API: fail (transient, sdlc's backoff) rather than wait for the network forever.
                 "--disable",
                 "unbounded_connection_retries",
+                # The role's prompt, as instructions of the developer (above the user's prompt).
+                "--config",
+                f"developer_instructions={toml_string(role_instructions(system_prompt_file))}",
                 "--skip-git-repo-check",
                 prompt,
             ]
@@ -290,7 +314,9 @@ profile = AgentProfile.load("BLOCK_NAME")
                 "--output-format",
                 "json",
                 "--prompt",
-                prompt,
+                # The role's prompt first: the CLI takes no system prompt of a caller's (GEMINI_SYSTEM_MD
+                # would replace its own, tool rules and all).
+                f"{role_instructions(system_prompt_file).rstrip()}\n\n{prompt}",
             ]
         elif kind == "aider":
             # The task file's text is the one message; Aider edits in its model's edit format (no

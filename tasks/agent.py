@@ -210,6 +210,20 @@ def agent_environment(
     return env
 
 
+SHOWN_ARGUMENT_CHARS = 160
+
+
+def shown_command(argv: list[str]) -> str:
+    """The command line as the log's header shows it: one line, quoted, a long argument (a role's prompt
+    given as text) cut to its start and its length."""
+    shown = []
+    for arg in argv:
+        if len(arg) > SHOWN_ARGUMENT_CHARS or "\n" in arg:
+            arg = f"{arg[:SHOWN_ARGUMENT_CHARS].splitlines()[0] if arg.strip() else ''}… ({len(arg)} chars)"
+        shown.append(arg)
+    return shlex.join(shown)
+
+
 def agent_script(argv: list[str], env_names: list[str], log_path: Path) -> str:
     """One shell line: quoted arguments, variables by name only, output to the log.
 
@@ -334,7 +348,7 @@ def execute_agent(
             with open(log_path, "ab") as log:
                 log.write(
                     f"--- {invocation.role} attempt {attempt} started {started.isoformat()} "
-                    f"in {invocation.worktree} [{sandbox}]: {shlex.join(invocation.argv)[:2000]}\n".encode()
+                    f"in {invocation.worktree} [{sandbox}]: {shown_command(invocation.argv)}\n".encode()
                 )
             if not confined.confined:
                 # Turned off on purpose: said once per run; fallen back from `auto`: a warning people must see.

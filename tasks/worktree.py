@@ -38,6 +38,9 @@ from tasks.git import TRANSIENT_REMOTE_PATTERNS, describe, git_env, has_ref, rem
 logger = logging.getLogger("sdlc.worktree")
 
 TASK_FILE_EXCLUDE = ".task-*.md"
+# What agents leave in a worktree that never belongs in a commit: sdlc's task files (B3) and CLI caches
+# (Aider's repository map, rebuilt on every run).
+WORKTREE_EXCLUDES = (TASK_FILE_EXCLUDE, ".aider.tags.cache.v*/")
 
 
 @contextlib.contextmanager
@@ -94,16 +97,18 @@ def _remote_failure(what: str, exc: GitCommandError) -> Exception:
     return GitOperationError(message)
 
 
-def _exclude_task_files(clone: Path) -> None:
-    """Task files for agents live in worktrees and are never committed (B3)."""
+def _exclude_agent_files(clone: Path) -> None:
+    """Task files and agent caches live in worktrees and are never committed (B3): the clone's
+    ``info/exclude``, which its worktrees share, names them."""
     exclude = clone / ".git" / "info" / "exclude"
     exclude.parent.mkdir(parents=True, exist_ok=True)
     current = exclude.read_text(encoding="utf-8") if exclude.exists() else ""
-    if TASK_FILE_EXCLUDE not in current.splitlines():
+    missing = [pattern for pattern in WORKTREE_EXCLUDES if pattern not in current.splitlines()]
+    if missing:
         with open(exclude, "a", encoding="utf-8") as handle:
             if current and not current.endswith("\n"):
                 handle.write("\n")
-            handle.write(TASK_FILE_EXCLUDE + "\n")
+            handle.write("".join(pattern + "\n" for pattern in missing))
 
 
 def _is_clone(clone: Path) -> bool:
@@ -139,7 +144,7 @@ def ensure_main_clone(repo: str) -> Path:
                 remote_git(clone, "fetch", "--prune", "--", "origin", what=f"fetch of {repo}")
             except GitCommandError as exc:
                 raise _remote_failure(f"cannot fetch {repo}", exc) from exc
-        _exclude_task_files(clone)
+        _exclude_agent_files(clone)
     return clone
 
 

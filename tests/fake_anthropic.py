@@ -20,14 +20,12 @@ in :attr:`FakeAnthropic.requests` as ``{"method", "path", "query", "headers"
 
 from __future__ import annotations
 
-import collections
 import itertools
 import json
-import threading
-import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
+
+from fake_model_api import Exchange, FakeModelAPI, wait_for_reply
 
 _ids = itertools.count(1)
 
@@ -100,68 +98,46 @@ def claude_cli_env(home: str, api_url: str, *, timeout_ms: int) -> dict[str, str
     }
 
 
-class FakeAnthropic:
-    """The fake API server; a context manager that serves on ``url`` until exit."""
+class FakeAnthropic(FakeModelAPI):
+    """The fake Messages API; a context manager that serves on ``url`` until exit."""
+
+    name = "fake-anthropic"
+    model_paths = ("/v1/messages",)
+    request_id_header = "request-id"
 
     def __init__(self, default: Reply | None = None, responder: "Callable[[dict[str, Any]], Reply] | None" = None) -> None:
-        self.default = default or Reply.message()
-        self.responder = responder  # a fake model: picks the reply from the request when nothing is queued
-        self.requests: list[dict[str, Any]] = []
-        self._queue: collections.deque[Reply] = collections.deque()
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- scripting -------------------------------------------------------------------
-    def script(self, *replies: Reply) -> "FakeAnthropic":
-        """Queue replies for the next ``POST /v1/messages`` requests, in order."""
-        with self._lock:
-            self._queue.extend(replies)
-        return self
-
-    def next_reply(self, body: dict[str, Any] | None = None) -> Reply:
-        with self._lock:
-            if self._queue:
-                return self._queue.popleft()
-        if self.responder is not None:
-            return self.responder(body or {})
-        return self.default
+        super().__init__(default or Reply.message(), responder)  # type: ignore[arg-type]
 
     def message_requests(self) -> list[dict[str, Any]]:
-        """The recorded ``POST /v1/messages`` requests (the model calls)."""
-        with self._lock:
-            return [r for r in self.requests if r["method"] == "POST" and r["path"] == "/v1/messages"]
+        """The recorded ``POST /v1/messages`` requests (the model calls; not ``count_tokens``)."""
+        return [r for r in self.model_requests() if r["path"] == "/v1/messages"]
 
-    def record(self, entry: dict[str, Any]) -> None:
-        with self._lock:
-            self.requests.append({**entry, "at": time.time()})
+    def answer(self, exchange: Exchange) -> bool:
+        if exchange.method == "POST" and exchange.path == "/v1/messages":
+            self._messages(exchange, exchange.body if isinstance(exchange.body, dict) else {})
+        elif exchange.method == "POST" and exchange.path == "/v1/messages/count_tokens":
+            exchange.json(200, {"input_tokens": 100})
+        elif exchange.method == "HEAD":
+            exchange.json(200, None)
+        else:
+            return False
+        return True
 
-    # -- lifecycle -------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "FakeAnthropic is not running"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+    def not_found(self, exchange: Exchange) -> None:
+        exchange.json(404, _error_body("not_found_error", f"Not found: {exchange.method} {exchange.path}"))
 
-    def start(self) -> "FakeAnthropic":
-        handler = type("BoundHandler", (_Handler,), {"api": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-anthropic", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> "FakeAnthropic":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _messages(self, exchange: Exchange, body: dict[str, Any]) -> None:
+        reply: Reply = self.next_reply(body)  # type: ignore[assignment]
+        wait_for_reply(reply)  # type: ignore[arg-type]
+        if reply.is_error:
+            error = _error_body(reply.error_type or "api_error", reply.error_message or "")
+            exchange.json(reply.status, error, reply.headers)
+            return
+        model = str(body.get("model") or "claude-sonnet-4-5")
+        if body.get("stream"):
+            exchange.sse(sse_events(reply, model), reply.headers)
+        else:
+            exchange.json(200, message_json(reply, model), reply.headers)
 
 
 def message_json(reply: Reply, model: str) -> dict[str, Any]:
@@ -216,80 +192,6 @@ def sse_events(reply: Reply, model: str) -> list[tuple[str, dict[str, Any]]]:
                                      "usage": {"output_tokens": reply.output_tokens}}))
     events.append(("message_stop", {"type": "message_stop"}))
     return events
-
-
-class _Handler(BaseHTTPRequestHandler):
-    api: FakeAnthropic
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
-        pass
-
-    def _read_body(self) -> Any:
-        length = int(self.headers.get("content-length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            return json.loads(raw) if raw else None
-        except ValueError:
-            return raw.decode("utf-8", errors="replace")
-
-    def _handle(self) -> None:
-        try:
-            self._answer()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up first (its request timeout): nothing to answer
-
-    def _answer(self) -> None:
-        body = self._read_body()
-        path, _, query = self.path.partition("?")
-        self.api.record({"method": self.command, "path": path, "query": query,
-                         "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
-        if self.command == "POST" and path == "/v1/messages":
-            self._messages(body if isinstance(body, dict) else {})
-        elif self.command == "POST" and path == "/v1/messages/count_tokens":
-            self._json(200, {"input_tokens": 100})
-        elif self.command == "HEAD":
-            self._json(200, None)
-        else:
-            self._json(404, _error_body("not_found_error", f"Not found: {self.command} {path}"))
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
-
-    def _messages(self, body: dict[str, Any]) -> None:
-        reply = self.api.next_reply(body)
-        if reply.delay_seconds:
-            time.sleep(reply.delay_seconds)
-        if reply.is_error:
-            self._json(reply.status, _error_body(reply.error_type or "api_error", reply.error_message or ""),
-                       reply.headers)
-            return
-        model = str(body.get("model") or "claude-sonnet-4-5")
-        if not body.get("stream"):
-            self._json(200, message_json(reply, model), reply.headers)
-            return
-        payload = "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in sse_events(reply, model))
-        data = payload.encode()
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream; charset=utf-8")
-        self.send_header("cache-control", "no-cache")
-        self.send_header("request-id", f"req_fake{next(_ids):06d}")
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-        data = b"" if payload is None else json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("request-id", f"req_fake{next(_ids):06d}")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
 
 
 def _error_body(error_type: str, message: str) -> dict[str, Any]:

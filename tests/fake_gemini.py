@@ -317,14 +317,6 @@ class FakeGemini(FakeModelAPI):
             },
         )
 
-    def reset(self) -> None:
-        """Forget the requests and the queue, answer "hi" again: one server shared by a module's tests."""
-        with self._lock:
-            self.requests.clear()
-            self._queue.clear()
-        self.default = Reply.message()
-        self.responder = None
-
     def generate_requests(self) -> list[dict[str, Any]]:
         """The recorded generate calls (streamed or not); ``countTokens`` left out."""
         return [r for r in self.model_requests() if r["path"].endswith(("GenerateContent", "generateContent"))]

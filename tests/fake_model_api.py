@@ -13,7 +13,8 @@ is empty), the record of every request, and the JSON and server-sent-event answe
         ...                                        # run the CLI with its base URL at api.url
         assert api.model_requests()[0]["body"]["model"] == "gpt-5-codex"
 
-``fake_anthropic.py`` (Claude Code and OpenCode) predates this module and keeps its own server.
+``fake_anthropic.py`` (the Messages API, for Claude Code and OpenCode) keeps a reply of its own
+(Anthropic's content blocks, cache tokens and stop reasons) on the same server.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class Exchange:
         handler = self._handler
         handler.send_response(status)
         handler.send_header("content-type", content_type)
-        handler.send_header("x-request-id", f"req_fake{next(ids):06d}")
+        handler.send_header(handler.api.request_id_header, f"req_fake{next(ids):06d}")  # type: ignore[attr-defined]
         for name, value in (headers or {}).items():
             handler.send_header(name, value)
         handler.send_header("content-length", str(length))
@@ -131,9 +132,11 @@ class FakeModelAPI:
 
     name = "fake-model-api"
     model_paths: tuple[str, ...] = ()
+    request_id_header = "x-request-id"  # the header naming each answer, as the real service calls it
 
     def __init__(self, default: Reply | None = None, responder: Callable[[dict[str, Any]], Reply] | None = None) -> None:
         self.default = default or Reply.message()
+        self._first_default = self.default
         self.responder = responder  # a fake model: picks the reply from the request when nothing is queued
         self.requests: list[dict[str, Any]] = []
         self._queue: collections.deque[Reply] = collections.deque()
@@ -154,6 +157,16 @@ class FakeModelAPI:
         """Queue replies for the next model calls, in order."""
         with self._lock:
             self._queue.extend(replies)
+        return self
+
+    def reset(self, default: Reply | None = None) -> "FakeModelAPI":
+        """Forget the requests and the queue and the responder; answer ``default`` (else what it was made
+        with): one server serves a whole test module."""
+        with self._lock:
+            self.requests.clear()
+            self._queue.clear()
+        self.default = default or self._first_default
+        self.responder = None
         return self
 
     def next_reply(self, body: dict[str, Any] | None = None) -> Reply:
@@ -250,3 +263,28 @@ def foreign_requests(api: FakeModelAPI) -> list[dict[str, Any]]:
     """The recorded requests a CLI sent through the fake as its proxy: meant for another host."""
     with api._lock:
         return [r for r in api.requests if r["method"] == "CONNECT" or "://" in r["path"]]
+
+
+class ForeignHosts(FakeModelAPI):
+    """A proxy that forwards nothing, for a CLI's ``HTTP(S)_PROXY``: every request sent through it
+    (meant for a host that is not the fake model API: ``CONNECT host:443`` or an absolute URL) is
+    recorded and refused with 403. ``requests`` lists them; a test asserts it stays empty."""
+
+    name = "foreign-hosts"
+
+    def answer(self, exchange: Exchange) -> bool:
+        exchange.json(403, {"error": {"message": f"no network in the tests: {exchange.method} {exchange.path}"}})
+        return True
+
+    def seen(self) -> list[str]:
+        """What the CLI reached for, one ``METHOD target`` each."""
+        with self._lock:
+            return [f"{r['method']} {r['path']}" for r in self.requests]
+
+    def env(self) -> dict[str, str]:
+        """Every destination through this proxy but the fake API on loopback. The ``..._BASE_URL``
+        variable names its port, so that the sandbox lets a confined CLI reach it too."""
+        proxies = {name: self.url for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")}
+        proxies |= {name.lower(): value for name, value in proxies.items()}
+        loopback = "127.0.0.1,localhost"
+        return {**proxies, "NO_PROXY": loopback, "no_proxy": loopback, "SDLC_FOREIGN_HOSTS_BASE_URL": self.url}

@@ -27,8 +27,6 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-import socketserver
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +42,6 @@ __all__ = [
     "FakeOpenAIChat",
     "Reply",
     "ToolCall",
-    "Tripwire",
     "aider_cli_env",
     "seed_aider_model_cache",
 ]
@@ -170,15 +167,6 @@ class FakeOpenAIChat(FakeModelAPI):
     model_paths = ("/v1/chat/completions", "/chat/completions")
     models: tuple[str, ...] = ("gpt-4o-mini",)
 
-    def reset(self, default: Reply | None = None) -> FakeOpenAIChat:
-        """Forget the requests and the queue, answer ``default`` (or "hi"): one server serves a whole test module."""
-        with self._lock:
-            self._queue.clear()
-            self.requests.clear()
-        self.default = default or Reply.message()
-        self.responder = None
-        return self
-
     def answer(self, exchange: Exchange) -> bool:
         path = exchange.path.rstrip("/")
         if exchange.method == "POST" and path in self.model_paths:
@@ -252,35 +240,3 @@ def aider_cli_env(home: str, api_url: str, *, retry_timeout: float | None = None
     return env
 
 
-class Tripwire:
-    """A proxy that forwards nothing: it records the first line of every connection (``CONNECT host:443``)."""
-
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-        seen = self.seen
-
-        class Handler(socketserver.StreamRequestHandler):
-            def handle(self) -> None:
-                line = self.rfile.readline(2048).decode("latin-1").strip()
-                seen.append(line)
-                self.wfile.write(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-
-        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="tripwire", daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def env(self) -> dict[str, str]:
-        """Every other destination through the tripwire; the fake API (loopback) directly.
-        ``SDLC_TRIPWIRE_BASE_URL`` names its port so the sandbox lets the CLI reach it."""
-        proxies = {name: self.url for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")}
-        proxies |= {name.lower(): value for name, value in proxies.items()}
-        return {**proxies, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
-                "SDLC_TRIPWIRE_BASE_URL": self.url}
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()

@@ -24,7 +24,6 @@ Every request is recorded (:class:`~fake_model_api.FakeModelAPI`)::
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import itertools
 import json
@@ -241,14 +240,6 @@ class FakeOpenAIResponses(FakeModelAPI):
             exchange.json(200, {"object": "list", "data": [model]})
             return True
         return False
-
-    def reset(self) -> None:
-        """Forget the requests and the queue, answer "hi" again: one server shared by a module's tests."""
-        with self._lock:
-            self.requests.clear()
-            self._queue = collections.deque()
-        self.default = Reply.message()
-        self.responder = None
 
 
 # -- the real Codex CLI against the fake --------------------------------------------------

@@ -5,7 +5,7 @@ installed at run time), so the tests point it at ``fake_anthropic.py``: its
 ``ANTHROPIC_BASE_URL`` is the fake's ``/v1`` (OpenCode's provider appends ``/messages``;
 Claude Code's variable leaves ``/v1`` out) and its key a dummy. Everything else OpenCode
 would fetch is turned off (:func:`opencode_cli_env`), and what is left is caught:
-``HTTP(S)_PROXY`` point at :class:`ForeignHosts`, which records and refuses every request
+``HTTP(S)_PROXY`` point at :class:`fake_model_api.ForeignHosts`, which records and refuses every request
 meant for another host (``NO_PROXY`` keeps 127.0.0.1 direct)::
 
     with FakeAnthropic() as api, ForeignHosts() as guard:
@@ -17,13 +17,10 @@ meant for another host (``NO_PROXY`` keeps 127.0.0.1 direct)::
 from __future__ import annotations
 
 import json
-import threading
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from blocks.agent_profile import TOOLS_DIR, opencode_env
-from fake_model_api import Exchange, FakeModelAPI, _Handler
 
 OPENCODE = TOOLS_DIR / "node_modules" / "opencode-linux-x64" / "bin" / "opencode"
 OPENCODE_API_KEY = "sk-test-dummy"
@@ -70,26 +67,6 @@ def opencode_cli_env(
 def ripgrep_path(base: str) -> str:
     """``base`` (a PATH) with the borrowed ripgrep's folder in front."""
     return f"{RIPGREP_DIR}:{base}" if base else str(RIPGREP_DIR)
-
-
-class ForeignHosts(FakeModelAPI):
-    """A proxy that forwards nothing: every request sent through it (meant for a host that is not
-    the fake model API) is recorded and refused with 403: ``guard.requests`` lists them."""
-
-    name = "foreign-hosts"
-
-    def answer(self, exchange: Exchange) -> bool:
-        exchange.json(403, {"error": {"message": f"no network in the tests: {exchange.method} {exchange.path}"}})
-        return True
-
-    def start(self) -> ForeignHosts:
-        # As FakeModelAPI.start, with CONNECT (how a client asks a proxy for an HTTPS host) answered too.
-        handler = type("GuardHandler", (_Handler,), {"api": self, "do_CONNECT": _Handler._handle})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name=self.name, daemon=True)
-        self._thread.start()
-        return self
 
 
 def missing_files() -> list[Path]:

@@ -17,7 +17,6 @@ The readers' unit tests at the end run on the captured fixtures (``tests/fixture
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,11 +29,12 @@ from fake_openai_chat import (
     INSUFFICIENT_QUOTA,
     FakeOpenAIChat,
     Reply,
-    Tripwire,
     aider_cli_env,
     seed_aider_model_cache,
 )
+from fake_model_api import ForeignHosts
 from gitrepo import git
+from real_clis import pinned_cli, without_own_setup
 from sdlc.models import AgentResult
 from sdlc.retry import Classification, RetryPolicy, decide_retry
 from tasks.agent import AgentInvocation, execute_agent
@@ -42,8 +42,6 @@ from tasks.agent_outputs import aider as aider_output
 from tasks.classify import FailureKind, classify_log_tail, classify_output, read_tail, run_usage
 from tasks.sandbox import REPOSITORY_SETTINGS, SandboxSpec, sandbox_spec_for
 
-ROOT = Path(__file__).resolve().parents[1]
-AIDER = ROOT / "tools" / "aider" / "bin" / "aider"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "aider"
 SYSTEM_PROMPT = "You are running inside the sdlc-flows test suite; answer briefly."
 TASK = "# Task\nCreate src/hello.txt containing `hello` and make src/greeting.txt say `hi there`.\n"
@@ -66,41 +64,30 @@ def rate_limited(seconds: int) -> Reply:
 
 
 def aider_binary() -> str:
-    """The pinned CLI; a test without it fails (never skips) and says how to install it."""
-    if not (AIDER.exists() and os.access(AIDER, os.X_OK)):
-        pytest.fail(
-            f"the Aider CLI is missing at {AIDER}: run `make install` to install the pinned version "
-            "(a virtual environment of its own, tools/aider-requirements.lock)",
-            pytrace=False,
-        )
-    return str(AIDER)
+    return pinned_cli("aider")
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[tuple[FakeOpenAIChat, Tripwire]]:
+def server() -> Iterator[tuple[FakeOpenAIChat, ForeignHosts]]:
     # Nothing of this machine's own OpenAI, Aider or litellm setup may reach the CLI (the runner
     # passes OPENAI_* and AIDER_* through from the worker).
     with pytest.MonkeyPatch.context() as patch:
-        for name in list(os.environ):
-            if name.startswith(("OPENAI_", "AIDER_", "LITELLM_", "ANTHROPIC_")):
-                patch.delenv(name)
-        tripwire = Tripwire()
-        with FakeOpenAIChat() as fake:
+        without_own_setup(patch, "OPENAI_", "AIDER_", "LITELLM_", "ANTHROPIC_")
+        with ForeignHosts() as tripwire, FakeOpenAIChat() as fake:
             yield fake, tripwire
-        tripwire.close()
 
 
 @pytest.fixture
-def api(server: tuple[FakeOpenAIChat, Tripwire]) -> Iterator[FakeOpenAIChat]:
+def api(server: tuple[FakeOpenAIChat, ForeignHosts]) -> Iterator[FakeOpenAIChat]:
     fake, tripwire = server
     fake.reset()
-    tripwire.seen.clear()
+    tripwire.reset()
     yield fake
-    assert tripwire.seen == [], f"the CLI reached for the internet: {tripwire.seen}"
+    assert tripwire.seen() == [], f"the CLI reached for the internet: {tripwire.seen()}"
 
 
 @pytest.fixture
-def tripwire(server: tuple[FakeOpenAIChat, Tripwire]) -> Tripwire:
+def tripwire(server: tuple[FakeOpenAIChat, ForeignHosts]) -> ForeignHosts:
     return server[1]
 
 
@@ -125,7 +112,7 @@ def clone_config(repo: Path) -> str:
 
 def run_aider(
     api: FakeOpenAIChat,
-    tripwire: Tripwire,
+    tripwire: ForeignHosts,
     repo: Path,
     tmp_path: Path,
     *,
@@ -165,7 +152,7 @@ def run_aider(
 
 
 def test_profile_writes_its_artifacts_in_the_sandbox_and_reports_cost_and_tokens(
-    api: FakeOpenAIChat, tripwire: Tripwire, repo: Path, tmp_path: Path
+    api: FakeOpenAIChat, tripwire: ForeignHosts, repo: Path, tmp_path: Path
 ) -> None:
     """Confined by bwrap, the real CLI reaches its (loopback) model API only, creates a new file and
     edits one nobody named on its command line, commits nothing, and prints the API's tokens and its cost."""
@@ -197,7 +184,7 @@ def test_profile_writes_its_artifacts_in_the_sandbox_and_reports_cost_and_tokens
 
 
 def test_in_the_sandbox_a_planted_env_file_cannot_redirect_the_model_api_or_its_key(
-    api: FakeOpenAIChat, tripwire: Tripwire, repo: Path, tmp_path: Path
+    api: FakeOpenAIChat, tripwire: ForeignHosts, repo: Path, tmp_path: Path
 ) -> None:
     """Aider loads the repository's .env over the environment (no flag stops it): an agent that wrote one
     would send the next run's key elsewhere. Confined, the CLI finds it (and its YAML settings) empty."""
@@ -217,7 +204,7 @@ def test_in_the_sandbox_a_planted_env_file_cannot_redirect_the_model_api_or_its_
 
 
 def test_a_429_is_waited_out_by_the_cli_as_the_server_asks(
-    api: FakeOpenAIChat, tripwire: Tripwire, repo: Path, tmp_path: Path
+    api: FakeOpenAIChat, tripwire: ForeignHosts, repo: Path, tmp_path: Path
 ) -> None:
     """The OpenAI SDK under litellm retries a 429 after its retry-after, silently; the run then
     succeeds. On a model litellm has no price for, Aider prints tokens but no cost: "not reported"."""
@@ -237,7 +224,7 @@ def test_a_429_is_waited_out_by_the_cli_as_the_server_asks(
 
 
 def test_a_429_the_cli_gives_up_on_is_transient_with_the_wait_openai_names(
-    api: FakeOpenAIChat, tripwire: Tripwire, repo: Path, tmp_path: Path
+    api: FakeOpenAIChat, tripwire: ForeignHosts, repo: Path, tmp_path: Path
 ) -> None:
     """Aider exits 0 after giving up; the reader sees the error it ended on. The retry-after header never
     reaches the log, OpenAI's "Please try again in 1s." does: sdlc waits at least that long."""
@@ -261,7 +248,7 @@ def test_a_429_the_cli_gives_up_on_is_transient_with_the_wait_openai_names(
 
 
 def test_a_401_fails_permanently_at_once(
-    api: FakeOpenAIChat, tripwire: Tripwire, repo: Path, tmp_path: Path
+    api: FakeOpenAIChat, tripwire: ForeignHosts, repo: Path, tmp_path: Path
 ) -> None:
     api.default = Reply.error(
         401,
@@ -282,7 +269,7 @@ def test_a_401_fails_permanently_at_once(
 
 
 def test_an_exhausted_quota_stops_without_retrying(
-    api: FakeOpenAIChat, tripwire: Tripwire, repo: Path, tmp_path: Path
+    api: FakeOpenAIChat, tripwire: ForeignHosts, repo: Path, tmp_path: Path
 ) -> None:
     """OpenAI's insufficient_quota is a 429 too (Aider and the SDK retry it); its words tell it apart:
     a usage limit with no reset time, which sdlc does not retry."""

@@ -15,6 +15,7 @@ from blocks.forge import GiteaCredentials, GitHubCredentials
 from blocks.notifications import AppriseURLNotification, TelegramNotification
 from blocks.plane import PlaneCredentials
 from blocks.webhooks import WebhookSettings
+from sdlc.graph import BUILTIN_PROMPTS
 
 ALL_BLOCKS: list[type[Block]] = [
     AgentProfile, GiteaCredentials, GitHubCredentials, WebhookSettings, PlaneCredentials, TelegramNotification,
@@ -61,6 +62,7 @@ def test_profile_overrides_and_custom_commands() -> None:
 
 
 CLI_HELP = Path(__file__).parent / "contracts" / "cli-help"
+PROMPT = str(BUILTIN_PROMPTS / "developer.md")  # a role prompt: Codex and Gemini CLI get its text on the command line
 
 
 @pytest.mark.parametrize(
@@ -69,7 +71,7 @@ CLI_HELP = Path(__file__).parent / "contracts" / "cli-help"
 )
 def test_profile_flags_exist_in_the_real_cli(kind: str, help_file: str) -> None:
     documented = set(re.findall(r"--[a-z0-9][a-z0-9-]*", (CLI_HELP / help_file).read_text()))
-    argv = AgentProfile(kind=kind).build_command(role="developer", task_file=".task-developer.md", system_prompt_file="p.md")
+    argv = AgentProfile(kind=kind).build_command(role="developer", task_file=".task-developer.md", system_prompt_file=PROMPT)
     used = {arg for arg in argv if arg.startswith("--")}
     unknown = {flag for flag in used if flag not in documented and f"--{flag.removeprefix('--no-')}" not in documented}
     assert used and not unknown, f"{kind} profile uses flags its CLI does not document: {sorted(unknown)}"
@@ -82,8 +84,8 @@ def test_each_kind_runs_the_cli_make_install_pinned(kind: str) -> None:
     """`make install` puts every agent CLI under tools/; a profile that names no binary runs that one."""
     pinned = Path(installed_cli(kind))
     assert pinned.is_relative_to(TOOLS_DIR) and os.access(pinned, os.X_OK), f"{kind}: {pinned} (run make install)"
-    assert AgentProfile(kind=kind).build_command(role="developer", task_file="t", system_prompt_file="p")[0] == str(pinned)
-    assert AgentProfile(kind=kind, binary="/opt/x").build_command(role="developer", task_file="t", system_prompt_file="p")[0] == "/opt/x"
+    assert AgentProfile(kind=kind).build_command(role="developer", task_file="t", system_prompt_file=PROMPT)[0] == str(pinned)
+    assert AgentProfile(kind=kind, binary="/opt/x").build_command(role="developer", task_file="t", system_prompt_file=PROMPT)[0] == "/opt/x"
 
 
 def test_an_opencode_run_that_names_no_profile_gets_the_settings_that_keep_it_offline_and_narrow() -> None:

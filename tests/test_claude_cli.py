@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from fake_anthropic import OVERLOADED, RATE_LIMITED, SERVER_ERROR, UNAUTHORIZED, FakeAnthropic, Reply, claude_cli_env
-from gitrepo import git
+from real_clis import pinned_cli, planted_ledger, seeded_repo
 
 from blocks.agent_profile import AgentProfile
 from sdlc.models import AgentResult
@@ -25,20 +24,11 @@ from tasks.agent import AgentInvocation, execute_agent
 from tasks.classify import FailureKind, classify_log_tail, parse_result_json, read_tail
 from tasks.sandbox import SandboxSpec
 
-ROOT = Path(__file__).resolve().parents[1]
-CLAUDE = ROOT / "tools" / "node_modules" / ".bin" / "claude"
 SYSTEM_PROMPT = "You are running inside the sdlc-flows test suite; answer briefly."
 
 
 def claude_binary() -> str:
-    """The pinned CLI; a test without it fails (never skips) and says how to install it."""
-    if not (CLAUDE.exists() and os.access(CLAUDE, os.X_OK)):
-        pytest.fail(
-            f"the Claude Code CLI is missing at {CLAUDE}: run `make install` "
-            "(or `npm ci --prefix tools --no-audit --no-fund`) to install the pinned version",
-            pytrace=False,
-        )
-    return str(CLAUDE)
+    return pinned_cli("claude")
 
 
 @pytest.fixture
@@ -54,13 +44,7 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAnthropic]:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    path = tmp_path / "repo"
-    path.mkdir()
-    git(path, "init", "-q", "-b", "main")
-    (path / ".task-developer.md").write_text("# Task\nCreate hello.txt containing `hello`.\n")
-    git(path, "add", ".")
-    git(path, "commit", "-q", "-m", "seed")
-    return path
+    return seeded_repo(tmp_path / "repo", {".task-developer.md": "# Task\nCreate hello.txt containing `hello`.\n"})
 
 
 def run_claude(
@@ -132,12 +116,8 @@ def test_in_the_sandbox_it_writes_its_worktree_and_cannot_read_the_data_dir(
 ) -> None:
     """Issue 13: the real CLI, confined by bwrap, reaches its (loopback) model API, edits its worktree,
     and its Read and Bash tools find nothing of the data directory."""
-    canary = f"canary-{uuid.uuid4().hex}"
-    data_dir = tmp_path / "data"
-    (data_dir / "logs").mkdir(parents=True)
-    ledger = data_dir / "ledger.db"
-    ledger.write_text(f"ledger {canary}\n")
-    monkeypatch.setenv("SDLC_DATA_DIR", str(data_dir))
+    ledger, canary = planted_ledger(tmp_path, monkeypatch)
+    data_dir = ledger.parent
     target = repo / "hello.txt"
     api.script(
         Reply.tool_use("Read", {"file_path": str(ledger)}),

@@ -20,12 +20,12 @@ import pytest
 
 from blocks.agent_profile import AgentProfile
 from fake_anthropic import FakeAnthropic, Reply, claude_cli_env
+from real_clis import pinned_cli
 from sdlc.models import AgentSpec, WorkItemRequest
 from demo.sample import create_sample_repo
 from sdlc.graph import BUILTIN_PROMPTS
 
 REPOSITORY_ARCHITECT_PROMPT = "You are Team Ledger's architect: every design must name its rollback plan.\n"
-CLAUDE = Path(__file__).resolve().parents[1] / "tools" / "node_modules" / ".bin" / "claude"
 ROLE_IN_PROMPT = re.compile(r"You are the (\w+) of this repository's delivery pipeline")
 OUT = '"$SDLC_ARTIFACTS_DIR"'
 WRITES = {
@@ -73,13 +73,12 @@ def fake_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAnthropic]:
 
 def save_claude_profile(tmp_path: Path, fake_api: FakeAnthropic) -> str:
     """An AgentProfile block for the pinned CLI pointed at the fake API; returns its name."""
-    assert CLAUDE.exists(), "the Claude Code CLI is missing: run `make install`"
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     block_name = f"claude-test-{uuid.uuid4().hex[:8]}"
     AgentProfile(
         kind="claude",
-        binary=str(CLAUDE),
+        binary=pinned_cli("claude"),
         allowed_tools={role: ["Bash", "Read", "Write", "Edit"] for role in [*WRITES, "reviewer"]},
         env=claude_cli_env(str(home), fake_api.url, timeout_ms=20000),
         default_timeout_seconds=120,

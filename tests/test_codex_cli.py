@@ -12,9 +12,7 @@ request Codex makes elsewhere. A missing CLI is a failure, not a skip: ``make in
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Literal
 
 import pytest
 
-from blocks.agent_profile import TOOLS_DIR, AgentProfile
+from blocks.agent_profile import AgentProfile
 from fake_model_api import Reply, foreign_requests
 from fake_openai_responses import (
     CODEX_API_KEY,
@@ -37,26 +35,18 @@ from fake_openai_responses import (
     codex_config,
     usage_limit,
 )
-from gitrepo import git
+from real_clis import APP, ROLE_PROMPT, pinned_cli, planted_ledger, seeded_repo, without_own_setup
 from sdlc.models import AgentResult
 from sdlc.retry import RetryDecision
 from tasks.agent import AgentInvocation, assess_run, execute_agent
 from tasks.classify import read_tail
 from tasks.sandbox import SandboxSpec
 
-CODEX = TOOLS_DIR / "node_modules" / ".bin" / "codex"
 TASK_FILE = ".task-developer.md"
 
 
 def codex_binary() -> str:
-    """The pinned CLI; a test without it fails (never skips) and says how to install it."""
-    if not (CODEX.exists() and os.access(CODEX, os.X_OK)):
-        pytest.fail(
-            f"the Codex CLI is missing at {CODEX}: run `make install` "
-            "(or `npm ci --prefix tools --no-audit --no-fund`) to install the pinned version",
-            pytrace=False,
-        )
-    return str(CODEX)
+    return pinned_cli("codex")
 
 
 def exec_tool(js: str) -> Reply:
@@ -86,11 +76,7 @@ def fake_api() -> Iterator[FakeOpenAIResponses]:
 
 @pytest.fixture
 def api(fake_api: FakeOpenAIResponses, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAIResponses]:
-    # Nothing of this machine's own OpenAI or Codex setup may reach the CLI (the runner passes
-    # OPENAI_* and CODEX_* through from the worker).
-    for name in list(os.environ):
-        if name.startswith(("OPENAI_", "CODEX_")) or name.lower() in ("https_proxy", "http_proxy", "all_proxy"):
-            monkeypatch.delenv(name)
+    without_own_setup(monkeypatch, "OPENAI_", "CODEX_")
     fake_api.reset()
     yield fake_api
     assert not foreign_requests(fake_api), f"Codex reached for other hosts: {foreign_requests(fake_api)}"
@@ -98,14 +84,9 @@ def api(fake_api: FakeOpenAIResponses, monkeypatch: pytest.MonkeyPatch) -> Itera
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    path = tmp_path / "repo"
-    (path / "src").mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    (path / TASK_FILE).write_text("# Task\nCreate docs/notes.md and fix src/app.py.\n")
-    (path / "src" / "app.py").write_text("print('hello')\n")
-    git(path, "add", ".")
-    git(path, "commit", "-q", "-m", "seed")
-    return path
+    return seeded_repo(
+        tmp_path / "repo", {TASK_FILE: "# Task\nCreate docs/notes.md and fix src/app.py.\n"}, APP
+    )
 
 
 def codex_home(tmp_path: Path, api_url: str, extra_config: str = "") -> Path:
@@ -132,7 +113,9 @@ def run_codex(
     home = codex_home(tmp_path, api_url or api.url, extra_config)
     env = {**codex_cli_env(str(home), api.url), **(extra_env or {})}
     profile = AgentProfile(kind="codex", binary=codex_binary(), env=env, sandbox=profile_sandbox)
-    argv = profile.build_command(role="developer", task_file=TASK_FILE, system_prompt_file=str(tmp_path / "p.md"))
+    prompt_file = tmp_path / "p.md"
+    prompt_file.write_text(ROLE_PROMPT)
+    argv = profile.build_command(role="developer", task_file=TASK_FILE, system_prompt_file=str(prompt_file))
     invocation = AgentInvocation(
         work_item="CX-7",
         stage="development",
@@ -186,6 +169,9 @@ def test_profile_writes_its_artifact_and_records_tokens_not_cost(
     metadata = json.loads(first["headers"]["x-codex-turn-metadata"])
     assert metadata["sandbox_mode"] == "danger-full-access"  # sdlc's sandbox confines it (see the profile)
     assert TASK_FILE in json.dumps(first["body"]["input"][-1])  # the prompt names the task file
+    # The role's prompt is the developer's instructions, a message of its own before the user's prompt.
+    developer = [item for item in first["body"]["input"] if item.get("role") == "developer" and "content" in item]
+    assert any(ROLE_PROMPT.strip() in json.dumps(item["content"]) for item in developer), first["body"]["input"]
     # What the tools did came back to the model.
     outputs = [item for item in requests[1]["body"]["input"] if item.get("type") == "custom_tool_call_output"]
     assert outputs and "Script completed" in json.dumps(outputs)
@@ -196,12 +182,8 @@ def test_in_the_sandbox_it_edits_its_worktree_and_cannot_read_the_data_dir(
 ) -> None:
     """Confined by bwrap with only its config.toml granted, Codex reaches the fake (its port only),
     writes in its worktree, and its shell finds nothing of the data directory."""
-    canary = f"canary-{uuid.uuid4().hex}"
-    data_dir = tmp_path / "data"
-    (data_dir / "logs").mkdir(parents=True)
-    ledger = data_dir / "ledger.db"
-    ledger.write_text(f"ledger {canary}\n")
-    monkeypatch.setenv("SDLC_DATA_DIR", str(data_dir))
+    ledger, canary = planted_ledger(tmp_path, monkeypatch)
+    data_dir = ledger.parent
     api.script(
         shell(f"cat {ledger}; ls {data_dir}; cat ~/.ssh/id_rsa"),
         apply_patch(add_file("docs/notes.md", "confined")),

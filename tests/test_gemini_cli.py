@@ -15,9 +15,7 @@ not a skip: ``make install`` provides it.
 from __future__ import annotations
 
 import json
-import os
 import re
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +35,8 @@ from fake_gemini import (
     write_gemini_home,
 )
 from fake_model_api import Reply
-from gitrepo import git
+from real_clis import APP, ROLE_PROMPT, pinned_cli, planted_ledger, seeded_repo, without_own_setup
+from sdlc.graph import BUILTIN_PROMPTS
 from sdlc.models import AgentResult
 from sdlc.retry import RetryPolicy
 from tasks.agent import AgentInvocation, assess_run, execute_agent
@@ -45,22 +44,13 @@ from tasks.agent_outputs import gemini as reader
 from tasks.classify import FailureKind, classify_output, read_tail, run_usage
 from tasks.sandbox import SandboxSpec
 
-ROOT = Path(__file__).resolve().parents[1]
-GEMINI = ROOT / "tools" / "node_modules" / ".bin" / "gemini"
 FIXTURES = Path(__file__).parent / "fixtures" / "gemini"
 NET_GUARD = FIXTURES / "net_guard.cjs"
 MODEL = "gemini-2.5-flash"
 
 
 def gemini_binary() -> str:
-    """The pinned CLI; a test without it fails (never skips) and says how to install it."""
-    if not (GEMINI.exists() and os.access(GEMINI, os.X_OK)):
-        pytest.fail(
-            f"the Gemini CLI is missing at {GEMINI}: run `make install` "
-            "(or `npm ci --prefix tools --no-audit --no-fund`) to install the pinned version",
-            pytrace=False,
-        )
-    return str(GEMINI)
+    return pinned_cli("gemini")
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +61,7 @@ def fake_api() -> Iterator[FakeGemini]:
 
 @pytest.fixture
 def api(fake_api: FakeGemini, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGemini]:
-    # Nothing of this machine's own Gemini or Google setup may reach the CLI (the runner passes
-    # GEMINI_* and GOOGLE_* through from the worker), nor a proxy.
-    for name in list(os.environ):
-        if name.startswith(("GEMINI_", "GOOGLE_")) or name.lower() in ("https_proxy", "http_proxy", "all_proxy"):
-            monkeypatch.delenv(name)
+    without_own_setup(monkeypatch, "GEMINI_", "GOOGLE_")
     fake_api.reset()
     yield fake_api
     assert not fake_api.unserved_requests(), fake_api.unserved_requests()
@@ -83,15 +69,8 @@ def api(fake_api: FakeGemini, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeG
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    path = tmp_path / "repo"
-    (path / "src").mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    for role in ("developer", "reviewer"):
-        (path / f".task-{role}.md").write_text("# Task\nCreate hello.txt containing `hello`.\n")
-    (path / "src" / "app.py").write_text("print('hello')\n")
-    git(path, "add", ".")
-    git(path, "commit", "-q", "-m", "seed")
-    return path
+    task = "# Task\nCreate hello.txt containing `hello`.\n"
+    return seeded_repo(tmp_path / "repo", {f".task-{role}.md": task for role in ("developer", "reviewer")}, APP)
 
 
 def run_gemini(
@@ -107,7 +86,9 @@ def run_gemini(
         env.update(NODE_OPTIONS=f"--require {NET_GUARD}", NET_GUARD_LOG=str(tmp_path / "net.log"), TMPDIR=str(scratch))
     profile = AgentProfile(kind="gemini", binary=gemini_binary(), models={role: MODEL}, env=env)
     task_file = f".task-{role}.md"
-    argv = profile.build_command(role=role, task_file=task_file, system_prompt_file=str(tmp_path / "p.md"))
+    prompt_file = tmp_path / "p.md"
+    prompt_file.write_text(ROLE_PROMPT)
+    argv = profile.build_command(role=role, task_file=task_file, system_prompt_file=str(prompt_file))
     invocation = AgentInvocation(
         work_item="GM-7",
         stage="development" if role == "developer" else "review",
@@ -181,6 +162,7 @@ def test_developer_writes_its_artifact_and_records_tokens_not_cost(api: FakeGemi
     assert first["path"] == f"/v1beta/models/{MODEL}:streamGenerateContent" and first["query"] == "alt=sse"
     assert first["headers"].get("x-goog-api-key") == TEST_API_KEY
     assert ".task-developer.md" in json.dumps(first["body"]["contents"])  # the prompt names the task file
+    assert ROLE_PROMPT.strip() in json.dumps(first["body"]["contents"])  # and the role's prompt
     assert {"write_file", "replace", "read_file", "run_shell_command"} <= set(declared_functions(first["body"]))
     [written] = function_responses(second)
     assert written["name"] == "write_file" and "error" not in json.dumps(written["response"]).lower()
@@ -219,12 +201,8 @@ def test_in_the_sandbox_it_writes_its_worktree_and_cannot_read_the_data_dir(
 ) -> None:
     """Confined by bwrap with only its settings.json granted, the CLI reaches its (loopback) API,
     writes its worktree, and its shell finds nothing of the data directory."""
-    canary = f"canary-{uuid.uuid4().hex}"
-    data_dir = tmp_path / "data"
-    (data_dir / "logs").mkdir(parents=True)
-    ledger = data_dir / "ledger.db"
-    ledger.write_text(f"ledger {canary}\n")
-    monkeypatch.setenv("SDLC_DATA_DIR", str(data_dir))
+    ledger, canary = planted_ledger(tmp_path, monkeypatch)
+    data_dir = ledger.parent
     target = repo / "hello.txt"
     api.script(
         Reply.tool_call("run_shell_command", {"command": f"cat {ledger}; ls {data_dir}"}),
@@ -374,7 +352,7 @@ def test_each_role_gets_the_narrowest_approval_mode() -> None:
     def argv(role: str, **kwargs: list[str]) -> list[str]:
         allowed = {role: kwargs["tools"]} if "tools" in kwargs else {}
         return AgentProfile(kind="gemini", allowed_tools=allowed).build_command(
-            role=role, task_file=f".task-{role}.md", system_prompt_file="p.md"
+            role=role, task_file=f".task-{role}.md", system_prompt_file=str(BUILTIN_PROMPTS / f"{role}.md")
         )
 
     developer = argv("developer")

@@ -28,16 +28,15 @@ from demo.sample import create_sample_repo
 from fake_anthropic import FakeAnthropic, claude_cli_env
 from fake_anthropic import Reply as AnthropicReply
 from fake_gemini import FakeGemini, gemini_cli_env, write_gemini_home
-from fake_model_api import Reply, foreign_requests
-from fake_openai_chat import FakeOpenAIChat, Tripwire, aider_cli_env, seed_aider_model_cache
+from fake_model_api import ForeignHosts, Reply, foreign_requests
+from fake_openai_chat import FakeOpenAIChat, aider_cli_env, seed_aider_model_cache
 from fake_openai_responses import FakeOpenAIResponses, codex_cli_env, codex_config
-from fake_opencode_provider import ForeignHosts, opencode_cli_env, ripgrep_path
+from fake_opencode_provider import opencode_cli_env, ripgrep_path
+from real_clis import pinned_cli
 from sdlc.graph import artifacts_dir
 from sdlc.models import AgentSpec, WorkItemRequest
-from test_aider_cli import aider_binary
-from test_claude_pipeline import CLAUDE, OUT, ROLE_IN_PROMPT, WRITES
-from test_codex_cli import codex_binary, shell
-from test_gemini_cli import gemini_binary
+from test_claude_pipeline import OUT, ROLE_IN_PROMPT, WRITES
+from test_codex_cli import shell
 from test_opencode_cli import opencode_binary
 
 WORK_ITEM = "ET-60"
@@ -60,11 +59,9 @@ class Fakes:
     def __init__(self, stack: ExitStack) -> None:
         self.claude = stack.enter_context(FakeAnthropic(responder=self.claude_model))
         self.opencode = stack.enter_context(FakeAnthropic(responder=self.opencode_model))
-        self.opencode_guard = stack.enter_context(ForeignHosts())
+        self.foreign_hosts = stack.enter_context(ForeignHosts())  # the proxy of OpenCode and Aider
         self.codex = stack.enter_context(FakeOpenAIResponses(responder=self.codex_model))
         self.aider = stack.enter_context(FakeOpenAIChat(responder=self.aider_model))
-        self.aider_tripwire = Tripwire()
-        stack.callback(self.aider_tripwire.close)
         self.gemini = stack.enter_context(FakeGemini(responder=self.gemini_model))
 
     # Anthropic's Messages API: Claude Code's Bash, OpenCode's bash.
@@ -118,7 +115,7 @@ class Fakes:
         return Reply.tool_call("run_shell_command", {"command": WRITES["tester"]})
 
     def foreign(self) -> list[Any]:
-        return [*foreign_requests(self.codex), *self.opencode_guard.requests, *self.aider_tripwire.seen]
+        return [*foreign_requests(self.codex), *self.foreign_hosts.seen()]
 
 
 @pytest.fixture
@@ -162,7 +159,7 @@ def save_profiles(tmp_path: Path, fakes: Fakes) -> dict[str, str]:
     profiles = {
         "claude": AgentProfile(
             kind="claude",
-            binary=str(CLAUDE),
+            binary=pinned_cli("claude"),
             allowed_tools={role: ["Bash", "Read", "Write", "Edit"] for role in KINDS},
             env=claude_cli_env(str(home("claude")), fakes.claude.url, timeout_ms=20000),
         ),
@@ -172,19 +169,19 @@ def save_profiles(tmp_path: Path, fakes: Fakes) -> dict[str, str]:
             env=opencode_cli_env(
                 str(home("opencode")),
                 fakes.opencode.url,
-                proxy_url=fakes.opencode_guard.url,
+                proxy_url=fakes.foreign_hosts.url,
                 path=ripgrep_path(os.environ.get("PATH", "")),
             ),
         ),
         "aider": AgentProfile(
             kind="aider",
-            binary=aider_binary(),
+            binary=pinned_cli("aider"),
             models={"architect": AIDER_MODEL},
-            env={**aider_cli_env(str(aider_home), fakes.aider.url), **fakes.aider_tripwire.env()},
+            env={**aider_cli_env(str(aider_home), fakes.aider.url), **fakes.foreign_hosts.env()},
         ),
-        "codex": AgentProfile(kind="codex", binary=codex_binary(), env=codex_cli_env(str(codex_home), fakes.codex.url)),
+        "codex": AgentProfile(kind="codex", binary=pinned_cli("codex"), env=codex_cli_env(str(codex_home), fakes.codex.url)),
         "gemini": AgentProfile(
-            kind="gemini", binary=gemini_binary(), env=gemini_cli_env(str(home("gemini")), fakes.gemini.url)
+            kind="gemini", binary=pinned_cli("gemini"), env=gemini_cli_env(str(home("gemini")), fakes.gemini.url)
         ),
     }
     blocks = {}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,15 +22,14 @@ import pytest
 
 from blocks.agent_profile import AgentProfile
 from fake_anthropic import OVERLOADED, SERVER_ERROR, UNAUTHORIZED, FakeAnthropic, Reply
+from fake_model_api import ForeignHosts
 from fake_opencode_provider import (
-    OPENCODE,
     OPENCODE_API_KEY,
-    ForeignHosts,
     missing_files,
     opencode_cli_env,
     ripgrep_path,
 )
-from gitrepo import git
+from real_clis import APP, pinned_cli, planted_ledger, seeded_repo, without_own_setup
 from sdlc.models import AgentResult
 from sdlc.retry import RetryDecision
 from tasks.agent import AgentInvocation, assess_run, execute_agent
@@ -43,15 +41,11 @@ SYSTEM_PROMPT = "You are running inside the sdlc-flows test suite; answer briefl
 
 
 def opencode_binary() -> str:
-    """The pinned CLI (and the ripgrep lent to it); a test without them fails (never skips)."""
-    missing = missing_files()
-    if missing:
-        pytest.fail(
-            f"missing {', '.join(map(str, missing))}: run `make install` "
-            "(or `npm ci --prefix tools --no-audit --no-fund`) to install the pinned CLIs",
-            pytrace=False,
-        )
-    return str(OPENCODE)
+    """The pinned CLI, and the ripgrep lent to it; a test without them fails (never skips)."""
+    binary = pinned_cli("opencode")
+    if missing := missing_files():
+        pytest.fail(f"missing {', '.join(map(str, missing))}: run `make install`", pytrace=False)
+    return binary
 
 
 @pytest.fixture(scope="module")
@@ -70,30 +64,17 @@ def foreign_hosts() -> Iterator[ForeignHosts]:
 def api(
     fake_api: FakeAnthropic, foreign_hosts: ForeignHosts, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[FakeAnthropic]:
-    # Nothing of this machine's own Anthropic or OpenCode setup may reach the CLI (the runner
-    # passes ANTHROPIC_* through from the worker; the profile's env sets the rest).
-    for name in list(os.environ):
-        if name.startswith(("ANTHROPIC_", "OPENCODE_", "XDG_")) or name.lower().endswith("_proxy"):
-            monkeypatch.delenv(name)
-    with fake_api._lock:
-        fake_api._queue.clear()
-        fake_api.requests.clear()
-    fake_api.default, fake_api.responder = Reply.message(), None
-    foreign_hosts.requests.clear()
+    without_own_setup(monkeypatch, "ANTHROPIC_", "OPENCODE_", "XDG_")
+    fake_api.reset()
+    foreign_hosts.reset()
     yield fake_api
-    assert not foreign_hosts.requests, f"OpenCode reached for other hosts: {foreign_hosts.requests}"
+    assert not foreign_hosts.seen(), f"OpenCode reached for other hosts: {foreign_hosts.seen()}"
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    path = tmp_path / "repo"
-    (path / "src").mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    (path / TASK_FILE).write_text("# Task\nWrite docs/notes.md and greet the world in src/app.py.\n")
-    (path / "src" / "app.py").write_text("print('hello')\n")
-    git(path, "add", ".")
-    git(path, "commit", "-q", "-m", "seed")
-    return path
+    task = "# Task\nWrite docs/notes.md and greet the world in src/app.py.\n"
+    return seeded_repo(tmp_path / "repo", {TASK_FILE: task}, APP)
 
 
 def run_opencode(
@@ -235,12 +216,8 @@ def test_in_the_sandbox_it_writes_its_worktree_and_cannot_read_the_data_dir(
     """Under bwrap the real CLI reaches its (loopback) model API, edits its worktree, and its read and
     bash tools find nothing of the data directory, even with OpenCode's own check of paths outside
     the worktree turned off (external_directory: allow): the sandbox hides them."""
-    canary = f"canary-{uuid.uuid4().hex}"
-    data_dir = tmp_path / "data"
-    (data_dir / "logs").mkdir(parents=True)
-    ledger = data_dir / "ledger.db"
-    ledger.write_text(f"ledger {canary}\n")
-    monkeypatch.setenv("SDLC_DATA_DIR", str(data_dir))
+    ledger, canary = planted_ledger(tmp_path, monkeypatch)
+    data_dir = ledger.parent
     api.script(
         Reply.tool_use("read", {"filePath": str(ledger)}),
         Reply.tool_use("bash", {"command": f"cat {ledger}; ls {data_dir}", "description": "look"}),

@@ -216,7 +216,8 @@ def test_document_links_ask_the_forge_once_per_document_and_fall_back_to_paths(
 
     asked: list[list[str]] = []
 
-    def file_urls(repo: str, spec: Any, branch: str, paths: Any) -> dict[str, str | None]:
+    def file_urls(repo: str, spec: Any, branch: str, paths: Any, retry: Any = None) -> dict[str, str | None]:
+        assert retry is not None and retry.max_attempts == 1  # no backoff for a link
         asked.append(list(paths))
         return {path: f"https://forge.example/acme/shop/src/branch/{branch}/{path}" for path in paths}
 
@@ -231,7 +232,7 @@ def test_document_links_ask_the_forge_once_per_document_and_fall_back_to_paths(
     assert all(url and url.startswith("https://") for url in links.values())
 
     # A forge that fails: the paths, and the forge is left alone for a while (each step would wait for it).
-    def down(*args: Any) -> Any:
+    def down(*args: Any, **kwargs: Any) -> Any:
         asked.append(["down"])
         raise ConnectionError("the forge is down")
 

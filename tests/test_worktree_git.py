@@ -118,6 +118,8 @@ def test_commit_stages_only_allowed_paths(origin: Path, tmp_path: Path) -> None:
     (path / "README.md").write_text("# changed outside the allowlist\n")
     (path / "notes.txt").write_text("scratch\n")
     (path / ".task-developer.md").write_text("the task\n")
+    (path / ".aider.tags.cache.v4").mkdir()
+    (path / ".aider.tags.cache.v4" / "cache.db").write_text("Aider's repository map\n")
     git(path, "add", "--", "notes.txt")  # staged by the agent itself: still left out
 
     summary = "implement the feature\nwith a second line " + "x" * 100
@@ -144,6 +146,7 @@ def test_commit_stages_only_allowed_paths(origin: Path, tmp_path: Path) -> None:
     assert (path / "README.md").read_text() == "# changed outside the allowlist\n"
     assert "README.md" in git(path, "status", "--porcelain")
     assert ".task-developer.md" not in git(path, "status", "--porcelain")
+    assert ".aider.tags.cache" not in git(path, "status", "--porcelain")  # a CLI's cache: not even left out
     # The machine's global git config was never written.
     assert not (tmp_path / "global-gitconfig").exists()
 
