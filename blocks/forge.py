@@ -1,4 +1,4 @@
-"""Forge credentials (B43, B52): where a Gitea or GitHub lives and the token to reach it.
+"""Forge credentials (B43, B52): where a Gitea, GitHub or GitLab lives and the token to reach it.
 
 The token is a SecretStr, unwrapped only where the HTTP client is built; clients
 take a block, never a raw token. Bad configuration fails when the block loads.
@@ -86,3 +86,24 @@ credentials = GitHubCredentials.load("BLOCK_NAME")
             "Accept": "application/vnd.github+json",
             "X-GitHub-Api-Version": self.api_version,
         }
+
+
+class GitLabCredentials(_ForgeCredentials):
+    """A GitLab's REST API (gitlab.com or self-managed, …/api/v4) and a token with the ``api`` scope."""
+
+    _block_type_name: ClassVar[str] = "SDLC GitLab Credentials"
+    _block_type_slug: ClassVar[str] = "sdlc-gitlab-credentials"
+    _description: ClassVar[str] = "GitLab API URL and token for sdlc-flows merge requests, pipelines and notes."
+    _code_example: ClassVar[str] = """
+```python
+from blocks.forge import GitLabCredentials
+
+GitLabCredentials(api_url="https://gitlab.example.com/api/v4", token="glpat-...").save("gitlab")
+credentials = GitLabCredentials.load("BLOCK_NAME")
+```
+"""
+    api_url: str = Field(default="https://gitlab.com/api/v4", description="Base URL of GitLab's REST API v4.")
+
+    def _headers(self) -> dict[str, str]:
+        # PRIVATE-TOKEN takes personal, project and group access tokens alike.
+        return {"PRIVATE-TOKEN": self.token.get_secret_value(), "Accept": "application/json"}

@@ -51,6 +51,13 @@ settings = WebhookSettings.load("BLOCK_NAME")
     plane_secret: SecretStr | None = Field(
         default=None, description="Secret of the Plane webhook; unset refuses Plane deliveries."
     )
+    forgejo_secret: SecretStr | None = Field(
+        default=None, description="Secret of the Forgejo (Codeberg) webhook; unset refuses Forgejo deliveries."
+    )
+    gitlab_secret: SecretStr | None = Field(
+        default=None,
+        description="Secret token of the GitLab webhook (sent back as X-Gitlab-Token); unset refuses GitLab deliveries.",
+    )
     telegram_secret: SecretStr | None = Field(
         default=None,
         description="The secret_token given to Telegram's setWebhook (1-256 of A-Z a-z 0-9 _ -); "
@@ -67,6 +74,15 @@ settings = WebhookSettings.load("BLOCK_NAME")
     github_credentials_block: str | None = Field(
         default=None,
         description="GitHubCredentials block: work items from GitHub deliveries open and merge their PRs there.",
+    )
+    forgejo_credentials_block: str | None = Field(
+        default=None,
+        description="GiteaCredentials block of a Forgejo (Codeberg): work items from Forgejo deliveries open and "
+        "merge their PRs there.",
+    )
+    gitlab_credentials_block: str | None = Field(
+        default=None,
+        description="GitLabCredentials block: work items from GitLab deliveries open and merge their MRs there.",
     )
     trigger_label: str = Field(default="sdlc", description="An issue given this label becomes a work item.")
     approvers: list[str] = Field(

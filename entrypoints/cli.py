@@ -92,10 +92,13 @@ def build_parser() -> OneLineParser:
         help="Confine the agents with bubblewrap: auto (default: where it works), bwrap (or fail), none.",
     )
     run.add_argument(
-        "--forge", choices=("local", "gitea", "github"), default="local", help="Where the PR lives (default local)."
+        "--forge",
+        choices=("local", "gitea", "forgejo", "github", "gitlab"),
+        default="local",
+        help="Where the PR lives (default local).",
     )
-    run.add_argument("--forge-block", help="GiteaCredentials / GitHubCredentials block of --forge gitea|github.")
-    run.add_argument("--forge-repo", help="OWNER/NAME of the repository on --forge gitea|github.")
+    run.add_argument("--forge-block", help="GiteaCredentials / GitHubCredentials / GitLabCredentials block of --forge.")
+    run.add_argument("--forge-repo", help="OWNER/NAME of the repository on --forge (GitLab: GROUP/SUBGROUP/NAME).")
     run.add_argument("--plane-block", help="PlaneCredentials block: keep this work item's Plane item in step (B50).")
     run.add_argument("--plane-ref", help="The Plane work item (ENG-42 or its UUID); default the work item ID.")
     run.add_argument("--budget-usd", type=float, help="Spend budget of the work item in dollars (B34).")
@@ -209,8 +212,11 @@ def request_from_args(args: argparse.Namespace) -> WorkItemRequest:
     if args.plane_ref and not args.plane_block:
         raise UsageError("--plane-ref needs --plane-block")
     if args.forge == "local" and (args.forge_block or args.forge_repo):
-        raise UsageError("--forge-block and --forge-repo need --forge gitea or --forge github")
-    owner, _, name = (args.forge_repo or "").partition("/")
+        raise UsageError("--forge-block and --forge-repo need --forge gitea, forgejo, github or gitlab")
+    # The name is the last part; GitLab's owner is the group path before it (group/subgroup).
+    owner, _, name = (
+        (args.forge_repo or "").rpartition("/") if args.forge == "gitlab" else (args.forge_repo or "").partition("/")
+    )
     try:
         forge = ForgeSpec(kind=args.forge, credentials_block=args.forge_block, owner=owner or None, name=name or None)
         tracker = TrackerSpec(credentials_block=args.plane_block, ref=args.plane_ref) if args.plane_block else None

@@ -1,11 +1,13 @@
 """The webhook receiver (B61): signed forge and tracker deliveries become Prefect events.
 
 Checks run in this order, and a delivery that fails one starts nothing:
-size (over 1 MiB: 413), signature (missing or wrong: 401), JSON and shape (422),
-delivery id seen before (200, marked duplicate). An issue given the trigger label
+size (over 1 MiB: 413), signature (missing or wrong: 401; GitLab sends its secret token
+itself, compared in constant time), JSON and shape (422), delivery id seen before (200,
+marked duplicate; GitLab's is its ``Idempotency-Key``). An issue given the trigger label
 becomes the event ``sdlc.work-item.requested`` (the deployment trigger in
 ``prefect.yaml`` turns it into a pipeline run); an ``/approve`` or ``/reject``
-comment by an allowed user resumes that work item's paused pipeline.
+comment by an allowed user resumes that work item's paused pipeline (on GitLab also
+``/answer`` and ``/retry``).
 Everything in a delivery is data: it is validated like CLI input and never reaches a shell.
 """
 
@@ -30,7 +32,7 @@ from sdlc.retry import RetryKnobs
 
 MAX_BODY_BYTES = 1024 * 1024
 ANSWERS_MAX_LENGTH = 65536  # flows/inputs.py: AnalystAnswers.answers
-Source = Literal["gitea", "github", "plane"]
+Source = Literal["gitea", "forgejo", "github", "gitlab", "plane"]
 
 
 class SourceSpec(BaseModel):
@@ -39,6 +41,8 @@ class SourceSpec(BaseModel):
     event_header: str
     delivery_header: str
     secret_field: str
+    # hmac: the header is the HMAC-SHA256 of the body; token: the header is the secret itself (GitLab).
+    scheme: Literal["hmac", "token"] = "hmac"
 
 
 SOURCES: dict[str, SourceSpec] = {
@@ -49,12 +53,30 @@ SOURCES: dict[str, SourceSpec] = {
         delivery_header="x-gitea-delivery",
         secret_field="gitea_secret",
     ),
+    # Forgejo sends Gitea's headers too (tests/test_forgejo_contract.py); its own name the forge it is.
+    "forgejo": SourceSpec(
+        signature_header="x-forgejo-signature",
+        signature_prefix="",
+        event_header="x-forgejo-event",
+        delivery_header="x-forgejo-delivery",
+        secret_field="forgejo_secret",
+    ),
     "github": SourceSpec(
         signature_header="x-hub-signature-256",
         signature_prefix="sha256=",
         event_header="x-github-event",
         delivery_header="x-github-delivery",
         secret_field="github_secret",
+    ),
+    # GitLab sends the secret token as it is (not an HMAC); Idempotency-Key (17.4+) stays the same
+    # across retries and resends of one delivery (X-Gitlab-Webhook-UUID is new on every request).
+    "gitlab": SourceSpec(
+        signature_header="x-gitlab-token",
+        signature_prefix="",
+        event_header="x-gitlab-event",
+        delivery_header="idempotency-key",
+        secret_field="gitlab_secret",
+        scheme="token",
     ),
     "plane": SourceSpec(
         signature_header="x-plane-signature",
@@ -71,12 +93,22 @@ def signature_for(secret: str, body: bytes) -> str:
 
 
 def signature_valid(spec: SourceSpec, secret: str | None, body: bytes, headers: Mapping[str, str]) -> bool:
-    """HMAC-SHA256 of the raw body, compared in constant time; no secret configured means no."""
+    """HMAC-SHA256 of the raw body (or the secret itself, GitLab's token), compared in constant time;
+    no secret configured means no."""
     if not secret:
         return False
     sent = headers.get(spec.signature_header, "")
-    expected = spec.signature_prefix + signature_for(secret, body)
+    expected = secret if spec.scheme == "token" else spec.signature_prefix + signature_for(secret, body)
     return hmac.compare_digest(sent.encode(), expected.encode())
+
+
+def delivery_id(spec: SourceSpec, headers: Mapping[str, str], event: str, body: bytes) -> str:
+    """The delivery's id; a GitLab older than 17.4 sends none that stays the same on a resend, so
+    its event and body stand for it (the contract's advice)."""
+    sent = headers.get(spec.delivery_header, "")
+    if sent or spec.scheme != "token":
+        return sent
+    return "sha256:" + hashlib.sha256(event.encode() + b"\n" + body).hexdigest()
 
 
 # --- payloads (the fields sdlc reads; everything else is ignored) ----------------------
@@ -126,6 +158,68 @@ class IssueCommentPayload(_Loose):
     repository: ForgeRepository
 
 
+class GitLabUser(_Loose):
+    username: str = Field(max_length=200)
+
+
+class GitLabLabel(_Loose):
+    """A label in a webhook: its name is ``title`` (the REST API gives plain names)."""
+
+    title: str = Field(max_length=200)
+
+
+class GitLabProject(_Loose):
+    path_with_namespace: str = Field(max_length=300)
+    git_http_url: str = Field(max_length=2000)
+
+
+class GitLabIssueAttributes(_Loose):
+    iid: int = Field(ge=1, description="The issue's number in its project (not the global id).")
+    title: str
+    description: str | None = ""
+    action: str | None = None
+    labels: list[GitLabLabel] | None = None
+
+
+class GitLabLabelChange(_Loose):
+    previous: list[GitLabLabel] = Field(default_factory=list)
+    current: list[GitLabLabel] = Field(default_factory=list)
+
+
+class GitLabChanges(_Loose):
+    labels: GitLabLabelChange | None = None
+
+
+class GitLabIssueHook(_Loose):
+    """An Issue Hook: an issue opened, edited (a label change is an ``update``), closed or reopened."""
+
+    user: GitLabUser
+    project: GitLabProject
+    object_attributes: GitLabIssueAttributes
+    labels: list[GitLabLabel] | None = None
+    changes: GitLabChanges | None = None
+
+
+class GitLabNoteAttributes(_Loose):
+    note: str = Field(max_length=ANSWERS_MAX_LENGTH + 100)
+    noteable_type: str = Field(max_length=50)
+    action: str | None = None  # missing before GitLab 16.11: a creation
+    system: bool | None = False
+
+
+class GitLabNoteIssue(_Loose):
+    iid: int = Field(ge=1)
+
+
+class GitLabNoteHook(_Loose):
+    """A Note Hook: a comment created or edited; ``user`` is its author."""
+
+    user: GitLabUser
+    project: GitLabProject
+    object_attributes: GitLabNoteAttributes
+    issue: GitLabNoteIssue | None = None
+
+
 class PlaneCommentData(_Loose):
     """A Plane `issue_comment` delivery's `data`: the comment, its author (a user UUID) and its work item."""
 
@@ -161,6 +255,7 @@ PLANE_COMMANDS: dict[str, Literal["approve", "reject", "answer"]] = {
     "/reject": "reject",
     "/answer": "answer",
 }
+GITLAB_COMMANDS: dict[str, Literal["approve", "reject", "answer", "retry"]] = {**PLANE_COMMANDS, "/retry": "retry"}
 
 
 def work_item_id(repository: ForgeRepository, number: int, settings: WebhookSettings) -> str:
@@ -173,18 +268,64 @@ def work_item_id(repository: ForgeRepository, number: int, settings: WebhookSett
     return f"{key}-{number}"
 
 
+def gitlab_repository(project: GitLabProject) -> ForgeRepository:
+    """A GitLab project as the other forges name a repository: its full path (groups nest) and its path."""
+    return ForgeRepository(
+        full_name=project.path_with_namespace,
+        name=project.path_with_namespace.rsplit("/", 1)[-1],
+        clone_url=project.git_http_url,
+    )
+
+
 def forge_of(source: str, repository: ForgeRepository, settings: WebhookSettings) -> ForgeSpec:
     """The delivering forge, when the settings name its credentials; else the local forge."""
     block = getattr(settings, f"{source}_credentials_block", None)
     if not block:
         return ForgeSpec()
-    owner, _, name = repository.full_name.partition("/")
+    # GitLab's owner is the whole group path before the name (group/subgroup/name).
+    split = repository.full_name.rpartition if source == "gitlab" else repository.full_name.partition
+    owner, _, name = split("/")
     return ForgeSpec(kind=source, credentials_block=block, owner=owner, name=name)  # type: ignore[arg-type]
+
+
+def _requested(
+    source: str, repository: ForgeRepository, number: int, title: str, body: str | None, settings: WebhookSettings
+) -> Decision:
+    """A labelled issue's work item, run with what the settings say for its repository."""
+    defaults = settings.run_defaults(repository.full_name)
+    request = WorkItemRequest(
+        work_item=work_item_id(repository, number, settings),
+        title=title,
+        description=body or "",
+        repo=repository.clone_url,
+        forge=forge_of(source, repository, settings),
+        agent=AgentSpec(
+            profile_block=defaults.agent_profile,
+            **defaults.model_dump(include=set(RetryKnobs.model_fields)),
+        ),
+        budget_usd=defaults.budget_usd,
+        tracker=tracker_of(source, repository, number, defaults.plane_block, settings),
+    )
+    return Decision(kind="request", request=request, work_item=request.work_item, repository=repository.full_name)
+
+
+def tracker_of(
+    source: str, repository: ForgeRepository, number: int, plane_block: str | None, settings: WebhookSettings
+) -> TrackerSpec | None:
+    """Who hears of the work item: the Plane block the settings name, else the GitLab issue it came from
+    (notes through the GitLab credentials), else nobody."""
+    if plane_block:
+        return TrackerSpec(credentials_block=plane_block)
+    if source == "gitlab" and settings.gitlab_credentials_block:
+        return TrackerSpec(
+            kind="gitlab", credentials_block=settings.gitlab_credentials_block, ref=f"{repository.full_name}#{number}"
+        )
+    return None
 
 
 def interpret(source: str, event: str, payload: dict[str, Any], settings: WebhookSettings) -> Decision:
     """Turn a verified delivery into a decision; raises ValidationError/ValueError on bad data."""
-    if source in ("gitea", "github") and event == "issues":
+    if source in ("gitea", "forgejo", "github") and event == "issues":
         data = IssuesPayload.model_validate(payload)
         labelled = data.action in ("labeled", "label_updated") and (
             (data.label is not None and data.label.name == settings.trigger_label)
@@ -192,24 +333,49 @@ def interpret(source: str, event: str, payload: dict[str, Any], settings: Webhoo
         )
         if not labelled:
             return Decision(kind="ignore", reason=f"issues/{data.action} without the label {settings.trigger_label!r}")
-        defaults = settings.run_defaults(data.repository.full_name)
-        request = WorkItemRequest(
-            work_item=work_item_id(data.repository, data.issue.number, settings),
-            title=data.issue.title,
-            description=data.issue.body or "",
-            repo=data.repository.clone_url,
-            forge=forge_of(source, data.repository, settings),
-            agent=AgentSpec(
-                profile_block=defaults.agent_profile,
-                **defaults.model_dump(include=set(RetryKnobs.model_fields)),
-            ),
-            budget_usd=defaults.budget_usd,
-            tracker=TrackerSpec(credentials_block=defaults.plane_block) if defaults.plane_block else None,
+        return _requested(source, data.repository, data.issue.number, data.issue.title, data.issue.body, settings)
+    if source == "gitlab" and event in ("Issue Hook", "Confidential Issue Hook"):
+        hook = GitLabIssueHook.model_validate(payload)
+        attributes = hook.object_attributes
+        current = {label.title for label in (attributes.labels or hook.labels or [])}
+        changed = hook.changes.labels if hook.changes is not None else None
+        newly = settings.trigger_label in current and (
+            attributes.action == "open"
+            or (changed is not None and settings.trigger_label not in {label.title for label in changed.previous})
         )
-        return Decision(
-            kind="request", request=request, work_item=request.work_item, repository=data.repository.full_name
-        )
-    if source in ("gitea", "github") and event == "issue_comment":
+        if not newly:
+            return Decision(
+                kind="ignore", reason=f"issue {attributes.action} without the label {settings.trigger_label!r} given"
+            )
+        repository = gitlab_repository(hook.project)
+        return _requested(source, repository, attributes.iid, attributes.title, attributes.description, settings)
+    if source == "gitlab" and event in ("Note Hook", "Confidential Note Hook"):
+        note = GitLabNoteHook.model_validate(payload)
+        text = note.object_attributes.note.strip()
+        command = text.split(maxsplit=1)[0].lower() if text else ""
+        if (
+            note.object_attributes.noteable_type != "Issue"
+            or note.issue is None
+            or note.object_attributes.system
+            or (note.object_attributes.action or "create") != "create"
+            or command not in GITLAB_COMMANDS
+        ):
+            return Decision(kind="ignore", reason="a note without /approve, /reject, /answer or /retry on an issue")
+        by = note.user.username
+        if by not in settings.approvers:
+            return Decision(kind="ignore", reason=f"{by} is not an allowed approver")
+        kind = GITLAB_COMMANDS[command]
+        rest = text[len(command) :].strip()
+        if kind == "answer":
+            if len(rest) > ANSWERS_MAX_LENGTH:
+                raise ValueError(
+                    f"the answers are {len(rest)} characters long; at most {ANSWERS_MAX_LENGTH} are allowed"
+                )
+        else:
+            validate_comment(rest)
+        work_item = work_item_id(gitlab_repository(note.project), note.issue.iid, settings)
+        return Decision(kind=kind, work_item=work_item, by=by, comment=rest)
+    if source in ("gitea", "forgejo", "github") and event == "issue_comment":
         data_c = IssueCommentPayload.model_validate(payload)
         text = data_c.comment.body.strip()
         command = text.split(maxsplit=1)[0] if text else ""
@@ -288,7 +454,13 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
     return resolve(schema)
 
 
-SIGNATURE_PATTERNS = {"gitea": "^[0-9a-f]{64}$", "github": "^sha256=[0-9a-f]{64}$", "plane": "^[0-9a-f]{64}$"}
+SIGNATURE_PATTERNS = {
+    "gitea": "^[0-9a-f]{64}$",
+    "forgejo": "^[0-9a-f]{64}$",
+    "github": "^sha256=[0-9a-f]{64}$",
+    "gitlab": "^.{1,}$",
+    "plane": "^[0-9a-f]{64}$",
+}
 
 
 def delivery_openapi() -> dict[str, Any]:
@@ -300,9 +472,13 @@ def delivery_openapi() -> dict[str, Any]:
                 "name": spec.signature_header,
                 "in": "header",
                 "required": False,
-                "description": f"{source}: hex HMAC-SHA256 of the raw body with the {source} secret"
-                + (f" (prefixed {spec.signature_prefix!r})" if spec.signature_prefix else "")
-                + "; missing or wrong answers 401.",
+                "description": (
+                    f"{source}: the secret token itself; missing or wrong answers 401."
+                    if spec.scheme == "token"
+                    else f"{source}: hex HMAC-SHA256 of the raw body with the {source} secret"
+                    + (f" (prefixed {spec.signature_prefix!r})" if spec.signature_prefix else "")
+                    + "; missing or wrong answers 401."
+                ),
                 "schema": {"type": "string", "pattern": SIGNATURE_PATTERNS[source]},
             },
             {
@@ -321,9 +497,12 @@ def delivery_openapi() -> dict[str, Any]:
             },
         ]
     body = {
-        "anyOf": [inline_schema(model) for model in (IssuesPayload, IssueCommentPayload, PlaneCommentPayload)],
-        "description": "An issues or issue_comment delivery of Gitea or GitHub, or a Plane issue_comment; "
-        "other fields are ignored; at most 1 MiB.",
+        "anyOf": [
+            inline_schema(model)
+            for model in (IssuesPayload, IssueCommentPayload, GitLabIssueHook, GitLabNoteHook, PlaneCommentPayload)
+        ],
+        "description": "An issues or issue_comment delivery of Gitea or GitHub, a GitLab Issue Hook or Note "
+        "Hook, or a Plane issue_comment; other fields are ignored; at most 1 MiB.",
     }
     return {
         "parameters": parameters,
@@ -487,7 +666,7 @@ async def body_within_limit(request: Request) -> bytes | None:
 
 
 def create_app(settings: WebhookSettings) -> FastAPI:
-    """The FastAPI app: POST /webhooks/{gitea,github,plane,telegram}, GET /healthz."""
+    """The FastAPI app: POST /webhooks/{gitea,forgejo,github,gitlab,plane,telegram}, GET /healthz."""
     from entrypoints.telegram import add_webhook_route
     from tasks.ledger import Ledger
 
@@ -501,7 +680,7 @@ def create_app(settings: WebhookSettings) -> FastAPI:
 
     @app.post(
         "/webhooks/{source}",
-        summary="Receive a signed delivery from Gitea, GitHub or Plane",
+        summary="Receive a signed delivery from Gitea, Forgejo, GitHub, GitLab or Plane",
         description=__doc__,
         status_code=202,
         responses=DELIVERY_RESPONSES,
@@ -517,7 +696,7 @@ def create_app(settings: WebhookSettings) -> FastAPI:
         if not signature_valid(spec, secret, body, request.headers):
             return JSONResponse({"detail": "missing or invalid signature"}, status_code=401)
         event = request.headers.get(spec.event_header, "")
-        delivery = request.headers.get(spec.delivery_header, "")
+        delivery = delivery_id(spec, request.headers, event, body)
         if not event or not delivery or len(delivery) > 200:
             return JSONResponse({"detail": f"missing {spec.event_header} or {spec.delivery_header}"}, status_code=422)
         try:

@@ -179,15 +179,20 @@ FORGE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 class ForgeSpec(BaseModel):
-    """Where the pull request lives (B43): the local forge, or a repository on Gitea or GitHub."""
+    """Where the pull request lives (B43): the local forge, or a repository on Gitea, Forgejo, GitHub or GitLab."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["local", "gitea", "github"] = Field(default="local", description="local, gitea or github.")
-    credentials_block: str | None = Field(
-        default=None, description="Name of the GiteaCredentials / GitHubCredentials block."
+    kind: Literal["local", "gitea", "forgejo", "github", "gitlab"] = Field(
+        default="local", description="local, gitea, forgejo (Codeberg too: the Gitea API), github or gitlab."
     )
-    owner: str | None = Field(default=None, description="Repository owner on the forge.")
+    credentials_block: str | None = Field(
+        default=None,
+        description="Name of the GiteaCredentials (gitea, forgejo) / GitHubCredentials / GitLabCredentials block.",
+    )
+    owner: str | None = Field(
+        default=None, description="Repository owner on the forge; on GitLab its group path (group/subgroup)."
+    )
     name: str | None = Field(default=None, description="Repository name on the forge.")
     ci_timeout_seconds: float = Field(
         default=900, gt=0, description="How long the CI-green gate waits while CI is pending."
@@ -205,25 +210,53 @@ class ForgeSpec(BaseModel):
             missing = [f for f in ("credentials_block", "owner", "name") if not getattr(self, f)]
             if missing:
                 raise ValueError(f"a {self.kind} forge needs {', '.join(missing)}")
-            for value in (self.owner, self.name):
-                if not FORGE_NAME_PATTERN.match(value or ""):
+            # GitLab nests groups: its owner is a group path, each part a name.
+            owner_parts = (self.owner or "").split("/") if self.kind == "gitlab" else [self.owner or ""]
+            for value in (*owner_parts, self.name or ""):
+                if not FORGE_NAME_PATTERN.match(value) or value in (".", ".."):
                     raise ValueError(f"forge owner/name {value!r} is not a valid name")
         return self
 
+    @property
+    def repository_path(self) -> str:
+        """``owner/name`` (on GitLab ``group/subgroup/name``)."""
+        return f"{self.owner}/{self.name}"
+
+
+GITLAB_ISSUE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}(/[A-Za-z0-9][A-Za-z0-9._-]{0,99}){1,20}#[0-9]{1,9}$")
+
 
 class TrackerSpec(BaseModel):
-    """Where the work item is tracked (B50): a Plane work item kept in step with the pipeline."""
+    """Where the work item is tracked (B50): a Plane work item kept in step with the pipeline, or the
+    GitLab issue it came from, told by notes (issue 19)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["plane"] = Field(default="plane", description="plane (the only tracker so far).")
-    credentials_block: BlockName = Field(description="Name of the PlaneCredentials block.")
+    kind: Literal["plane", "gitlab"] = Field(default="plane", description="plane, or gitlab (notes on its issue).")
+    credentials_block: BlockName = Field(description="Name of the PlaneCredentials (GitLabCredentials) block.")
     ref: str | None = Field(
         default=None,
-        max_length=100,
-        pattern=r"^([A-Z][A-Z0-9]{0,11}-[0-9]{1,9}|[0-9a-fA-F-]{36})$",
-        description="The Plane work item: its human id (ENG-42) or UUID; default the work item ID.",
+        max_length=2200,
+        description="Plane: the work item's human id (ENG-42) or UUID, default the work item ID; "
+        "GitLab: its project path and issue iid, group/subgroup/app#12.",
     )
+
+    @model_validator(mode="after")
+    def _ref_of_its_kind(self) -> TrackerSpec:
+        if self.kind == "gitlab":
+            if self.ref is None or not GITLAB_ISSUE_REF.match(self.ref):
+                raise ValueError(f"a GitLab issue is named group/project#iid (got {str(self.ref)[:80]!r})")
+        elif self.ref is not None and not re.fullmatch(r"[A-Z][A-Z0-9]{0,11}-[0-9]{1,9}|[0-9a-fA-F-]{36}", self.ref):
+            raise ValueError(f"a Plane work item is named ENG-42 or by its UUID (got {self.ref[:80]!r})")
+        return self
+
+    @property
+    def gitlab_issue(self) -> tuple[str, str, int]:
+        """(group path, project, iid) of a GitLab issue ref."""
+        assert self.kind == "gitlab" and self.ref is not None
+        path, _, iid = self.ref.rpartition("#")
+        owner, _, name = path.rpartition("/")
+        return owner, name, int(iid)
 
 
 class WorkItemRequest(BaseModel):

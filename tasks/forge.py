@@ -196,15 +196,16 @@ class LocalForge:
 
 
 def forge_for(repo: str, spec: ForgeSpec, retry: HttpRetry | None = None) -> Forge:
-    """The forge of a work item (B43): the local forge by default, else Gitea or GitHub over REST
+    """The forge of a work item (B43): the local forge by default, else Gitea, Forgejo, GitHub or GitLab over REST
     (``retry``: its HTTP retries, the client's default when None)."""
-    if spec.kind == "gitea":
+    if spec.kind in ("gitea", "forgejo"):
         from blocks import load_block
         from blocks.forge import GiteaCredentials
-        from tasks.forge_gitea import GiteaForge
+        from tasks.forge_gitea import ForgejoForge, GiteaForge
 
         assert spec.credentials_block and spec.owner and spec.name
-        return GiteaForge(
+        # Forgejo serves Gitea's API (tests/test_forgejo_contract.py): the same client, named for the reasons.
+        return (ForgejoForge if spec.kind == "forgejo" else GiteaForge)(
             credentials=load_block(GiteaCredentials, spec.credentials_block),
             owner=spec.owner,
             repo=spec.name,
@@ -221,6 +222,20 @@ def forge_for(repo: str, spec: ForgeSpec, retry: HttpRetry | None = None) -> For
             owner=spec.owner,
             repo=spec.name,
             retry=retry,
+        )
+    if spec.kind == "gitlab":
+        from blocks import load_block
+        from blocks.forge import GitLabCredentials
+        from tasks.forge_gitlab import GitLabForge
+
+        assert spec.credentials_block and spec.owner and spec.name
+        return GitLabForge(
+            credentials=load_block(GitLabCredentials, spec.credentials_block),
+            owner=spec.owner,
+            repo=spec.name,
+            retry=retry,
+            ci_timeout_seconds=spec.ci_timeout_seconds,
+            poll_seconds=spec.ci_poll_seconds,
         )
     return LocalForge(repo=repo, clone=ensure_main_clone(repo), ledger=Ledger.from_settings())
 

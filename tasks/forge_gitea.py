@@ -198,3 +198,9 @@ class GiteaForge(RestRepository):
         if "pending" in found:
             return CiStatus(state="pending", details=details)
         return CiStatus(state="success", details=details)
+
+
+class ForgejoForge(GiteaForge):
+    """A Forgejo (Codeberg among them): Gitea's API, checked against Forgejo's own document."""
+
+    forge_name = "Forgejo"

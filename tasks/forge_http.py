@@ -2,7 +2,8 @@
 
 429, 5xx, timeouts and transport errors are retried as :class:`sdlc.retry.HttpRetry`
 decides, never sooner than a Retry-After (or GitHub's ``x-ratelimit-reset`` when the
-limit is spent); any other 4xx fails at once with the forge's own message. The
+limit is spent, GitLab's ``RateLimit-Reset`` on a 429); any other 4xx fails at once with
+the forge's own message. The
 statuses a caller handles itself (a 409 for a duplicate PR, a 404 for "none yet")
 are passed in ``expected`` and returned, not raised.
 """
@@ -52,18 +53,27 @@ def _call_name(service: str, method: str, path: str) -> str:
 
 
 def forge_message(response: httpx.Response) -> str:
-    """The forge's own explanation: `message` (Gitea, GitHub) plus GitHub's `errors`."""
+    """The forge's own explanation: `message` (Gitea, GitHub, GitLab in its four shapes) plus GitHub's `errors`."""
     try:
         data = response.json()
     except ValueError:
         return response.text[:300] or response.reason_phrase
     if isinstance(data, dict):
-        message = str(data.get("message") or data.get("error") or response.reason_phrase)
+        message = _flat(data.get("message") or data.get("error") or response.reason_phrase)
         errors = data.get("errors")
         if errors:
             message += f" ({errors})"
         return message[:500]
     return str(data)[:300]
+
+
+def _flat(message: Any) -> str:
+    """GitLab's message in any of its shapes: a string, a list of them, or ``{field: [errors]}``."""
+    if isinstance(message, list):
+        return "; ".join(_flat(part) for part in message)
+    if isinstance(message, dict):
+        return "; ".join(f"{field}: {_flat(value)}" for field, value in message.items())
+    return str(message)
 
 
 def _retry_after(response: httpx.Response, now: float) -> float | None:
@@ -73,9 +83,15 @@ def _retry_after(response: httpx.Response, now: float) -> float | None:
             return max(0.0, float(header))
         except ValueError:
             return None
-    if response.headers.get("x-ratelimit-remaining") == "0" and response.headers.get("x-ratelimit-reset"):
+    # GitHub's spent limit (x-ratelimit-*), GitLab's 429 (RateLimit-Reset): the reset, in Unix seconds.
+    reset = None
+    if response.headers.get("x-ratelimit-remaining") == "0":
+        reset = response.headers.get("x-ratelimit-reset")
+    elif response.status_code == 429:
+        reset = response.headers.get("ratelimit-reset")
+    if reset:
         try:
-            return max(0.0, float(response.headers["x-ratelimit-reset"]) - now)
+            return max(0.0, float(reset) - now)
         except ValueError:
             return None
     return None

@@ -132,7 +132,8 @@ def sync_tracker(
     link: str | None = None,
     external_id: str | None = None,
 ) -> bool:
-    """Keep the work item's Plane item in step (B50): its state and a comment.
+    """Keep the work item's Plane item in step (B50): its state and a comment; a GitLab issue gets the
+    comment as a note (:func:`note_on_gitlab_issue`).
 
     Optional: without a tracker nothing happens. A tracker that fails (down,
     wrong key, missing states) is logged with its reason and never stops the
@@ -145,6 +146,8 @@ def sync_tracker(
     """
     if request.tracker is None:
         return False
+    if request.tracker.kind == "gitlab":
+        return note_on_gitlab_issue(request, comment, link=link)
     from blocks.plane import PlaneCredentials
     from tasks.plane import PlaneStateMissing, PlaneTracker, PlaneWorkItem
 
@@ -172,6 +175,26 @@ def sync_tracker(
                 plane.add_comment(item_id, comment, link=link, external_id=external_id)
     except Exception as exc:  # noqa: BLE001 - the tracker is optional (B50, B51)
         _run_logger().warning("Plane work item %s not updated: %s", ref, exc)
+        return False
+    return True
+
+
+def note_on_gitlab_issue(request: WorkItemRequest, comment: str | None, *, link: str | None = None) -> bool:
+    """Tell the GitLab issue the work item came from (issue 19): one note per comment, with the run's
+    link. GitLab issues have no workflow state to move. Optional like every tracker: a failure is a warning."""
+    from blocks.forge import GitLabCredentials
+    from tasks.forge_gitlab import GitLabForge
+
+    spec = request.tracker
+    if spec is None or not comment:
+        return False
+    owner, name, iid = spec.gitlab_issue
+    try:
+        credentials = load_block(GitLabCredentials, spec.credentials_block)
+        with GitLabForge(credentials=credentials, owner=owner, repo=name) as gitlab:
+            gitlab.comment_on_issue(issue=iid, body=comment + (f"\n\n[The run in Prefect]({link})" if link else ""))
+    except Exception as exc:  # noqa: BLE001 - the tracker is optional (B50, B51)
+        _run_logger().warning("GitLab issue %s not told: %s", spec.ref, exc)
         return False
     return True
 

@@ -11,14 +11,14 @@ from prefect.blocks.core import Block
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
 from blocks.agent_profile import TOOLS_DIR, AgentProfile, installed_cli
-from blocks.forge import GiteaCredentials, GitHubCredentials
+from blocks.forge import GiteaCredentials, GitHubCredentials, GitLabCredentials
 from blocks.notifications import AppriseURLNotification, TelegramNotification
 from blocks.plane import PlaneCredentials
 from blocks.webhooks import WebhookSettings
 from sdlc.graph import BUILTIN_PROMPTS
 
 ALL_BLOCKS: list[type[Block]] = [
-    AgentProfile, GiteaCredentials, GitHubCredentials, WebhookSettings, PlaneCredentials, TelegramNotification,
+    AgentProfile, GiteaCredentials, GitHubCredentials, GitLabCredentials, WebhookSettings, PlaneCredentials, TelegramNotification,
     AppriseURLNotification,
 ]
 

@@ -33,7 +33,16 @@ from demo.sample import create_sample_repo
 from entrypoints.webhooks import SOURCES, create_app, signature_for
 from test_hostile_inputs import InProcessReceiver
 
-SECRETS = {"gitea": "fuzz-gitea-secret", "github": "fuzz-github-secret", "plane": "fuzz-plane-secret"}
+SECRETS = {
+    "gitea": "fuzz-gitea-secret", "forgejo": "fuzz-forgejo-secret", "github": "fuzz-github-secret",
+    "gitlab": "fuzz-gitlab-token", "plane": "fuzz-plane-secret",
+}
+
+
+def signature(source: str, secret: str, body: bytes) -> str:
+    """What ``source`` sends to prove the delivery: GitLab its token itself, the others an HMAC of the body."""
+    spec = SOURCES[source]
+    return secret if spec.scheme == "token" else spec.signature_prefix + signature_for(secret, body)
 KEY = "FZ"
 FUZZ = settings(
     max_examples=200,
@@ -45,7 +54,8 @@ FUZZ = settings(
 
 def webhook_settings() -> WebhookSettings:
     return WebhookSettings(
-        gitea_secret=SECRETS["gitea"], github_secret=SECRETS["github"], plane_secret=SECRETS["plane"],
+        gitea_secret=SECRETS["gitea"], forgejo_secret=SECRETS["forgejo"], github_secret=SECRETS["github"],
+        gitlab_secret=SECRETS["gitlab"], plane_secret=SECRETS["plane"],
         approvers=["alice"], project_keys={"fuzz/app": KEY}, defaults=RunDefaults(agent_profile="scripted-agent"),
     )
 
@@ -125,13 +135,31 @@ def shaped(origin: str) -> st.SearchStrategy[dict[str, Any]]:
               "actor": TEXT, "issue": st.uuids().map(str) | TEXT})}
     )
 
+    project = st.fixed_dictionaries({"path_with_namespace": st.just("fuzz/app") | TEXT, "git_http_url": st.just(origin) | TEXT})
+    gitlab_label = st.fixed_dictionaries({"title": st.sampled_from(["sdlc", "bug"]) | TEXT})
+    gitlab_issue = st.fixed_dictionaries(
+        {"user": st.fixed_dictionaries({"username": st.just("alice") | TEXT}), "project": project,
+         "object_attributes": st.fixed_dictionaries(
+             {"iid": LOOSE_INT, "title": TEXT, "description": TEXT | st.none(), "action": action | st.just("update"),
+              "labels": st.lists(gitlab_label, max_size=3) | st.none()}),
+         "changes": st.fixed_dictionaries({"labels": st.fixed_dictionaries(
+             {"previous": st.lists(gitlab_label, max_size=2), "current": st.lists(gitlab_label, max_size=2)})})}
+    )
+    gitlab_note = st.fixed_dictionaries(
+        {"user": st.fixed_dictionaries({"username": st.just("alice") | TEXT}), "project": project,
+         "object_attributes": st.fixed_dictionaries(
+             {"note": comment_body | st.just("/answer " + "z" * 70000), "noteable_type": st.just("Issue") | TEXT,
+              "action": st.just("create") | TEXT}),
+         "issue": st.fixed_dictionaries({"iid": LOOSE_INT})}
+    )
+
     def damaged(payload: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
         keys = sorted(payload)
         return st.sampled_from([None, *keys]).flatmap(
             lambda key: st.just(payload) if key is None else JSON.map(lambda junk: {**payload, key: junk})
         )
 
-    return (issues | comments | plane).flatmap(damaged)
+    return (issues | comments | plane | gitlab_issue | gitlab_note).flatmap(damaged)
 
 
 def bodies(origin: str) -> st.SearchStrategy[bytes]:
@@ -145,7 +173,7 @@ def bodies(origin: str) -> st.SearchStrategy[bytes]:
     )
 
 
-EVENTS = st.sampled_from(["issues", "issue_comment", "push", "ping", ""]) | HEADER_TEXT
+EVENTS = st.sampled_from(["issues", "issue_comment", "push", "ping", "Issue Hook", "Note Hook", ""]) | HEADER_TEXT
 
 
 @st.composite
@@ -157,23 +185,23 @@ def deliveries(draw: st.DrawFn, origin: str, *, signed: bool) -> tuple[str, byte
     headers[spec.event_header] = draw(EVENTS)
     headers[spec.delivery_header] = draw(st.uuids().map(str) | HEADER_TEXT | st.just("d" * 201))
     if signed:
-        headers[spec.signature_header] = spec.signature_prefix + signature_for(SECRETS[source], body)
+        headers[spec.signature_header] = signature(source, SECRETS[source], body)
     else:
         other = draw(st.sampled_from(sorted(set(SOURCES) - {source})))
         headers[spec.signature_header] = draw(
             st.sampled_from([
                 "",
                 signature_for(SECRETS[source], body),  # GitHub's without its sha256= prefix, Gitea's and Plane's: see below
-                spec.signature_prefix + signature_for(SECRETS[other], body),  # another source's secret
+                signature(source, SECRETS[other], body),  # another source's secret
                 spec.signature_prefix + signature_for(SECRETS[source], body + b" "),  # another body
-                spec.signature_prefix + signature_for("guess", body),
+                signature(source, "guess", body),
             ])
             | HEADER_TEXT
         )
         if source != "github" and headers[spec.signature_header] == signature_for(SECRETS[source], body):
             headers[spec.signature_header] = "sha256=" + headers[spec.signature_header]  # the wrong format for them
         if draw(st.booleans()):
-            headers[SOURCES[other].signature_header] = SOURCES[other].signature_prefix + signature_for(SECRETS[other], body)
+            headers[SOURCES[other].signature_header] = signature(other, SECRETS[other], body)
     return source, body, headers
 
 
@@ -287,7 +315,7 @@ def sign(case: Any) -> Any:
         return None
     spec = SOURCES[source]
     case.body = raw
-    case.headers = {**(case.headers or {}), spec.signature_header: spec.signature_prefix + signature_for(SECRETS[source], raw)}
+    case.headers = {**(case.headers or {}), spec.signature_header: signature(source, SECRETS[source], raw)}
     return case
 
 
@@ -304,10 +332,12 @@ def test_the_openapi_document_describes_the_deliveries() -> None:
     document = create_app(webhook_settings()).openapi()
     operation = document["paths"]["/webhooks/{source}"]["post"]
     parameters = {p["name"]: p for p in operation["parameters"]}
-    assert parameters["source"]["schema"]["enum"] == ["gitea", "github", "plane"]
+    assert parameters["source"]["schema"]["enum"] == ["gitea", "forgejo", "github", "gitlab", "plane"]
     for spec in SOURCES.values():
         assert {spec.signature_header, spec.event_header, spec.delivery_header} <= set(parameters)
         assert parameters[spec.signature_header]["in"] == "header"
     body = operation["requestBody"]["content"]["application/json"]["schema"]
-    assert [variant["title"] for variant in body["anyOf"]] == ["IssuesPayload", "IssueCommentPayload", "PlaneCommentPayload"]
+    assert [variant["title"] for variant in body["anyOf"]] == [
+        "IssuesPayload", "IssueCommentPayload", "GitLabIssueHook", "GitLabNoteHook", "PlaneCommentPayload"
+    ]
     assert {"200", "202", "401", "409", "413", "422"} <= set(operation["responses"])

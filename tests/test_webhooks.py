@@ -58,12 +58,15 @@ class Receiver:
 
     def send(self, source: str, event: str, payload: Any, *, secret: str | None, delivery: str | None = None,
              raw: bytes | None = None) -> httpx.Response:
+        """Deliver as the source does; ``delivery=""`` sends no delivery header (a GitLab before 17.4)."""
         body = raw if raw is not None else json.dumps(payload).encode()
         spec = SOURCES[source]
-        headers = {"content-type": "application/json", spec.event_header: event,
-                   spec.delivery_header: delivery or str(uuid.uuid4())}
-        if secret is not None:
-            headers[spec.signature_header] = spec.signature_prefix + signature_for(secret, body)
+        headers = {"content-type": "application/json", spec.event_header: event}
+        if delivery != "":
+            headers[spec.delivery_header] = delivery or str(uuid.uuid4())
+        if secret is not None:  # GitLab sends its secret token itself; the others an HMAC of the body
+            signed = secret if spec.scheme == "token" else spec.signature_prefix + signature_for(secret, body)
+            headers[spec.signature_header] = signed
         return httpx.post(f"http://127.0.0.1:{self.port}/webhooks/{source}", content=body, headers=headers, timeout=60)
 
 
