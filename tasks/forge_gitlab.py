@@ -83,6 +83,7 @@ class GitLabForge(RestRepository):
 
     forge_name = "GitLab"
     file_view = "-/blob"  # GitLab's web view of a file on a branch: <web_url>/-/blob/<branch>/<path>
+    web_url_field = "web_url"
 
     def __init__(
         self,
@@ -123,18 +124,6 @@ class GitLabForge(RestRepository):
         raise PermanentError(
             f"GitLab lists more than {MAX_PAGES * PER_PAGE} items at {path} of {self.owner}/{self.repo}"
         )
-
-    # -- the project ---------------------------------------------------------------
-
-    def web_url(self) -> str | None:
-        """The project's web page (GitLab names it ``web_url``), read once per instance."""
-        if self._web_url is None:
-            data = self._call("GET", "").json()
-            url = data.get("web_url") if isinstance(data, dict) else None
-            if not isinstance(url, str) or not url.startswith(("https://", "http://")):
-                return None
-            self._web_url = url.rstrip("/")
-        return self._web_url
 
     # -- merge requests ------------------------------------------------------------
 

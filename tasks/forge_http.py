@@ -187,6 +187,11 @@ class RestRepository:
     forge_name: ClassVar[str] = "forge"
     # The web view of a file on a branch: <repository html_url>/<file_view>/<branch>/<path>.
     file_view: ClassVar[str] = "blob"
+    # The repository's field naming its web page (GitLab calls it web_url).
+    web_url_field: ClassVar[str] = "html_url"
+    # Web pages already read in this process, by API and repository: a repository's page does not move
+    # while a worker runs, and every work-item page and PR story would otherwise ask again.
+    _web_urls: ClassVar[dict[tuple[str, str], str]] = {}
 
     def __init__(
         self,
@@ -204,7 +209,6 @@ class RestRepository:
         self._sleep = sleep
         self._client = credentials.get_client(transport=transport)
         self._base = f"/repos/{self.owner}/{self.repo}"
-        self._web_url: str | None = None
 
     def _name(self, value: str, what: str) -> str:
         if not NAME_PATTERN.match(value) or value in (".", ".."):
@@ -337,14 +341,17 @@ class RestRepository:
         return branch
 
     def web_url(self) -> str | None:
-        """The repository's web page (its ``html_url``), read once per instance; None if the forge names none."""
-        if self._web_url is None:
+        """The repository's web page (its ``html_url``), read once per process; None if the forge names none."""
+        key = (str(self._client.base_url), self._base)
+        if key not in self._web_urls:
             data = self._call("GET", "").json()
-            url = data.get("html_url") if isinstance(data, dict) else None
+            url = data.get(self.web_url_field) if isinstance(data, dict) else None
             if not isinstance(url, str) or not url.startswith(("https://", "http://")):
                 return None
-            self._web_url = url.rstrip("/")
-        return self._web_url
+            if len(self._web_urls) > 1000:
+                self._web_urls.clear()
+            self._web_urls[key] = url.rstrip("/")
+        return self._web_urls[key]
 
     def file_url(self, *, branch: str, path: str) -> str | None:
         """The forge's web view of ``path`` on ``branch`` (Gitea ``src/branch``, GitHub ``blob``)."""

@@ -1,7 +1,7 @@
 """Forge faults through a whole pipeline (issue 7 item 4).
 
-`sdlc run --auto-approve` takes a work item from analysis to a merged PR on a Gitea or
-GitHub test server that fails about 30 % of *all* its requests at random
+`sdlc run --auto-approve` takes a work item from analysis to a merged PR on a Gitea, GitHub
+or GitLab test server that fails about 30 % of *all* its requests at random
 (:meth:`ThreadedForgeServer.chaos`): 500s, 429s with Retry-After, timeouts (the server
 sleeps past the block's timeout, having carried out the operation or not) and lost
 answers (the operation is done, the answer replaced by a 502). A seed replays the same
@@ -12,7 +12,7 @@ naming the forge call (in `sdlc status --json` and on stderr) and at most one PR
 a duplicate PR, never "done" over an unmerged PR. A permanent outage (every call 500)
 ends failed within a bounded time, with no PR.
 
-The pipelines (3 seeds x 2 forges, and an outage per forge) run as separate `sdlc run`
+The pipelines (3 seeds x 3 forges, an outage and a calm run per forge) run as separate `sdlc run`
 processes, each with its own data dir, forge server and block, against the session's
 Prefect server, at most ``PARALLEL`` at a time (outages first: they mostly sleep in
 backoff); the first test of the module launches them, and the fast tests of the forge
@@ -35,15 +35,18 @@ from typing import Any, Iterator
 
 import pytest
 
-from blocks.forge import GiteaCredentials, GitHubCredentials
+from blocks.forge import GiteaCredentials, GitHubCredentials, GitLabCredentials
 from forge_servers.common import ThreadedForgeServer
 from forge_servers.gitea import DEFAULT_TOKEN as GITEA_TOKEN
 from forge_servers.gitea import GiteaTestServer, git
 from forge_servers.github import DEFAULT_TOKEN as GITHUB_TOKEN
 from forge_servers.github import GitHubTestServer
+from forge_servers.gitlab import DEFAULT_TOKEN as GITLAB_TOKEN
+from forge_servers.gitlab import GitLabTestServer
 from tasks.failures import SdlcError, TransientError
 from tasks.forge_gitea import GiteaForge
 from tasks.forge_github import GitHubForge
+from tasks.forge_gitlab import GitLabForge
 from tasks.forge_http import HttpRetry, RestRepository
 
 OWNER, REPO = "team", "app"
@@ -61,13 +64,21 @@ RUN_TIMEOUT = 240  # from launch; a run still going then is a hang
 # machine takes seconds to tens of seconds; RUN_TIMEOUT catches a run that never ends.
 OUTAGE_REQUESTS = 3 * 5 + 1
 OUTAGE_BOUND_SECONDS = 90
-MERGE_CALL = {"gitea": ("POST", r"/pulls/\d+/merge$"), "github": ("PUT", r"/pulls/\d+/merge$")}
+MAX_CALLS_PER_WORK_ITEM = 30  # issue 19's target, on every forge
+MERGE_CALL = {
+    "gitea": ("POST", r"/pulls/\d+/merge$"),
+    "github": ("PUT", r"/pulls/\d+/merge$"),
+    "gitlab": ("PUT", r"/merge_requests/\d+/merge$"),
+}
+PULLS = {"gitea": "/pulls", "github": "/pulls", "gitlab": "/merge_requests"}  # a repository's PRs (MRs)
+PROJECT = {"gitea": f"/repos/{OWNER}/{REPO}", "github": f"/repos/{OWNER}/{REPO}", "gitlab": f"/projects/{OWNER}%2F{REPO}"}
 
 FORGES = {
     "gitea": (GiteaTestServer, GiteaCredentials, GITEA_TOKEN, "Gitea"),
     "github": (GitHubTestServer, GitHubCredentials, GITHUB_TOKEN, "GitHub"),
+    "gitlab": (GitLabTestServer, GitLabCredentials, GITLAB_TOKEN, "GitLab"),
 }
-CLIENTS: dict[str, type[RestRepository]] = {"gitea": GiteaForge, "github": GitHubForge}
+CLIENTS: dict[str, type[RestRepository]] = {"gitea": GiteaForge, "github": GitHubForge, "gitlab": GitLabForge}
 FAST_RETRY = HttpRetry(max_attempts=5, backoff_base_seconds=0.01, backoff_cap_seconds=0.02)
 BRANCH = "feature/CH-1-flaky"
 FAST_SEEDS = range(100, 108)
@@ -133,6 +144,8 @@ def prepare_run(forge: str, scenario: Scenario, root: Path, prefect_api: str) ->
     credentials_class(api_url=server.api_url, token=token, timeout_seconds=CLIENT_TIMEOUT).save(block)
     if scenario == "outage":
         server.chaos(1.0, kinds=(500,))
+    elif scenario == "calm":
+        pass  # no fault: what one work item costs the forge
     else:
         assert isinstance(scenario, int)
         server.chaos(RATE, kinds=KINDS, seed=scenario, sleep_seconds=SERVER_SLEEP)
@@ -220,9 +233,11 @@ def wanted_runs(items: list[pytest.Item]) -> list[RunKey]:
             keys.add((params["forge"], params["seed"]))
         elif item.name.startswith("test_a_permanent_outage"):
             keys.add((params["forge"], "outage"))
+        elif item.name.startswith("test_one_work_item_costs"):
+            keys.add((params["forge"], "calm"))
         elif item.name.startswith("test_the_retry_policy"):
             keys.update(chaos)
-    return sorted(keys, key=lambda key: (isinstance(key[1], int), str(key[1]), key[0]))
+    return sorted(keys, key=lambda key: (isinstance(key[1], int), key[1] != "outage", str(key[1]), key[0]))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -267,7 +282,7 @@ def assert_ended_cleanly(outcome: Outcome) -> None:
         return
     assert outcome.code == 1, context
     assert outcome.state in ("failed", "blocked"), context
-    assert f"{name} " in outcome.reason and f"/repos/{OWNER}/{REPO}" in outcome.reason, f"no forge call named: {context}"
+    assert f"{name} " in outcome.reason and PROJECT[outcome.forge] in outcome.reason, f"no forge call named: {context}"
     assert outcome.reason.strip() in outcome.stderr, context
 
 
@@ -325,8 +340,9 @@ def test_a_merge_answered_200_stands_when_reading_the_pr_back_keeps_failing(
     forge, server = forge_server
     with client(forge, server) as target:
         number = ensure(target).number
-        # The read before the merge goes through; every read after it fails.
-        server.inject("GET", rf"/pulls/{number}$", status=503, times=FAST_RETRY.max_attempts, skip=1)
+        # The reads before the merge go through (GitLab's two: "checking", then "mergeable"); every read after fails.
+        reads_before = 2 if forge == "gitlab" else 1
+        server.inject("GET", rf"{PULLS[forge]}/{number}$", status=503, times=FAST_RETRY.max_attempts, skip=reads_before)
         merged = target.merge_pull_request(number=number)
     assert (merged.state, merged.number) == ("merged", number)
     assert [pr["merged"] for pr in server.pull_requests(OWNER, REPO)] == [True]
@@ -335,8 +351,8 @@ def test_a_merge_answered_200_stands_when_reading_the_pr_back_keeps_failing(
 def test_a_create_whose_last_attempt_made_the_pr_finds_it(forge_server: tuple[str, ThreadedForgeServer]) -> None:
     """The create's last attempt made the PR and lost the answer: the PR is found, not left to a task retry."""
     forge, server = forge_server
-    server.inject("POST", r"/pulls$", status=500, times=FAST_RETRY.max_attempts - 1)
-    server.inject("POST", r"/pulls$", status=502, after=True)
+    server.inject("POST", rf"{PULLS[forge]}$", status=500, times=FAST_RETRY.max_attempts - 1)
+    server.inject("POST", rf"{PULLS[forge]}$", status=502, after=True)
     with client(forge, server) as target:
         pr = ensure(target)
     assert [(p["number"], p["state"]) for p in server.pull_requests(OWNER, REPO)] == [(pr.number, "open")]
@@ -408,6 +424,15 @@ def test_a_permanent_outage_fails_in_bounded_time_naming_the_call(forge: str, ru
     assert outcome.code == 1
     assert_ended_cleanly(outcome)
     assert outcome.pulls == []
-    assert outcome.reason.startswith(f"{FORGES[forge][3]} GET /repos/{OWNER}/{REPO} kept failing after 5 attempts")
+    assert outcome.reason.startswith(f"{FORGES[forge][3]} GET {PROJECT[forge]} kept failing after 5 attempts")
     assert outcome.requests <= OUTAGE_REQUESTS
     assert outcome.calls_span < OUTAGE_BOUND_SECONDS
+
+
+@pytest.mark.parametrize("forge", sorted(FORGES))
+def test_one_work_item_costs_at_most_30_forge_calls(forge: str, runs: dict[RunKey, Run]) -> None:
+    """A work item from analysis to its merged PR, no fault: the forge calls it costs (BENCHMARKS.md)."""
+    outcome = finish_run(runs[(forge, "calm")])
+    assert_ended_cleanly(outcome)
+    assert outcome.code == 0 and outcome.injected == 0
+    assert outcome.requests <= MAX_CALLS_PER_WORK_ITEM, outcome.requests

@@ -272,6 +272,9 @@ class GitLabTestServer(ThreadedForgeServer):
         self.rate_limit_headers = rate_limit_headers
         self.version = version
         self.merges: list[MergeRecord] = []
+        # The project's own CI, as a runner would give it: every commit sdlc asks the pipelines of gets one,
+        # ``ci_script[0]`` at first, then each ``(status, reads)`` after that many more answers showing it.
+        self.ci_script: list[tuple[str, int]] = []
         self._projects: dict[int, Project] = {}
         self._by_path: dict[str, int] = {}  # lower-case full path -> project id
         self._redirects: dict[str, int] = {}  # old lower-case full paths of moved projects
@@ -444,6 +447,15 @@ class GitLabTestServer(ThreadedForgeServer):
             pipeline["override"] = status if jobs is not None else None
             self._touch_pipeline(project, pipeline)
             return int(pipeline["id"])
+
+    def _pipeline_on_push(self, project: Project, sha: str) -> None:
+        """The pipeline ``ci_script`` gives a commit of a branch (none for an unknown one)."""
+        if self._resolve(project, sha) is None:
+            return
+        (first, _), *later = self.ci_script
+        pipeline_id = self.add_pipeline(project.namespace, project.name, sha=sha, status=first)
+        for status, reads in later:
+            self.set_pipeline_status(project.namespace, project.name, pipeline_id, status, after_reads=reads)
 
     def add_merge_request_pipeline(
         self,
@@ -1628,6 +1640,9 @@ class GitLabTestServer(ThreadedForgeServer):
 
     def _op_list_pipelines(self, project: Project, path: Params, params: Params, raw_path: str,
                            query: dict[str, list[str]]) -> Answer:
+        sha = params.get("sha")
+        if self.ci_script and sha and not any(p["sha"] == sha for p in project.pipelines):
+            self._pipeline_on_push(project, str(sha))
         pipelines = list(project.pipelines)
         if params.get("source") != "parent_pipeline":  # §3.6: child pipelines only when asked for
             pipelines = [p for p in pipelines if p["source"] != "parent_pipeline"]
