@@ -127,3 +127,38 @@ def test_a_ci_read_that_keeps_failing_is_read_again_by_the_gate_task_not_the_end
     assert result.outcome == "pass" and result.reason == f"CI green on {sha[:12]}"
     status_reads = [r for r in gitea.requests if r.method == "GET" and r.path.endswith(f"/commits/{sha}/status")]
     assert len(status_reads) == 6  # five failed in the first gate run, the retried run read green
+
+
+def test_on_gitlab_the_gate_waits_for_the_pipeline_and_names_the_failed_jobs(tmp_path: Path, data_dir: Path) -> None:
+    """Issue 19: the latest pipeline of the branch head and its jobs: running waits, a failed job fails
+    the gate with its name in the details the developer's next task file quotes; allow_failure jobs do
+    not count; no pipeline at all is no CI (the local tests run, as on the other forges)."""
+    from blocks.forge import GitLabCredentials
+    from forge_servers.gitlab import DEFAULT_TOKEN as GITLAB_TOKEN
+    from forge_servers.gitlab import GitLabTestServer
+    from tasks.worktree import ensure_worktree
+
+    with GitLabTestServer(tmp_path / "gitlab") as gitlab:
+        origin = gitlab.create_repo("team/platform", "app")
+        worktree = ensure_worktree(str(origin), "feature/ET-2-gate")
+        sha = subprocess.run(["git", "-C", str(worktree), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        block = f"gitlab-{uuid.uuid4().hex[:8]}"
+        GitLabCredentials(api_url=gitlab.api_url, token=GITLAB_TOKEN).save(block)
+        forge = ForgeSpec(kind="gitlab", credentials_block=block, owner="team/platform", name="app",
+                          ci_timeout_seconds=10, ci_poll_seconds=0.2)
+        ctx = GateContext(worktree=worktree, work_item="ET-2", visit=1, spec=DEFAULT_GRAPH.stage("development"),
+                          agent=None, repo=str(origin), forge=forge)
+
+        no_ci = evaluate_gate(ctx)
+        assert no_ci.reason.startswith(f"no CI reported for {sha[:12]}"), no_ci.reason
+
+        pipeline = gitlab.add_pipeline("team/platform", "app", sha=sha, status="running",
+                                       jobs=[("lint", "success"), ("unit", "running"), ("flaky", "failed", True)])
+        gitlab.set_pipeline_status("team/platform", "app", pipeline, "failed", after_reads=2,
+                                   jobs=[("lint", "success"), ("unit", "failed"), ("flaky", "failed", True)])
+        failed = evaluate_gate(ctx)
+        assert failed.outcome == "fail" and failed.reason == f"CI failed on {sha[:12]}"
+        assert "job unit: failed" in failed.details and "flaky" not in failed.details
+        reads = [r for r in gitlab.requests if r.method == "GET" and r.path.endswith("/pipelines")]
+        assert len(reads) >= 2  # it waited while the pipeline ran
+        assert gitlab.violations == []

@@ -119,6 +119,7 @@ def test_a_gitlab_without_idempotency_key_is_deduplicated_by_its_event_and_body(
     [
         ("no token", 401, "missing or invalid signature"),
         ("wrong token", 401, "missing or invalid signature"),
+        ("oversized", 413, "over 1 MiB"),
         ("no event header", 422, "missing x-gitlab-event"),
         ("iid missing", 422, "object_attributes.iid"),
         ("title with a newline", 422, "title"),
@@ -138,6 +139,8 @@ def test_deliveries_that_start_nothing(
         secret = None
     elif case == "wrong token":
         secret = "guess"
+    elif case == "oversized":
+        hook["object_attributes"]["description"] = "x" * (1024 * 1024 + 10)
     elif case == "no event header":
         event = ""
     elif case == "iid missing":
