@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from git.exc import GitCommandError
 from prefect import task
@@ -34,6 +34,9 @@ from tasks.ledger import Ledger, PullRequestRecord, UnknownPullRequest
 from tasks.limits import merge_slot
 from tasks.up_to_date import default_branch_moved
 from tasks.worktree import clone_lock, default_branch, ensure_main_clone, main_clone_path
+
+if TYPE_CHECKING:
+    from blocks.forge import _ForgeCredentials
 
 CREATE_ATTEMPTS = 5
 
@@ -198,46 +201,42 @@ class LocalForge:
 def forge_for(repo: str, spec: ForgeSpec, retry: HttpRetry | None = None) -> Forge:
     """The forge of a work item (B43): the local forge by default, else Gitea, Forgejo, GitHub or GitLab over REST
     (``retry``: its HTTP retries, the client's default when None)."""
-    if spec.kind in ("gitea", "forgejo"):
-        from blocks import load_block
-        from blocks.forge import GiteaCredentials
-        from tasks.forge_gitea import ForgejoForge, GiteaForge
+    if spec.kind == "local":
+        return LocalForge(repo=repo, clone=ensure_main_clone(repo), ledger=Ledger.from_settings())
+    from blocks import load_block
 
-        assert spec.credentials_block and spec.owner and spec.name
-        # Forgejo serves Gitea's API (tests/test_forgejo_contract.py): the same client, named for the reasons.
-        return (ForgejoForge if spec.kind == "forgejo" else GiteaForge)(
-            credentials=load_block(GiteaCredentials, spec.credentials_block),
-            owner=spec.owner,
-            repo=spec.name,
-            retry=retry,
-        )
-    if spec.kind == "github":
-        from blocks import load_block
-        from blocks.forge import GitHubCredentials
-        from tasks.forge_github import GitHubForge
+    credentials_type, forge_type = rest_forge_types(spec.kind)
+    assert spec.credentials_block and spec.owner and spec.name
+    # GitLab polls its mergeability before a merge, as the CI gate polls CI.
+    polling = (
+        {"ci_timeout_seconds": spec.ci_timeout_seconds, "poll_seconds": spec.ci_poll_seconds}
+        if spec.kind == "gitlab"
+        else {}
+    )
+    return forge_type(
+        credentials=load_block(credentials_type, spec.credentials_block),
+        owner=spec.owner,
+        repo=spec.name,
+        retry=retry,
+        **polling,
+    )
 
-        assert spec.credentials_block and spec.owner and spec.name
-        return GitHubForge(
-            credentials=load_block(GitHubCredentials, spec.credentials_block),
-            owner=spec.owner,
-            repo=spec.name,
-            retry=retry,
-        )
-    if spec.kind == "gitlab":
-        from blocks import load_block
-        from blocks.forge import GitLabCredentials
-        from tasks.forge_gitlab import GitLabForge
 
-        assert spec.credentials_block and spec.owner and spec.name
-        return GitLabForge(
-            credentials=load_block(GitLabCredentials, spec.credentials_block),
-            owner=spec.owner,
-            repo=spec.name,
-            retry=retry,
-            ci_timeout_seconds=spec.ci_timeout_seconds,
-            poll_seconds=spec.ci_poll_seconds,
-        )
-    return LocalForge(repo=repo, clone=ensure_main_clone(repo), ledger=Ledger.from_settings())
+def rest_forge_types(kind: str) -> tuple[type[_ForgeCredentials], Callable[..., Forge]]:
+    """The credentials block and the client of a REST forge kind (imported only when used)."""
+    from blocks.forge import GiteaCredentials, GitHubCredentials, GitLabCredentials
+    from tasks.forge_gitea import ForgejoForge, GiteaForge
+    from tasks.forge_github import GitHubForge
+    from tasks.forge_gitlab import GitLabForge
+
+    # Forgejo serves Gitea's API (tests/test_forgejo_contract.py): the same client, named for the reasons.
+    types: dict[str, tuple[type[_ForgeCredentials], Callable[..., Forge]]] = {
+        "gitea": (GiteaCredentials, GiteaForge),
+        "forgejo": (GiteaCredentials, ForgejoForge),
+        "github": (GitHubCredentials, GitHubForge),
+        "gitlab": (GitLabCredentials, GitLabForge),
+    }
+    return types[kind]
 
 
 @task(name="ensure-pull-request", **retried_on_transient(HTTP_STEP_RETRY_DELAYS_SECONDS))
