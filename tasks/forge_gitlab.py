@@ -189,10 +189,10 @@ class GitLabForge(RestRepository):
 
         number = int(number)
         current = self.pull_request_body(number=number)
-        body = body_of(current)
+        body = inert(body_of(current))  # compared as GitLab keeps it: no write when only the escapes differ
         if same_body(body, current):
             return False
-        self._call("PUT", f"/merge_requests/{number}", json={"description": inert(body)})
+        self._call("PUT", f"/merge_requests/{number}", json={"description": body})
         return True
 
     def _settled(self, number: int) -> dict[str, Any]:

@@ -270,4 +270,5 @@ def test_text_sdlc_writes_never_runs_as_a_quick_action(forge: GitLabForge, gitla
         "The developer says:\n\\/close\n\\/label ~bug"
     ]
     assert forge.update_pull_request_body(number=number, body_of=lambda _: "/merge now") is True
+    assert forge.update_pull_request_body(number=number, body_of=lambda _: "/merge now") is False  # unchanged
     assert gitlab.merges == []
