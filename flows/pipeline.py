@@ -413,14 +413,15 @@ def _follow_the_graph(request: WorkItemRequest, retry: Continuation | None) -> P
 
 
 def _merge(request: WorkItemRequest, graph: StageGraph, action: router.MergePullRequest) -> router.MergeFinished:
-    """Merge the work item's PR; where stages judge merged code, only when its branch holds the
-    default branch as it is now (else it comes back saying what moved)."""
+    """Merge the work item's PR while its branch is the commit the gates judged; where stages judge merged
+    code, only when its branch holds the default branch as it is now (else it comes back saying what moved)."""
     number = action.pull_request.number
     try:
         if graph.keeps_up_to_date:
             outcome = merge_tested_pull_request(request.repo, request.forge, number, request.feature_branch)
             return router.MergeFinished(pull_request=outcome.pull_request, main_moved=outcome.main_moved)
-        return router.MergeFinished(pull_request=merge_pull_request(request.repo, request.forge, number))
+        merged = merge_pull_request(request.repo, request.forge, number, request.feature_branch)
+        return router.MergeFinished(pull_request=merged)
     except SdlcError as exc:
         return router.MergeFinished(error=str(exc))
 

@@ -60,8 +60,9 @@ class Forge(Protocol):
         """The open PR of ``branch`` into ``base``, created only if there is none."""
         ...
 
-    def merge_pull_request(self, *, number: int) -> PullRequestRef:
-        """Merge PR ``number``; a PR already merged is returned unchanged."""
+    def merge_pull_request(self, *, number: int, head_sha: str | None = None) -> PullRequestRef:
+        """Merge PR ``number``; a PR already merged is returned unchanged. With ``head_sha`` (the commit
+        the gates judged) only while the branch's head is still that commit: a push since is refused."""
         ...
 
     def update_pull_request_body(self, *, number: int, body_of: Callable[[str | None], str]) -> bool:
@@ -137,7 +138,7 @@ class LocalForge:
     def close(self) -> None:
         pass
 
-    def merge_pull_request(self, *, number: int) -> PullRequestRef:
+    def merge_pull_request(self, *, number: int, head_sha: str | None = None) -> PullRequestRef:
         record = self.ledger.get_pull_request(self.repo, number)
         if record is None:
             raise PermanentError(f"pull request #{number} of {self.repo} does not exist")
@@ -148,10 +149,10 @@ class LocalForge:
         # The clone lock covers fetch, the temporary worktree and the push, so two
         # merges into one base never race each other or a worktree being added.
         with clone_lock(self.clone):
-            merge_commit = self._merge(record)
+            merge_commit = self._merge(record, head_sha)
         return _ref(self.ledger.mark_pull_request_merged(self.repo, number, merge_commit))
 
-    def _merge(self, record: PullRequestRecord) -> str:
+    def _merge(self, record: PullRequestRecord, head_sha: str | None) -> str:
         branch, base = validate_branch(record.branch), validate_branch(record.base)
         clone_repo = repo_at(self.clone)
         try:
@@ -163,6 +164,9 @@ class LocalForge:
         for name in (base, branch):
             if not has_ref(clone_repo, f"refs/remotes/origin/{name}"):
                 raise PermanentError(f"cannot merge #{record.number}: branch {name!r} is not on origin")
+        tip = clone_repo.git.rev_parse(f"refs/remotes/origin/{branch}", env=git_env()).strip()
+        if head_sha is not None and tip != head_sha:
+            raise PermanentError(head_moved(record.number, branch, head_sha, tip))
 
         holder = Path(tempfile.mkdtemp(prefix=f".merge-{record.number}-", dir=self.clone.parent))
         scratch = holder / "worktree"
@@ -276,20 +280,43 @@ def update_pull_request_story(
         target.close()
 
 
+def head_moved(number: int, branch: str, judged: str, now: str) -> str:
+    """Why a PR whose branch moved after its gates is not merged (the Blocked reason)."""
+    return (
+        f"pull request #{number} was not merged: {branch} moved since its gates judged {judged[:12]} "
+        f"(now {now[:12]}); retry the work item to judge the new commits"
+    )
+
+
+def judged_head(repo: str, branch: str) -> str | None:
+    """The commit the work item's gates judged: its worktree's HEAD, which only sdlc's stages move (a
+    person's push reaches it at the next stage, not before); None without a worktree."""
+    from tasks.worktree import worktree_path
+
+    worktree = worktree_path(repo, branch)
+    if not (worktree / ".git").exists():
+        return None
+    return str(repo_at(worktree).git.rev_parse("HEAD", env=git_env())).strip()
+
+
 @task(name="merge-pull-request", **retried_on_transient(HTTP_STEP_RETRY_DELAYS_SECONDS))
-def merge_pull_request(repo: str, forge: ForgeSpec, number: int) -> PullRequestRef:
-    """Merge the PR into its base (B42); merging a merged PR changes nothing."""
-    target = forge_for(validate_repo(repo), forge)
+def merge_pull_request(repo: str, forge: ForgeSpec, number: int, branch: str | None = None) -> PullRequestRef:
+    """Merge the PR into its base (B42), only while its branch is the commit the gates judged (when
+    ``branch`` is given); merging a merged PR changes nothing."""
+    repo = validate_repo(repo)
+    head = judged_head(repo, branch) if branch is not None else None
+    target = forge_for(repo, forge)
     try:
-        return target.merge_pull_request(number=number)
+        return target.merge_pull_request(number=number, head_sha=head)
     finally:
         target.close()
 
 
 @task(name="merge-tested-pull-request", **retried_on_transient(HTTP_STEP_RETRY_DELAYS_SECONDS))
 def merge_tested_pull_request(repo: str, forge: ForgeSpec, number: int, branch: str) -> MergeOutcome:
-    """Merge the PR only when its branch contains origin's default branch as it is now: what is
-    merged is what the gates judged (issue 16). Merges into one repository take turns."""
+    """Merge the PR only when its branch contains origin's default branch as it is now, and its head is
+    the commit the gates judged: what is merged is what the gates judged (issues 16, 19). Merges into
+    one repository take turns."""
     repo = validate_repo(repo)
     with merge_slot(main_clone_path(repo).name):
         moved = default_branch_moved(repo, branch)
@@ -297,7 +324,9 @@ def merge_tested_pull_request(repo: str, forge: ForgeSpec, number: int, branch: 
             return MergeOutcome(main_moved=moved)
         target = forge_for(repo, forge)
         try:
-            return MergeOutcome(pull_request=target.merge_pull_request(number=number))
+            return MergeOutcome(
+                pull_request=target.merge_pull_request(number=number, head_sha=judged_head(repo, branch))
+            )
         finally:
             target.close()
 

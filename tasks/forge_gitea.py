@@ -126,18 +126,16 @@ class GiteaForge(RestRepository):
     def get_pull_request(self, *, number: int) -> PullRequestRef:
         return pull_request_ref(self._call("GET", f"/pulls/{int(number)}").json())
 
-    def _send_merge(self, current: PullRequestRef) -> httpx.Response:
+    def _send_merge(self, current: PullRequestRef, head_sha: str | None) -> httpx.Response:
         number = current.number
-        return self._call(
-            "POST",
-            f"/pulls/{number}/merge",
-            json={
-                "Do": "merge",
-                "MergeTitleField": f"Merge pull request #{number} from {current.branch}",
-                "MergeMessageField": current.title,
-            },
-            expected=(200, 405),
-        )
+        body = {
+            "Do": "merge",
+            "MergeTitleField": f"Merge pull request #{number} from {current.branch}",
+            "MergeMessageField": current.title,
+        }
+        if head_sha is not None:
+            body["head_commit_id"] = head_sha  # Gitea answers 409 when the head is another commit
+        return self._call("POST", f"/pulls/{number}/merge", json=body, expected=(200, 405, 409))
 
     def _merged_from(self, current: PullRequestRef, response: httpx.Response) -> PullRequestRef:
         number = current.number

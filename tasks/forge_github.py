@@ -102,8 +102,9 @@ class GitHubForge(RestRepository):
     def is_merged(self, *, number: int) -> bool:
         return self._call("GET", f"/pulls/{int(number)}/merge", expected=(204, 404)).status_code == 204
 
-    def _send_merge(self, current: PullRequestRef) -> httpx.Response:
-        return self._call("PUT", f"/pulls/{current.number}/merge", json={"merge_method": "merge"}, expected=(200, 405))
+    def _send_merge(self, current: PullRequestRef, head_sha: str | None) -> httpx.Response:
+        body = {"merge_method": "merge"} | ({"sha": head_sha} if head_sha is not None else {})  # 409: head moved
+        return self._call("PUT", f"/pulls/{current.number}/merge", json=body, expected=(200, 405, 409))
 
     def _merged_from(self, current: PullRequestRef, response: httpx.Response) -> PullRequestRef:
         number = current.number

@@ -210,10 +210,11 @@ class GitLabForge(RestRepository):
                 )
             self._sleep(self._poll_seconds)
 
-    def merge_pull_request(self, *, number: int) -> PullRequestRef:
+    def merge_pull_request(self, *, number: int, head_sha: str | None = None) -> PullRequestRef:
         """Merge MR ``number`` with a merge commit once GitLab has judged it mergeable, passing the head
-        ``sha`` GitLab judged (a push since is a 409, not a merge of unjudged code); a merged MR is
-        returned unchanged. A refusal is a PermanentError naming GitLab's reason."""
+        ``sha`` that was judged: ``head_sha`` (sdlc's gates) when given, else the one GitLab checked; a
+        push since is refused (409), never merged unjudged. A merged MR is returned unchanged; a refusal
+        is a PermanentError naming GitLab's reason."""
         number = int(number)
         data = self._settled(number)
         current = self._to_ref(data)
@@ -225,6 +226,12 @@ class GitLabForge(RestRepository):
         if status and status != "mergeable":
             raise PermanentError(self._refusal(current, status, data))
         sha = str(data.get("sha") or "")
+        if head_sha is not None and sha != head_sha:
+            raise PermanentError(
+                f"merge request !{number} ({current.branch} into {current.base}) of {self.owner}/{self.repo} was "
+                f"not merged: its head moved since its gates judged {head_sha[:12]} (now {sha[:12]}); retry the "
+                "work item to judge the new commits"
+            )
         try:
             response = self._call(
                 "PUT",

@@ -271,16 +271,17 @@ class RestRepository:
         """Create the PR; the forge's answer when it says one already exists."""
         raise NotImplementedError
 
-    def _send_merge(self, current: PullRequestRef) -> httpx.Response:
-        """The forge's merge call for the open PR ``current``."""
+    def _send_merge(self, current: PullRequestRef, head_sha: str | None) -> httpx.Response:
+        """The forge's merge call for the open PR ``current``; refused by the forge if its head is not ``head_sha``."""
         raise NotImplementedError
 
     def _merged_from(self, current: PullRequestRef, response: httpx.Response) -> PullRequestRef:
         """The merged PR, from the forge's answer to the merge call; raises when it did not merge."""
         raise NotImplementedError
 
-    def merge_pull_request(self, *, number: int) -> PullRequestRef:
-        """Merge PR ``number`` with a merge commit; a PR already merged is returned unchanged."""
+    def merge_pull_request(self, *, number: int, head_sha: str | None = None) -> PullRequestRef:
+        """Merge PR ``number`` with a merge commit, only while its head is ``head_sha`` when given (the forge
+        checks it); a PR already merged is returned unchanged."""
         number = int(number)
         current = self.get_pull_request(number=number)
         if current.state == "merged":
@@ -288,9 +289,18 @@ class RestRepository:
         if current.state != "open":
             raise PermanentError(f"pull request #{number} of {self.owner}/{self.repo} is closed; it cannot be merged")
         try:
-            response = self._send_merge(current)
+            response = self._send_merge(current, head_sha)
         except TransientError as error:
             return self._merged_despite(error, number)
+        if response.status_code == 409:  # the head is not head_sha: merged by a lost attempt, or pushed to
+            again = self.get_pull_request(number=number)
+            if again.state == "merged":
+                return again
+            raise PermanentError(
+                f"pull request #{number} ({current.branch} into {current.base}) of {self.owner}/{self.repo} was "
+                f"not merged: its head moved since its gates judged {str(head_sha)[:12]} ({forge_message(response)}); "
+                "retry the work item to judge the new commits"
+            )
         return self._merged_from(current, response)
 
     def ensure_pull_request(self, *, branch: str, base: str, title: str, body: str, work_item: str) -> PullRequestRef:

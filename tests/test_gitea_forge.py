@@ -366,3 +366,18 @@ def test_contract_checker_without_a_server() -> None:
                                   "application/json")
     assert any("'green' is not one of" in v for v in body.violations)
     assert contract.check_request("GET", "/api/v1/repos/o/r", {}, b'{"x": 1}', "application/json").violations
+
+
+def test_a_head_other_than_the_one_the_gates_judged_is_not_merged(
+    gitea: GiteaTestServer, forge: GiteaForge, origin: Path, tmp_path: Path
+) -> None:
+    """Issue 19: the merge names the judged commit (head_commit_id); Gitea refuses it once the branch moved."""
+    judged = push_branch(origin, tmp_path, "feature/ET-9-judged", {"src/a.py": "A = 1\n"})
+    pr = forge.ensure_pull_request(branch="feature/ET-9-judged", base="main", title="ET-9", body="", work_item="ET-9")
+    main = git(origin, "rev-parse", "main").stdout.strip()
+    push_branch(origin, tmp_path, "feature/ET-9-judged", {"src/b.py": "B = 1\n"})
+    with pytest.raises(PermanentError, match=f"its head moved since its gates judged {judged[:12]}"):
+        forge.merge_pull_request(number=pr.number, head_sha=judged)
+    assert git(origin, "rev-parse", "main").stdout.strip() == main
+    sent = [r.body for r in gitea.requests if r.operation == "repoMergePullRequest"]
+    assert sent and sent[0]["head_commit_id"] == judged

@@ -272,3 +272,15 @@ def test_text_sdlc_writes_never_runs_as_a_quick_action(forge: GitLabForge, gitla
     assert forge.update_pull_request_body(number=number, body_of=lambda _: "/merge now") is True
     assert forge.update_pull_request_body(number=number, body_of=lambda _: "/merge now") is False  # unchanged
     assert gitlab.merges == []
+
+
+def test_a_head_other_than_the_one_the_gates_judged_is_not_merged(
+    forge: GitLabForge, gitlab: GitLabTestServer, origin: Path, tmp_path: Path
+) -> None:
+    judged = push_branch(origin, tmp_path)
+    number = ensure(forge)
+    pushed = push_branch(origin, tmp_path, relative="src/unjudged.py", text="x = 1\n")
+    with pytest.raises(PermanentError, match=f"moved since its gates judged {judged[:12]} \\(now {pushed[:12]}\\)"):
+        forge.merge_pull_request(number=number, head_sha=judged)
+    assert gitlab.merges == []
+    assert forge.merge_pull_request(number=number, head_sha=pushed).state == "merged"

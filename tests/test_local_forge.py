@@ -134,3 +134,28 @@ def test_merge_conflict_is_a_permanent_error(origin: Path, tmp_path: Path) -> No
 def test_merge_of_unknown_pull_request_fails(origin: Path) -> None:
     with pytest.raises(PermanentError):
         merge_pull_request.fn(str(origin), LOCAL, 42)
+
+
+def test_a_push_after_the_gates_judged_the_branch_is_not_merged(origin: Path, tmp_path: Path) -> None:
+    """Issue 19: the merge goes ahead only while the branch is the commit the gates judged (the work
+    item's worktree HEAD); a person's push since is refused with a reason, main untouched, and the
+    same call merges once the judged commit is the head again."""
+    worktree = _develop(origin, BRANCH, "src/feature.py", "feature = True\n")
+    pr = ensure_pull_request.fn(str(origin), LOCAL, BRANCH, "ET-1: Forge", "", "ET-1")
+    judged = git(worktree, "rev-parse", "HEAD")
+    main_before = git(origin, "rev-parse", "refs/heads/main")
+    person = clone_of(origin, tmp_path / "person")
+    git(person, "checkout", "--quiet", BRANCH)
+    pushed = commit_file(person, "src/unjudged.py", "x = 1\n", "not judged by any gate")
+    git(person, "push", "--quiet", "origin", BRANCH)
+
+    with pytest.raises(PermanentError, match=f"moved since its gates judged {judged[:12]}"):
+        merge_pull_request.fn(str(origin), LOCAL, pr.number, BRANCH)
+    assert git(origin, "rev-parse", "refs/heads/main") == main_before
+    assert Ledger.from_settings().get_pull_request(str(origin), pr.number).state == "open"
+
+    # The next stage brings the person's commit into the worktree and its gates judge it: then it merges.
+    git(worktree, "pull", "--quiet", "--ff-only", "origin", BRANCH)
+    assert git(worktree, "rev-parse", "HEAD") == pushed
+    merged = merge_pull_request.fn(str(origin), LOCAL, pr.number, BRANCH)
+    assert merged.state == "merged"
