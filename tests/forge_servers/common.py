@@ -51,6 +51,29 @@ def server_git(
     return done
 
 
+def seeded_bare_repository(
+    root: Path, path: Path, default_branch: str, files: dict[str, str], identity: tuple[str, str]
+) -> Path:
+    """A bare repository at ``path`` whose ``default_branch`` holds ``files`` in one commit by ``identity``
+    (none when ``files`` is empty); made through a scratch clone under ``root``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    server_git(root, "init", "--quiet", "--bare", f"--initial-branch={default_branch}", str(path), identity=identity)
+    if files:
+        seed = Path(tempfile.mkdtemp(prefix="seed-", dir=root))
+        try:
+            server_git(seed, "init", "--quiet", f"--initial-branch={default_branch}", ".", identity=identity)
+            for relative, text in files.items():
+                target = seed / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text, encoding="utf-8")
+            server_git(seed, "add", "-A", identity=identity)
+            server_git(seed, "commit", "--quiet", "-m", "Initial commit", identity=identity)
+            server_git(seed, "push", "--quiet", str(path), f"HEAD:refs/heads/{default_branch}", identity=identity)
+        finally:
+            shutil.rmtree(seed, ignore_errors=True)
+    return path
+
+
 @dataclass
 class RecordedRequest:
     """One request as the server saw it; ``status`` is what it answered."""

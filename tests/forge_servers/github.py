@@ -30,7 +30,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from forge_servers.common import Fault, ForgeRequestHandler, RecordedRequest, ThreadedForgeServer, server_git
+from forge_servers.common import (
+    Fault,
+    ForgeRequestHandler,
+    RecordedRequest,
+    ThreadedForgeServer,
+    seeded_bare_repository,
+    server_git,
+)
 from forge_servers.github_contract import API_VERSIONS, Checked, check_request
 
 DEFAULT_TOKEN = "test-token"
@@ -51,8 +58,11 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+IDENTITY = ("GitHub", "noreply@github.com")
+
+
 def _git(cwd: Path, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return server_git(cwd, *args, identity=("GitHub", "noreply@github.com"), check=check, stdin=stdin)
+    return server_git(cwd, *args, identity=IDENTITY, check=check, stdin=stdin)
 
 
 LOG_FORMAT = "%H%x00%P%x00%T%x00%an%x00%ae%x00%aI%x00%cn%x00%ce%x00%cI%x00%B%x1e"
@@ -142,23 +152,8 @@ class GitHubTestServer(ThreadedForgeServer):
         self, owner: str, name: str, default_branch: str = "main", files: dict[str, str] | None = None
     ) -> Path:
         """A bare repository whose default branch holds ``files`` (default: a README); returns its path."""
-        path = self.root / owner / f"{name}.git"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _git(self.root, "init", "--quiet", "--bare", f"--initial-branch={default_branch}", str(path))
         files = {"README.md": f"# {name}\n"} if files is None else files
-        if files:
-            seed = Path(tempfile.mkdtemp(prefix="seed-", dir=self.root))
-            try:
-                _git(seed, "init", "--quiet", f"--initial-branch={default_branch}", ".")
-                for relative, text in files.items():
-                    target = seed / relative
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_text(text, encoding="utf-8")
-                _git(seed, "add", "-A")
-                _git(seed, "commit", "--quiet", "-m", "Initial commit")
-                _git(seed, "push", "--quiet", str(path), f"HEAD:refs/heads/{default_branch}")
-            finally:
-                shutil.rmtree(seed, ignore_errors=True)
+        path = seeded_bare_repository(self.root, self.root / owner / f"{name}.git", default_branch, files, IDENTITY)
         with self._lock:
             self._repos[(owner, name)] = Repo(owner, name, path, default_branch, self._next_id())
         return path

@@ -45,9 +45,7 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -58,7 +56,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
-from forge_servers.common import Fault, ForgeRequestHandler, RecordedRequest, ThreadedForgeServer, server_git
+from forge_servers.common import (
+    Fault,
+    ForgeRequestHandler,
+    RecordedRequest,
+    ThreadedForgeServer,
+    seeded_bare_repository,
+    server_git,
+)
 from forge_servers.gitlab_contract import PIPELINE_STATUSES, TOKEN_QUERY, Checked, check_request
 
 DEFAULT_TOKEN = "glpat-test-token"
@@ -298,23 +303,9 @@ class GitLabTestServer(ThreadedForgeServer):
         """A project ``namespace/name`` (``namespace`` may nest: ``group/sub``) whose default branch holds
         ``files`` (default: a README); returns its bare repository's path, the git remote to push to."""
         namespace = namespace.strip("/")
-        path = self.root / "repositories" / namespace / f"{name}.git"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _git(self.root, "init", "--quiet", "--bare", f"--initial-branch={default_branch}", str(path))
         files = {"README.md": f"# {name}\n"} if files is None else files
-        if files:
-            seed = Path(tempfile.mkdtemp(prefix="seed-", dir=self.root))
-            try:
-                _git(seed, "init", "--quiet", f"--initial-branch={default_branch}", ".")
-                for relative, text in files.items():
-                    target = seed / relative
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_text(text, encoding="utf-8")
-                _git(seed, "add", "-A")
-                _git(seed, "commit", "--quiet", "-m", "Initial commit")
-                _git(seed, "push", "--quiet", str(path), f"HEAD:refs/heads/{default_branch}")
-            finally:
-                shutil.rmtree(seed, ignore_errors=True)
+        path = self.root / "repositories" / namespace / f"{name}.git"
+        seeded_bare_repository(self.root, path, default_branch, files, SEED_IDENTITY)
         with self._lock:
             if f"{namespace}/{name}".lower() in self._by_path:
                 raise ValueError(f"project {namespace}/{name} exists")
