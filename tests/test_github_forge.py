@@ -329,3 +329,21 @@ def test_the_contract_check_catches_requests_outside_github_endpoints(
     good = check_request("PUT", "/repos/a/b/pulls/3/merge", {}, {"merge_method": "merge"},
                          {k.lower(): v for k, v in _headers().items()})
     assert good.violations == []
+
+
+def test_a_head_other_than_the_one_the_gates_judged_is_not_merged(
+    github: GitHubTestServer, forge: GitHubForge, origin: Path, tmp_path: Path
+) -> None:
+    """Issue 19: the merge names the judged commit (``sha``); GitHub answers 409 once the branch moved."""
+    judged = push_branch(origin, tmp_path)
+    ref = forge.ensure_pull_request(branch=BRANCH, base="main", title="ET-7", body="", work_item="ET-7")
+    main = git(origin, "rev-parse", "refs/heads/main")
+    person = clone_of(origin, tmp_path / "person")  # a person's commit on top of the judged one
+    git(person, "checkout", "--quiet", BRANCH)
+    commit_file(person, "src/unjudged.py", "x = 1\n", "not judged by any gate")
+    git(person, "push", "--quiet", "origin", BRANCH)
+    with pytest.raises(PermanentError, match=f"its head moved since its gates judged {judged[:12]}"):
+        forge.merge_pull_request(number=ref.number, head_sha=judged)
+    assert git(origin, "rev-parse", "refs/heads/main") == main
+    sent = [r.body for r in github.requests if r.method == "PUT" and r.path.endswith("/merge")]
+    assert sent and sent[0]["sha"] == judged
