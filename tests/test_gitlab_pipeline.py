@@ -46,10 +46,10 @@ def test_a_labelled_gitlab_issue_ends_with_its_merge_request_merged_and_the_issu
             )
             AgentProfile(kind="scripted").save("scripted-gitlab", overwrite=True)
             settings = WebhookSettings(
-                gitlab_secret=SECRET, approvers=["alice"], project_keys={f"{GROUP}/{NAME}": "APP"},
+                gitlab_secret=SECRET, approvers=["alice"], project_keys={f"{GROUP}/{NAME}": "GLP"},
                 gitlab_credentials_block="gitlab-e2e", defaults=RunDefaults(agent_profile="scripted-gitlab"),
             )
-            work_item = f"APP-{iid}"
+            work_item = f"GLP-{iid}"
             with Receiver(settings) as receiver:
                 hook = issue_hook(origin, iid, before=("backend",))  # the label given to issue #iid
                 assert hook["project"]["path_with_namespace"] == f"{GROUP}/{NAME}"

@@ -30,7 +30,7 @@ PROJECT = "team/platform/app"  # groups nest on GitLab
 @pytest.fixture
 def receiver(prefect_api: str, data_dir: Path) -> Iterator[Receiver]:
     settings = WebhookSettings(
-        gitlab_secret=GITLAB_SECRET, approvers=["alice"], project_keys={PROJECT: "APP"},
+        gitlab_secret=GITLAB_SECRET, approvers=["alice"], project_keys={PROJECT: "GL"},
         gitlab_credentials_block="gitlab-team", defaults=RunDefaults(agent_profile="scripted-agent"),
     )
     with Receiver(settings) as running:
@@ -89,12 +89,12 @@ def test_a_label_given_to_an_issue_becomes_one_work_item_on_its_gitlab_project(
     first = receiver.send("gitlab", "Issue Hook", issue_hook(origin, 7, before=("bug",)), secret=GITLAB_SECRET,
                           delivery=delivery)
     assert first.status_code == 202, first.text
-    assert first.json()["work_item"] == "APP-7" and first.json()["event"] == "sdlc.work-item.requested"
+    assert first.json()["work_item"] == "GL-7" and first.json()["event"] == "sdlc.work-item.requested"
     # A resend keeps its Idempotency-Key: nothing starts again.
     again = receiver.send("gitlab", "Issue Hook", issue_hook(origin, 7, before=("bug",)), secret=GITLAB_SECRET,
                           delivery=delivery)
     assert again.status_code == 200 and again.json()["duplicate"] is True
-    (event,) = events_for(prefect_api, "APP-7", "sdlc.work-item.requested")
+    (event,) = events_for(prefect_api, "GL-7", "sdlc.work-item.requested")
     payload = event["payload"]
     assert (payload["forge_kind"], payload["forge_credentials_block"]) == ("gitlab", "gitlab-team")
     assert (payload["forge_owner"], payload["forge_name"]) == ("team/platform", "app")  # the group path, nested
@@ -109,7 +109,7 @@ def test_a_gitlab_without_idempotency_key_is_deduplicated_by_its_event_and_body(
     origin = create_sample_repo(tmp_path / "repos")
     hook = issue_hook(origin, 8, action="open")
     first = receiver.send("gitlab", "Issue Hook", hook, secret=GITLAB_SECRET, delivery="")
-    assert first.status_code == 202 and first.json()["work_item"] == "APP-8", first.text
+    assert first.status_code == 202 and first.json()["work_item"] == "GL-8", first.text
     again = receiver.send("gitlab", "Issue Hook", hook, secret=GITLAB_SECRET, delivery="")
     assert again.status_code == 200 and again.json()["duplicate"] is True
 
@@ -158,8 +158,8 @@ def test_deliveries_that_start_nothing(
     assert answer in reply.text
     # A good delivery sent afterwards is stored; by then a stray event from the bad one would be too.
     assert receiver.send("gitlab", "Issue Hook", issue_hook(origin, 91), secret=GITLAB_SECRET).status_code == 202
-    assert events_for(prefect_api, "APP-91", "sdlc.work-item.requested")
-    assert events_for(prefect_api, "APP-90", "sdlc.work-item.requested", wait=0) == []
+    assert events_for(prefect_api, "GL-91", "sdlc.work-item.requested")
+    assert events_for(prefect_api, "GL-90", "sdlc.work-item.requested", wait=0) == []
 
 
 @pytest.mark.parametrize(
@@ -191,16 +191,16 @@ def test_an_approve_note_resumes_the_paused_pipeline(
 
     origin = create_sample_repo(tmp_path / "repos")
     run = subprocess.Popen(
-        [sys.executable, "-m", "entrypoints.cli", "run", "--repo", str(origin), "--work-item", "APP-12", "--title",
+        [sys.executable, "-m", "entrypoints.cli", "run", "--repo", str(origin), "--work-item", "GL-12", "--title",
          "Approve me", "--agent", "scripted"],
         env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        wait_for_state(data_dir, "APP-12", "waiting_approval", run)
+        wait_for_state(data_dir, "GL-12", "waiting_approval", run)
         reply = receiver.send("gitlab", "Note Hook", note_hook(origin, 12, "/approve ship it"), secret=GITLAB_SECRET)
         assert reply.status_code == 202 and reply.json()["event"] == "sdlc.work-item.approved", reply.text
         out, err = run.communicate(timeout=180)
     finally:
         end(run)
     assert run.returncode == 0, out + err
-    assert "approved by alice" in [t.reason for t in Ledger.from_settings().transitions("APP-12")]
+    assert "approved by alice" in [t.reason for t in Ledger.from_settings().transitions("GL-12")]
