@@ -84,6 +84,9 @@ class GitLabForge(RestRepository):
     forge_name = "GitLab"
     file_view = "-/blob"  # GitLab's web view of a file on a branch: <web_url>/-/blob/<branch>/<path>
     web_url_field = "web_url"
+    pulls_path = "/merge_requests"
+    body_field = "description"
+    edit_method = "PUT"
 
     def __init__(
         self,
@@ -165,7 +168,7 @@ class GitLabForge(RestRepository):
         response = self._call(
             "POST",
             "/merge_requests",
-            json={"source_branch": branch, "target_branch": base, "title": title, "description": inert(body)},
+            json={"source_branch": branch, "target_branch": base, "title": title, "description": self._outgoing(body)},
             expected=(201, 409),
         )
         return self._to_ref(response.json()) if response.status_code == 201 else forge_message(response)
@@ -179,21 +182,8 @@ class GitLabForge(RestRepository):
             raise PermanentError(f"GitLab answered merge request !{number} with something that is not one")
         return data
 
-    def pull_request_body(self, *, number: int) -> str | None:
-        body = self._merge_request(int(number)).get("description")
-        return body if isinstance(body, str) else None
-
-    def update_pull_request_body(self, *, number: int, body_of: Callable[[str | None], str]) -> bool:
-        """As for the other forges; GitLab edits an MR with ``PUT`` and its body is ``description``."""
-        from sdlc.pr_body import same_body
-
-        number = int(number)
-        current = self.pull_request_body(number=number)
-        body = inert(body_of(current))  # compared as GitLab keeps it: no write when only the escapes differ
-        if same_body(body, current):
-            return False
-        self._call("PUT", f"/merge_requests/{number}", json={"description": body})
-        return True
+    def _outgoing(self, text: str) -> str:
+        return inert(text)
 
     def _settled(self, number: int) -> dict[str, Any]:
         """The MR once GitLab has decided whether it can be merged (polled while it checks), up to the bound."""
@@ -318,7 +308,9 @@ class GitLabForge(RestRepository):
 
     def comment_on_issue(self, *, issue: int, body: str) -> int | None:
         """Post ``body`` as a note on issue ``issue``; the note's id (None when GitLab stored none)."""
-        response = self._call("POST", f"/issues/{int(issue)}/notes", json={"body": inert(body)}, expected=(201, 202))
+        response = self._call(
+            "POST", f"/issues/{int(issue)}/notes", json={"body": self._outgoing(body)}, expected=(201, 202)
+        )
         data = response.json() if response.status_code == 201 else None
         return int(data["id"]) if isinstance(data, dict) and isinstance(data.get("id"), int) else None
 

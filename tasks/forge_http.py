@@ -189,6 +189,11 @@ class RestRepository:
     file_view: ClassVar[str] = "blob"
     # The repository's field naming its web page (GitLab calls it web_url).
     web_url_field: ClassVar[str] = "html_url"
+    # Where a PR is read and edited, its body's field, and the edit's method (GitLab: merge_requests,
+    # description, PUT).
+    pulls_path: ClassVar[str] = "/pulls"
+    body_field: ClassVar[str] = "body"
+    edit_method: ClassVar[str] = "PATCH"
     # Web pages already read in this process, by API and repository: a repository's page does not move
     # while a worker runs, and every work-item page and PR story would otherwise ask again.
     _web_urls: ClassVar[dict[tuple[str, str], str]] = {}
@@ -370,10 +375,14 @@ class RestRepository:
         web = self.web_url()
         return f"{web}/{self.file_view}/{branch_segments}/{segments}" if web else None
 
+    def _outgoing(self, text: str) -> str:
+        """Text sdlc writes into the forge, as the forge must get it (GitLab escapes its quick actions)."""
+        return text
+
     def pull_request_body(self, *, number: int) -> str | None:
         """The PR's current body (None when the forge holds none)."""
-        data = self._call("GET", f"/pulls/{int(number)}").json()
-        body = data.get("body") if isinstance(data, dict) else None
+        data = self._call("GET", f"{self.pulls_path}/{int(number)}").json()
+        body = data.get(self.body_field) if isinstance(data, dict) else None
         return body if isinstance(body, str) else None
 
     def update_pull_request_body(self, *, number: int, body_of: Callable[[str | None], str]) -> bool:
@@ -385,8 +394,8 @@ class RestRepository:
         """
         number = int(number)
         current = self.pull_request_body(number=number)
-        body = body_of(current)
+        body = self._outgoing(body_of(current))  # compared as the forge keeps it
         if same_body(body, current):
             return False
-        self._call("PATCH", f"/pulls/{number}", json={"body": body}, expected=(200, 201))
+        self._call(self.edit_method, f"{self.pulls_path}/{number}", json={self.body_field: body}, expected=(200, 201))
         return True
